@@ -1,0 +1,85 @@
+"""The app factory: settings, broker, providers, blueprints, error handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.errors import (
+    ApiError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_body,
+)
+
+log = logging.getLogger(__name__)
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the gateway; ``overrides`` win over the environment and ``config``."""
+    from app.api import ops, streams
+    from app.broker import open_broker
+    from app.gateway import Gateway
+    from app.providers import Catalog, build_providers
+    from app.pump import PumpGroup
+    from app.settings import Settings
+
+    settings = Settings.load(overrides=overrides)
+    _configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    broker = open_broker(settings.broker_url, ttl=settings.stream_ttl_s)
+    catalog = Catalog(build_providers(settings), settings.models)
+    app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup())
+    app.register_blueprint(streams.bp)
+    app.register_blueprint(ops.bp)
+    _register_error_handlers(app)
+    log.info("gateway ready: broker %s, models %s", settings.broker_url.split("://")[0],
+             ", ".join(m["id"] for m in catalog.listing() if m.get("available", True)))
+    return app
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("app").setLevel(level.upper())
+
+
+def _register_error_handlers(app: Flask) -> None:
+    by_status: dict[int, type[ApiError]] = {404: NotFound, 405: MethodNotAllowed,
+                                            413: PayloadTooLarge, 415: UnsupportedMediaType}
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> tuple[Response, int, dict[str, str]]:
+        return jsonify(exc.body()), exc.status, exc.headers()
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
+        status = exc.code or 500
+        cls = by_status.get(status)
+        if cls is not None:
+            return api_error(cls(_HTTP_MESSAGES[status]))
+        code = "invalid_request" if status < 500 else "internal_error"
+        return jsonify(error_body(code, exc.name)), status, {}
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+        log.exception("unhandled error")
+        return api_error(InternalError("the gateway failed; the error is in its log"))
+
+
+_HTTP_MESSAGES = {
+    404: "no such route",
+    405: "this method is not allowed on this route",
+    413: "the request body is too large",
+    415: "unsupported media type",
+}

@@ -1,0 +1,125 @@
+"""The broker: the only state streams share, behind one small interface.
+
+A stream is a numbered log of encoded SSE frames (ids from 0), a status, a
+cancel flag and a set of reader leases. The pump is the single writer; every
+SSE response is a reader that asks for the frames after a position. Backends
+are chosen by URL scheme (``memory://``, ``redis://``) and must pass the same
+contract tests (``tests/test_broker.py``).
+
+Frames are stored exactly as first encoded, so a replay is byte-identical to
+the first delivery by construction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+RUNNING, DONE, ERROR, CANCELLED = "running", "done", "error", "cancelled"
+ENDED = (DONE, ERROR, CANCELLED)
+
+# What a watcher is told: the stream was cancelled, or its readers changed.
+CANCEL, READERS = "cancel", "readers"
+Watcher = Callable[[str], None]
+
+
+class BrokerError(Exception):
+    """Base of the broker's own errors."""
+
+
+class StreamNotFound(BrokerError, LookupError):
+    """No stream with this id (never created, or expired)."""
+
+
+class PositionGone(BrokerError, LookupError):
+    """The events after this position are no longer kept."""
+
+
+class BrokerUnavailable(BrokerError, RuntimeError):
+    """The backend cannot be reached."""
+
+
+@dataclass
+class StreamInfo:
+    """What is known of a stream besides its events."""
+
+    stream_id: str
+    owner: str
+    model: str
+    created: float
+    status: str = RUNNING
+    last_event_id: int = -1
+    usage: dict[str, Any] | None = None
+    cancel_reason: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The status body of the HTTP contract."""
+        return {"stream_id": self.stream_id, "status": self.status, "model": self.model,
+                "created": self.created, "last_event_id": self.last_event_id,
+                "usage": self.usage}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The result of one read: frames after a position, and whether the stream ended."""
+
+    frames: list[bytes] = field(default_factory=list)
+    last_id: int = -1  # id of the last frame returned, or the position asked for
+    ended: bool = False  # nothing will follow these frames
+
+
+class Broker(ABC):
+    """Create, append, read from a position, finish, cancel, watch, lease readers."""
+
+    @abstractmethod
+    def create(self, info: StreamInfo) -> bool:
+        """Register a running stream; False if the id is taken."""
+
+    @abstractmethod
+    def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
+        """Add the next frame (``event_id`` is last_event_id + 1) and wake readers."""
+
+    @abstractmethod
+    def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
+               usage: dict[str, Any] | None = None) -> None:
+        """Append the terminal frame, set the final status, start the expiry clock."""
+
+    @abstractmethod
+    def read(self, stream_id: str, after: int, timeout: float) -> Batch:
+        """Frames with ids > ``after``; wait up to ``timeout`` s when there are none yet.
+
+        Raises StreamNotFound or PositionGone.
+        """
+
+    @abstractmethod
+    def info(self, stream_id: str) -> StreamInfo | None:
+        """The stream's status, or None when unknown or expired."""
+
+    @abstractmethod
+    def cancel(self, stream_id: str, reason: str) -> StreamInfo | None:
+        """Ask the producer of a running stream to stop; tell its watchers."""
+
+    @abstractmethod
+    def watch(self, stream_id: str, callback: Watcher) -> Callable[[], None]:
+        """Call ``callback(CANCEL | READERS)`` on changes; returns the unwatch function."""
+
+    @abstractmethod
+    def attach_reader(self, stream_id: str) -> str:
+        """Take a reader lease; the producer keeps going while one is held."""
+
+    @abstractmethod
+    def release_reader(self, stream_id: str, lease: str) -> None:
+        """Give a lease back (idempotent); tell the watchers."""
+
+    @abstractmethod
+    def readers(self, stream_id: str) -> int:
+        """How many reader leases are held."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise BrokerUnavailable when the backend cannot serve."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,139 @@
+"""The in-process broker (``memory://``): one worker, nothing shared.
+
+Under gunicorn's gevent worker ``threading`` is patched, so the conditions
+below are cooperative; the same code is thread-safe when used unpatched.
+Ended streams are forgotten ``ttl`` seconds after they end.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from app.broker.base import (
+    CANCEL,
+    ENDED,
+    READERS,
+    RUNNING,
+    Batch,
+    Broker,
+    StreamInfo,
+    StreamNotFound,
+    Watcher,
+)
+
+
+@dataclass
+class _Record:
+    info: StreamInfo
+    frames: list[bytes] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    leases: set[str] = field(default_factory=set)
+    watchers: list[Watcher] = field(default_factory=list)
+
+
+class MemoryBroker(Broker):
+    """Streams in a dict of this process."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._records: dict[str, _Record] = {}
+        self._expiry: deque[tuple[float, str]] = deque()  # in finish order = expiry order
+
+    def create(self, info: StreamInfo) -> bool:
+        self._expire()
+        if info.stream_id in self._records:
+            return False
+        self._records[info.stream_id] = _Record(replace(info))
+        return True
+
+    def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
+        record = self._get(stream_id)
+        with record.changed:
+            if event_id != len(record.frames):
+                raise ValueError(f"event {event_id} appended after {len(record.frames) - 1}")
+            record.frames.append(frame)
+            record.info.last_event_id = event_id
+            record.changed.notify_all()
+
+    def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
+               usage: dict[str, Any] | None = None) -> None:
+        record = self._get(stream_id)
+        with record.changed:
+            self.append(stream_id, event_id, frame)
+            record.info.status = status
+            record.info.usage = usage
+        self._expiry.append((time.monotonic() + self._ttl, stream_id))
+
+    def read(self, stream_id: str, after: int, timeout: float) -> Batch:
+        record = self._get(stream_id)
+        with record.changed:
+            record.changed.wait_for(
+                lambda: len(record.frames) > after + 1 or record.info.status in ENDED,
+                timeout)
+            frames = record.frames[after + 1:]
+            last_id = after + len(frames)
+            return Batch(frames, last_id, record.info.status in ENDED)
+
+    def info(self, stream_id: str) -> StreamInfo | None:
+        self._expire()
+        record = self._records.get(stream_id)
+        return replace(record.info) if record else None
+
+    def cancel(self, stream_id: str, reason: str) -> StreamInfo | None:
+        record = self._records.get(stream_id)
+        if record is None:
+            return None
+        if record.info.status == RUNNING and record.info.cancel_reason is None:
+            record.info.cancel_reason = reason
+            self._tell(record, CANCEL)
+        return replace(record.info)
+
+    def watch(self, stream_id: str, callback: Watcher) -> Callable[[], None]:
+        record = self._get(stream_id)
+        record.watchers.append(callback)
+        if record.info.cancel_reason is not None:
+            callback(CANCEL)
+        return lambda: record.watchers.remove(callback) if callback in record.watchers else None
+
+    def attach_reader(self, stream_id: str) -> str:
+        record = self._get(stream_id)
+        lease = secrets.token_urlsafe(8)
+        record.leases.add(lease)
+        self._tell(record, READERS)
+        return lease
+
+    def release_reader(self, stream_id: str, lease: str) -> None:
+        record = self._records.get(stream_id)
+        if record is not None and lease in record.leases:
+            record.leases.discard(lease)
+            self._tell(record, READERS)
+
+    def readers(self, stream_id: str) -> int:
+        record = self._records.get(stream_id)
+        return len(record.leases) if record else 0
+
+    def ping(self) -> None:
+        """Memory is always there."""
+
+    def _get(self, stream_id: str) -> _Record:
+        record = self._records.get(stream_id)
+        if record is None:
+            raise StreamNotFound(stream_id)
+        return record
+
+    @staticmethod
+    def _tell(record: _Record, what: str) -> None:
+        for callback in list(record.watchers):
+            callback(what)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, stream_id = self._expiry.popleft()
+            self._records.pop(stream_id, None)

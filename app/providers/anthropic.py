@@ -1,0 +1,119 @@
+"""Stream messages through the official ``anthropic`` SDK.
+
+System messages go to the ``system`` parameter, as the Messages API wants;
+``max_tokens`` is required there, so a request without one gets the
+configured default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+
+from app.providers.base import (
+    ChatRequest,
+    Delta,
+    Finished,
+    ProviderError,
+    TextDelta,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    Usage,
+    error_for_event,
+    error_for_status,
+    error_type_of,
+    parse_retry_after,
+    status_message,
+)
+from app.providers.http import http_options
+
+# Anthropic's stop reasons, in the OpenAI vocabulary the gateway reports.
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                "tool_use": "tool_calls"}
+
+
+class AnthropicProvider:
+    """The ``anthropic/<model>`` provider; one SDK client per process, reused."""
+
+    name = "anthropic"
+
+    def __init__(self, *, api_key: str, base_url: str, max_connections: int,
+                 connect_timeout: float, read_timeout: float, default_max_tokens: int) -> None:
+        self._configured = bool(api_key)
+        self._default_max_tokens = default_max_tokens
+        self._client = anthropic.Anthropic(
+            api_key=api_key or "unset",
+            base_url=base_url or None,
+            max_retries=0,
+            **http_options(anthropic.DefaultHttpxClient, max_connections,
+                           connect_timeout, read_timeout),
+        )
+
+    @property
+    def available(self) -> bool:
+        return self._configured
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        options: dict[str, Any] = {}
+        if system:
+            options["system"] = system
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        try:
+            sdk_stream = self._client.messages.create(
+                model=request.model,
+                max_tokens=request.max_tokens or self._default_max_tokens,
+                messages=[{"role": m.role, "content": m.content}  # type: ignore[misc]
+                          for m in request.messages if m.role != "system"],
+                stream=True,
+                **options,
+            )
+        except (anthropic.APIError, httpx2.TransportError) as exc:
+            raise translate(exc) from None
+        try:
+            stop_reason = None
+            input_tokens = output_tokens = None
+            for event in sdk_stream:
+                if event.type == "content_block_delta":
+                    if event.delta.type == "text_delta" and event.delta.text:
+                        yield TextDelta(event.delta.text)
+                elif event.type == "message_start":
+                    input_tokens = event.message.usage.input_tokens
+                elif event.type == "message_delta":
+                    stop_reason = event.delta.stop_reason
+                    output_tokens = event.usage.output_tokens
+                elif event.type == "message_stop":
+                    yield Usage(input_tokens, output_tokens)
+                    yield Finished(STOP_REASONS.get(stop_reason or "", stop_reason or "stop"))
+                    return
+            raise UpstreamError("anthropic ended the stream before the model finished",
+                                provider=self.name)
+        except (anthropic.APIError, httpx2.TransportError) as exc:
+            raise translate(exc) from None
+        finally:
+            sdk_stream.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def translate(exc: Exception) -> ProviderError:
+    """Map an ``anthropic`` or transport exception to the gateway's error tree."""
+    name = AnthropicProvider.name
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        if status == 200:  # an `error` event inside the stream
+            return error_for_event(name, error_type_of(exc.body))
+        return error_for_status(status)(
+            status_message(name, status), provider=name, status_code=status,
+            retry_after=parse_retry_after(exc.response.headers.get("retry-after")))
+    if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
+        return UpstreamTimeout(f"{name} did not answer in time", provider=name)
+    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
+        return UpstreamUnavailable(f"the connection to {name} failed", provider=name)
+    return UpstreamError(f"{name} failed", provider=name)

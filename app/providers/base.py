@@ -1,0 +1,184 @@
+"""What every provider adapter takes, yields and raises.
+
+An adapter turns one ``ChatRequest`` into an iterator of plain deltas
+(``TextDelta``, ``Usage``, ``Finished``) and translates its SDK's exceptions at
+the boundary into one tree, so nothing above this package knows an SDK:
+
+    ProviderError                 code                   retryable
+     ├── UpstreamRateLimited       upstream_rate_limited  yes  (429; keeps retry_after)
+     ├── UpstreamTimeout           upstream_timeout       yes
+     ├── UpstreamUnavailable       upstream_unavailable   yes  (connection lost, 5xx, 529)
+     ├── UpstreamAuth              upstream_auth          no   (401, 403)
+     ├── UpstreamBadRequest        upstream_bad_request   no   (400, 404, 413, 422)
+     └── UpstreamError             upstream_error         yes  (anything else, a truncated stream)
+
+The iterator is a generator: closing it (or killing the greenlet that runs it)
+closes the provider's HTTP response in the adapter's ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One generation, as the provider will be asked for it."""
+
+    model: str  # the provider's own model name (after 'provider/')
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+
+
+Delta = TextDelta | Usage | Finished
+
+
+class ProviderError(Exception):
+    """A provider failed; ``code`` and ``retryable`` go into the ``error`` event."""
+
+    code: ClassVar[str] = "upstream_error"
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, provider: str, status_code: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class UpstreamRateLimited(ProviderError):
+    code = "upstream_rate_limited"
+
+
+class UpstreamTimeout(ProviderError):
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(ProviderError):
+    code = "upstream_unavailable"
+
+
+class UpstreamAuth(ProviderError):
+    code, retryable = "upstream_auth", False
+
+
+class UpstreamBadRequest(ProviderError):
+    code, retryable = "upstream_bad_request", False
+
+
+class UpstreamError(ProviderError):
+    code = "upstream_error"
+
+
+def error_for_status(status: int) -> type[ProviderError]:
+    """The error class for an HTTP status a provider answered with."""
+    if status == 429:
+        return UpstreamRateLimited
+    if status in (401, 403):
+        return UpstreamAuth
+    if status in (400, 404, 413, 422):
+        return UpstreamBadRequest
+    if status == 408:
+        return UpstreamTimeout
+    if status >= 500:  # 529 is Anthropic's "overloaded"
+        return UpstreamUnavailable
+    return UpstreamError
+
+
+def status_message(provider: str, status: int) -> str:
+    """A message for the client that says what happened and leaks nothing of the body."""
+    what = {
+        400: "rejected the request as invalid",
+        401: "rejected the gateway's API key",
+        403: "refused access with the gateway's API key",
+        404: "does not know this model or endpoint",
+        408: "timed out",
+        413: "found the request too large",
+        422: "could not process the request",
+        429: "is rate limiting the gateway",
+        529: "is overloaded",
+    }.get(status, "failed" if status >= 500 else "answered with an unexpected status")
+    return f"{provider} {what} (HTTP {status})"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds (dates are ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+class Provider(Protocol):
+    """One provider: a name, whether it can serve, and streaming."""
+
+    name: str
+
+    @property
+    def available(self) -> bool:
+        """True when the provider is configured (its key is set)."""
+        ...
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        """Yield the deltas of one generation; raise ProviderError on failure."""
+        ...
+
+
+_ERROR_TYPES: dict[str, type[ProviderError]] = {
+    "rate_limit_error": UpstreamRateLimited,
+    "rate_limit_exceeded": UpstreamRateLimited,
+    "overloaded_error": UpstreamUnavailable,
+    "api_error": UpstreamUnavailable,
+    "server_error": UpstreamUnavailable,
+    "timeout_error": UpstreamTimeout,
+    "authentication_error": UpstreamAuth,
+    "permission_error": UpstreamAuth,
+    "invalid_request_error": UpstreamBadRequest,
+}
+
+
+def error_for_event(provider: str, error_type: str | None) -> ProviderError:
+    """The error for an error event a provider sent in the middle of a stream."""
+    cls = _ERROR_TYPES.get(error_type or "", UpstreamError)
+    label = f" ({error_type})" if error_type else ""
+    return cls(f"{provider} reported an error during the stream{label}", provider=provider)
+
+
+def error_type_of(body: object) -> str | None:
+    """The ``type`` (or ``code``) of an error body in either provider's format."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            value = inner.get("type") or inner.get("code")
+            return value if isinstance(value, str) else None
+    return None

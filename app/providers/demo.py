@@ -1,0 +1,65 @@
+"""A keyless, deterministic local provider, so the gateway runs with no keys.
+
+``demo/echo`` answers with the last user message, word by word; ``demo/lorem``
+with ``max_tokens`` words of lorem ipsum (default 48). Both keep a realistic
+cadence (a time to first token, then a delay between tokens) so streaming,
+heartbeats, cancel and resume can be tried by hand.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+from app.providers.base import ChatRequest, Delta, Finished, TextDelta, UpstreamBadRequest, Usage
+
+LOREM = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud "
+    "exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat"
+).split()
+
+_WORDS = re.compile(r"\s*\S+\s*|\s+")
+
+
+def split_words(text: str) -> list[str]:
+    """Split into word tokens whose concatenation is ``text`` exactly."""
+    return _WORDS.findall(text)
+
+
+class DemoProvider:
+    """The ``demo/<name>`` provider: always available, no network."""
+
+    name = "demo"
+    models = ("echo", "lorem")
+    available = True
+
+    def __init__(self, *, ttft_s: float, token_delay_s: float) -> None:
+        self._ttft_s = ttft_s
+        self._token_delay_s = token_delay_s
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        if request.model == "echo":
+            last_user = [m.content for m in request.messages if m.role == "user"]
+            tokens = split_words(last_user[-1] if last_user else "")
+            limit = request.max_tokens
+        elif request.model == "lorem":
+            limit = request.max_tokens or 48
+            tokens = [(" " if i else "") + LOREM[i % len(LOREM)] for i in range(limit)]
+        else:
+            raise UpstreamBadRequest(f"demo has no model {request.model!r}", provider=self.name)
+        finish = "stop"
+        if limit is not None and len(tokens) > limit:
+            tokens, finish = tokens[:limit], "length"
+        time.sleep(self._ttft_s)
+        for i, token in enumerate(tokens):
+            if i:
+                time.sleep(self._token_delay_s)
+            yield TextDelta(token)
+        input_tokens = sum(len(split_words(m.content)) for m in request.messages)
+        yield Usage(input_tokens, len(tokens))
+        yield Finished(finish)
+
+    def close(self) -> None:
+        """Nothing to release."""

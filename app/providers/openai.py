@@ -1,0 +1,113 @@
+"""Stream chat completions through the official ``openai`` SDK.
+
+Serves OpenAI itself and every OpenAI-compatible server (vLLM, Ollama, ...)
+reached through ``OPENAI_BASE_URL``. Usage is asked for in the stream
+(``stream_options.include_usage``) so ``done`` can report it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import openai
+
+from app.providers.base import (
+    ChatRequest,
+    Delta,
+    Finished,
+    ProviderError,
+    TextDelta,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    Usage,
+    error_for_event,
+    error_for_status,
+    error_type_of,
+    parse_retry_after,
+    status_message,
+)
+from app.providers.http import http_options
+
+
+class OpenAIProvider:
+    """The ``openai/<model>`` provider; one SDK client per process, reused."""
+
+    name = "openai"
+
+    def __init__(self, *, api_key: str, base_url: str, max_connections: int,
+                 connect_timeout: float, read_timeout: float) -> None:
+        self._configured = bool(api_key or base_url)
+        # A local OpenAI-compatible server usually needs no key, but the SDK
+        # refuses to start without one.
+        self._client = openai.OpenAI(
+            api_key=api_key or "unused",
+            base_url=base_url or None,
+            max_retries=0,  # retries are the gateway's, before the first token only
+            **http_options(openai.DefaultHttpxClient, max_connections,
+                           connect_timeout, read_timeout),
+        )
+
+    @property
+    def available(self) -> bool:
+        return self._configured
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        options: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            options["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        try:
+            sdk_stream = self._client.chat.completions.create(
+                model=request.model,
+                messages=[{"role": m.role, "content": m.content}  # type: ignore[misc]
+                          for m in request.messages],
+                stream=True,
+                stream_options={"include_usage": True},
+                **options,
+            )
+        except (openai.APIError, httpx2.TransportError) as exc:
+            raise translate(exc) from None
+        try:
+            finish_reason = None
+            for chunk in sdk_stream:
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    if choice.delta.content:
+                        yield TextDelta(choice.delta.content)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+                if chunk.usage is not None:
+                    yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            if finish_reason is None:
+                raise UpstreamError("openai ended the stream before the model finished",
+                                    provider=self.name)
+            yield Finished(finish_reason)
+        except (openai.APIError, httpx2.TransportError) as exc:
+            raise translate(exc) from None
+        finally:
+            sdk_stream.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def translate(exc: Exception) -> ProviderError:
+    """Map an ``openai`` or transport exception to the gateway's error tree."""
+    name = OpenAIProvider.name
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        return error_for_status(status)(
+            status_message(name, status), provider=name, status_code=status,
+            retry_after=parse_retry_after(exc.response.headers.get("retry-after")))
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+        return UpstreamTimeout(f"{name} did not answer in time", provider=name)
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+        return UpstreamUnavailable(f"the connection to {name} failed", provider=name)
+    if isinstance(exc, openai.APIError):  # an error event inside the stream
+        return error_for_event(name, error_type_of({"error": exc.body}))
+    return UpstreamError(f"{name} failed", provider=name)

@@ -1,0 +1,235 @@
+"""Run one provider stream in a greenlet and append its events to the broker.
+
+Two greenlets per stream. The *reader* iterates the provider adapter and
+puts each delta into the pump's inbox; it does nothing else, so it can be
+killed at any moment: the kill lands in the socket read and the adapter's
+``finally`` closes the provider's HTTP response. The *pump* takes deltas,
+cancel requests, reader changes and shutdown from that one inbox, numbers
+the events, appends them to the broker, and ends the stream with exactly one
+terminal event. Whatever ends it (done, provider error, DELETE, the last
+reader gone past its grace, shutdown), the reader is killed first, so the
+provider connection is closed before readers learn the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.queue
+
+from app import sse
+from app.broker import CANCEL, CANCELLED, DONE, ERROR, READERS, Broker
+from app.providers.base import (
+    ChatRequest,
+    Finished,
+    Provider,
+    ProviderError,
+    TextDelta,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+_END = object()  # the provider's iterator is exhausted
+_STOP = "stop"  # a local request to end the stream (shutdown)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a stream ended: the terminal event and the final status."""
+
+    status: str
+    event: str
+    data: dict[str, Any]
+
+
+class Pump:
+    """Produce one stream: provider deltas in, numbered SSE frames out."""
+
+    def __init__(self, *, broker: Broker, provider: Provider, request: ChatRequest,
+                 stream_id: str, model: str, created: float, grace_s: float,
+                 on_exit: Callable[[Pump], None] = lambda pump: None) -> None:
+        self.stream_id = stream_id
+        self._broker = broker
+        self._provider = provider
+        self._request = request
+        self._model = model
+        self._created = created
+        self._grace_s = grace_s
+        self._on_exit = on_exit
+        self._inbox: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self._next_id = 0
+        self._started = 0.0
+        self._first_token_at: float | None = None
+        self._text_deltas = 0
+        self._usage = Usage()
+        self._finish_reason = "stop"
+        self.greenlet: gevent.Greenlet[Any, None] | None = None
+
+    def start(self) -> None:
+        """Append the ``start`` event, then produce in the background."""
+        self._started = time.monotonic()
+        self._append("start", {"stream_id": self.stream_id, "model": self._model,
+                               "created": self._created})
+        self._unwatch = self._broker.watch(self.stream_id, self._inbox.put)
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self, reason: str) -> None:
+        """End the stream with ``cancelled``/``reason`` (used at shutdown)."""
+        self._inbox.put((_STOP, reason))
+
+    def _run(self) -> None:
+        reader = gevent.spawn(self._read_provider)
+        outcome = None
+        try:
+            outcome = self._relay()
+        except Exception:
+            log.exception("stream %s: pump failed", self.stream_id)
+        finally:
+            reader.kill(block=True, timeout=5)  # closes the provider connection
+            self._unwatch()
+            try:
+                self._finish(outcome or self._internal_error())
+            except Exception:
+                log.exception("stream %s: could not record its end", self.stream_id)
+            self._on_exit(self)
+
+    def _read_provider(self) -> None:
+        deltas = self._provider.stream(self._request)
+        try:
+            for delta in deltas:
+                self._inbox.put(delta)
+            self._inbox.put(_END)
+        except ProviderError as exc:
+            self._inbox.put(exc)
+        except Exception:
+            log.exception("stream %s: provider adapter failed", self.stream_id)
+            self._inbox.put(RuntimeError("adapter failed"))
+        finally:
+            deltas.close()
+
+    def _relay(self) -> Outcome:
+        grace_ends: float | None = None  # set while no reader is attached
+        while True:
+            timeout = None if grace_ends is None else max(0.0, grace_ends - time.monotonic())
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except gevent.queue.Empty:
+                return self._cancelled("client_disconnected")
+            if isinstance(item, TextDelta):
+                self._relay_text(item.text)
+            elif isinstance(item, Usage):
+                self._usage = Usage(item.input_tokens if item.input_tokens is not None
+                                    else self._usage.input_tokens,
+                                    item.output_tokens if item.output_tokens is not None
+                                    else self._usage.output_tokens)
+            elif isinstance(item, Finished):
+                self._finish_reason = item.reason
+            elif item is _END:
+                return self._done()
+            elif isinstance(item, ProviderError):
+                return self._error(item.code, item.message, item.retryable)
+            elif isinstance(item, Exception):
+                return self._internal_error()
+            elif item == CANCEL:
+                info = self._broker.info(self.stream_id)
+                return self._cancelled(info.cancel_reason if info and info.cancel_reason
+                                       else "deleted")
+            elif item == READERS:
+                if self._broker.readers(self.stream_id) > 0:
+                    grace_ends = None
+                elif grace_ends is None:
+                    grace_ends = time.monotonic() + self._grace_s
+            elif isinstance(item, tuple) and item[0] == _STOP:
+                return self._cancelled(item[1])
+
+    def _relay_text(self, text: str) -> None:
+        """Append one ``token`` event, merging the text deltas already waiting."""
+        parts = [text]
+        while not self._inbox.empty() and isinstance(self._inbox.peek_nowait(), TextDelta):
+            parts.append(self._inbox.get_nowait().text)
+        self._text_deltas += len(parts)
+        if self._first_token_at is None:
+            self._first_token_at = time.monotonic()
+        self._append("token", {"content": "".join(parts)})
+
+    def _append(self, event: str, data: dict[str, Any]) -> None:
+        self._broker.append(self.stream_id, self._next_id, sse.encode_event(self._next_id, event, data))
+        self._next_id += 1
+
+    def _finish(self, outcome: Outcome) -> None:
+        frame = sse.encode_event(self._next_id, outcome.event, outcome.data)
+        usage = self._usage_body()
+        self._broker.finish(self.stream_id, self._next_id, frame, outcome.status,
+                            usage if any(v is not None for v in usage.values()) else None)
+        self._next_id += 1
+
+    def _usage_body(self) -> dict[str, Any]:
+        return {"input_tokens": self._usage.input_tokens,
+                "output_tokens": self._usage.output_tokens}
+
+    def _done(self) -> Outcome:
+        now = time.monotonic()
+        output_tokens = self._usage.output_tokens
+        if output_tokens is None:
+            output_tokens = self._text_deltas
+        ttft = None if self._first_token_at is None else self._first_token_at - self._started
+        # The generation rate, from the first token on; undefined for fewer than two.
+        generating = (now - self._first_token_at
+                      if self._first_token_at is not None and self._text_deltas > 1 else None)
+        metrics = {
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
+            "duration_ms": round((now - self._started) * 1000, 1),
+            "tokens_per_second": (round(output_tokens / generating, 1)
+                                  if generating and output_tokens else None),
+        }
+        return Outcome(DONE, "done", {"finish_reason": self._finish_reason, "model": self._model,
+                                      "usage": self._usage_body(), "metrics": metrics})
+
+    def _error(self, code: str, message: str, retryable: bool) -> Outcome:
+        return Outcome(ERROR, "error", {"code": code, "message": message,
+                                        "retryable": retryable,
+                                        "provider": self._provider.name})
+
+    def _internal_error(self) -> Outcome:
+        return self._error("internal_error", "the gateway failed while streaming", True)
+
+    def _cancelled(self, reason: str) -> Outcome:
+        return Outcome(CANCELLED, "cancelled", {"reason": reason})
+
+
+class PumpGroup:
+    """The pumps of this process: counted for the worker's limit, drained at shutdown."""
+
+    def __init__(self) -> None:
+        self._pumps: set[Pump] = set()
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self._pumps)
+
+    def start(self, pump: Pump) -> None:
+        self._pumps.add(pump)
+        pump.start()
+
+    def discard(self, pump: Pump) -> None:
+        self._pumps.discard(pump)
+
+    def drain(self, deadline_s: float) -> None:
+        """Let running streams finish for ``deadline_s``, then end them with ``shutdown``."""
+        if not self.draining:
+            self.draining = True
+            gevent.spawn(self._drain, deadline_s)
+
+    def _drain(self, deadline_s: float) -> None:
+        running = [p.greenlet for p in self._pumps if p.greenlet is not None]
+        gevent.joinall(running, timeout=deadline_s)
+        for pump in list(self._pumps):
+            log.warning("stream %s: ended by shutdown", pump.stream_id)
+            pump.stop("shutdown")
+        gevent.joinall([p.greenlet for p in self._pumps if p.greenlet is not None], timeout=5)

@@ -1,0 +1,113 @@
+"""Check a ``POST /v1/streams`` body and turn it into plain values.
+
+Strict types (``"5"`` is not a number, ``true`` is not an integer), unknown
+fields refused (a typo such as ``max_token`` should not be silently ignored),
+and one clear message naming the first offending field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.providers.base import ChatRequest, Message
+
+
+class InvalidBody(ValueError):
+    """The body is not acceptable; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """A validated request to start a stream."""
+
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int | None
+    temperature: float | None
+    fallbacks: tuple[str, ...]
+    resume_grace_s: float | None
+
+    def chat(self, provider_model: str) -> ChatRequest:
+        return ChatRequest(provider_model, self.messages, self.max_tokens, self.temperature)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    model: Annotated[str, Field(min_length=3, max_length=256)]
+    messages: list[_Message] | None = None
+    prompt: str | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    fallbacks: list[Annotated[str, Field(min_length=3, max_length=256)]] = []
+    resume_grace_s: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Body:
+        if self.messages is None and self.prompt is None:
+            raise ValueError("one of 'messages' or 'prompt' is required")
+        if self.messages is not None and self.prompt is not None:
+            raise ValueError("give 'messages' or 'prompt', not both")
+        return self
+
+
+def parse_stream_request(raw: bytes, *, max_tokens_limit: int, max_messages: int,
+                         max_resume_grace_s: float) -> StreamRequest:
+    """Validate a request body; raise InvalidBody with a message for the client."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidBody("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidBody("the body must be a JSON object")
+    try:
+        body = _Body.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    if body.messages is not None:
+        if not body.messages:
+            raise InvalidBody("messages: must be a non-empty list", "messages")
+        if len(body.messages) > max_messages:
+            raise InvalidBody(f"messages: at most {max_messages} are accepted", "messages")
+        messages = tuple(Message(m.role, m.content) for m in body.messages)
+    else:
+        messages = (Message("user", body.prompt or ""),)
+    if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
+        raise InvalidBody(f"max_tokens: must be at most {max_tokens_limit}", "max_tokens")
+    if body.resume_grace_s is not None and body.resume_grace_s > max_resume_grace_s:
+        raise InvalidBody(f"resume_grace_s: must be at most {max_resume_grace_s:g}",
+                          "resume_grace_s")
+    return StreamRequest(body.model, messages, body.max_tokens, body.temperature,
+                         tuple(body.fallbacks), body.resume_grace_s)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _first_error(exc: ValidationError) -> InvalidBody:
+    error: Any = exc.errors(include_url=False, include_input=False)[0]
+    location = [str(part) for part in error["loc"]]
+    param = ".".join(location) if location else None
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "is required"
+    if param is None:
+        return InvalidBody(message.removeprefix("Value error, "))
+    return InvalidBody(f"{param}: {message}", param)

@@ -1,0 +1,60 @@
+"""Default settings, as classes in the Flask tradition.
+
+Every attribute is an environment variable of the same name; ``app.settings``
+reads the class named by ``GATEWAY_CONFIG`` (default ``Default``), then the
+environment, then the overrides passed to ``create_app``, and validates the
+result once. Keep this module free of imports: ``gunicorn.conf.py`` reads it in
+the master process, before gevent patches anything.
+"""
+
+
+class Default:
+    """Safe defaults: in-process broker, demo provider, no keys."""
+
+    # Where streams live: unset means in this process (one worker only);
+    # redis://host:port/db shares them between workers and hosts.
+    REDIS_URL = ""
+    # Models clients may ask for: provider/model, or provider/* for any model
+    # of that provider (an OpenAI-compatible server, say). Comma-separated.
+    MODELS = (
+        "demo/echo,demo/lorem,openai/gpt-4o-mini,openai/gpt-4.1,"
+        "anthropic/claude-sonnet-4-5,anthropic/claude-haiku-4-5"
+    )
+    # Seconds of silence after which a ': ping' comment is sent.
+    HEARTBEAT_S = 15.0
+    # Milliseconds a client waits before reconnecting (the 'retry:' field).
+    RETRY_MS = 2000
+    # Seconds generation goes on after the last reader dropped, waiting for a
+    # resume; a request may ask for less or more, up to MAX_RESUME_GRACE_S.
+    RESUME_GRACE_S = 10.0
+    MAX_RESUME_GRACE_S = 300.0
+    # Seconds an ended stream stays replayable.
+    STREAM_TTL_S = 600.0
+    # Bounds on a request.
+    MAX_TOKENS_LIMIT = 32768
+    # max_tokens sent to providers that require one when the request gives none.
+    DEFAULT_MAX_TOKENS = 4096
+    MAX_CONTENT_LENGTH = 1024 * 1024
+    MAX_MESSAGES = 1000
+    # Running streams one worker accepts; also sizes each SDK's connection pool.
+    MAX_ACTIVE_STREAMS = 1000
+    # Provider HTTP timeouts: connecting, and the longest silence while reading.
+    PROVIDER_CONNECT_TIMEOUT_S = 5.0
+    PROVIDER_READ_TIMEOUT_S = 120.0
+    # Seconds before the graceful timeout at which streams still running on a
+    # stopping worker are ended with 'cancelled'/'shutdown'.
+    SHUTDOWN_MARGIN_S = 3.0
+    # The demo provider's cadence: time to first token and between tokens.
+    DEMO_TTFT_S = 0.2
+    DEMO_TOKEN_DELAY_S = 0.05
+    LOG_LEVEL = "INFO"
+
+
+class Development(Default):
+    """Local runs: chattier logs."""
+
+    LOG_LEVEL = "DEBUG"
+
+
+class Production(Default):
+    """Behind nginx with Redis; set REDIS_URL and the provider keys."""

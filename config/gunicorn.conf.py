@@ -1,0 +1,61 @@
+"""gunicorn settings for the gateway: ``gunicorn -c config/gunicorn.conf.py wsgi:app``.
+
+This file runs in the master, before gevent patches anything: it must not
+import the app or an SDK (an SSL context built here breaks every TLS call in
+the workers). Hooks import what they need lazily, inside the worker.
+
+Environment: BIND (127.0.0.1:8000), WORKERS (1), WORKER_CONNECTIONS (10000),
+GRACEFUL_TIMEOUT_S (30), KEEPALIVE_S (75), REDIS_URL.
+"""
+
+import os
+import resource
+import signal
+import sys
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+worker_class = "gevent"
+workers = int(os.environ.get("WORKERS", "1"))
+# Each stream holds one client connection; idle keep-alive ones count too.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+# For gevent workers `timeout` bounds a blocked event loop, not a stream's length.
+timeout = 30
+# Streams still running at SIGTERM get this long, less SHUTDOWN_MARGIN_S, to end.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "30"))
+# Above nginx's upstream keepalive_timeout, so nginx never reuses a closed connection.
+keepalive = int(os.environ.get("KEEPALIVE_S", "75"))
+# Never preload: the app and its SDK clients must be built after gevent patched ssl.
+preload_app = False
+# Several instances on one host (tests, sidecars) would share one control socket.
+control_socket_disable = True
+accesslog = os.environ.get("ACCESS_LOG", "-") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
+    """Refuse to run several workers on the in-process broker; raise the fd limit."""
+    if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
+        sys.stderr.write(
+            f"error: {server.cfg.workers} workers were asked for, but REDIS_URL is not set. "
+            "Without Redis every stream lives in the process that started it, so a resume, "
+            "status or DELETE that reaches another worker would answer 404. "
+            "Run one worker (WORKERS=1) or set REDIS_URL.\n")
+        sys.exit(1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, 2 * server.cfg.worker_connections + 100))
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook
+    """On SIGTERM, let streams finish, then end the rest with cancelled/shutdown."""
+    gateway = worker.wsgi.extensions["gateway"]
+    default_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):  # noqa: ANN001, ANN202
+        gateway.drain(worker.cfg.graceful_timeout)
+        default_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.siginterrupt(signal.SIGTERM, False)

@@ -1,0 +1,785 @@
+"""A fake LLM provider speaking the OpenAI and Anthropic streaming wire formats.
+
+It is a real HTTP/1.1 server on 127.0.0.1 (standard library only), so the real
+``openai`` and ``anthropic`` SDKs talk to it unchanged:
+
+    with FakeProvider() as fake:
+        model = fake.scenario(tokens=["Hi", "!"], delay=0.01)
+        client = openai.OpenAI(api_key="test", base_url=f"{fake.url}/v1")
+        ...
+        call = fake.wait_closed(model)
+        assert call.outcome == "complete"
+
+Each request is answered by the ``Behaviour`` registered for the ``model`` of its
+body, and recorded as a ``Call``. Its point is the record of *how the peer
+left*: whenever the fake waits (header delay, time to first token, between
+tokens, a stall) it watches the connection socket, so a client that closes its
+upstream connection is noticed within a millisecond or so, and ``closed_at``
+says when.
+
+Streams, in both dialects: response headers, then the preamble events (OpenAI:
+the role chunk; Anthropic: ``message_start``, ``content_block_start``,
+``ping``), then ``ttft``, then one delta event per token (``delay`` apart), then
+the closing events and the zero-length chunk. Each SSE event is one HTTP chunk,
+written at once with Nagle disabled.
+
+A call's outcome: "complete" (or "error_event") once the last event, ``[DONE]``
+or ``message_stop`` (or the error event), has been written; the zero-length
+chunk follows on a best-effort basis, as the sync openai SDK hangs up as soon as
+it has read ``[DONE]``. "peer_closed": the client closed the connection first.
+"dropped": ``drop_after`` closed it. "error_status": an HTTP error was answered.
+Read outcomes through ``wait_closed``: the server thread sets them a moment
+after the client may have seen the end of its stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import select
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ANTHROPIC_PATH",
+    "OPENAI_PATH",
+    "Behaviour",
+    "Call",
+    "FakeProvider",
+    "Outcome",
+]
+
+OPENAI_PATH = "/v1/chat/completions"
+ANTHROPIC_PATH = "/v1/messages"
+
+Outcome = Literal["complete", "peer_closed", "dropped", "error_status", "error_event"]
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class Behaviour:
+    """What one upstream request does. Counts ("after K tokens") are tokens already sent."""
+
+    tokens: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
+    delay: float = 0.0  # seconds between two tokens
+    ttft: float = 0.0  # seconds after the preamble events, before the first token
+    header_delay: float = 0.0  # seconds before the status line is sent
+    status: int | None = (
+        None  # answer this HTTP error (provider's JSON error body) instead of a stream
+    )
+    retry_after: float | None = None  # `retry-after` header sent with an error status
+    drop_after: int | None = None  # after K tokens close the TCP connection, no terminator
+    stall_after: int | None = None  # after K tokens go silent for stall_s seconds, then go on
+    stall_s: float = 0.0
+    error_event_after: int | None = None  # after K tokens send an in-stream error event, then end
+    finish_reason: str = (
+        "stop"  # OpenAI's; Anthropic gets "stop"->"end_turn", "length"->"max_tokens"
+    )
+    input_tokens: int = 7
+    output_tokens: int | None = None  # None: len(tokens)
+    include_usage: bool = True  # OpenAI: usage chunk only if this AND stream_options.include_usage
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens) if self.output_tokens is None else self.output_tokens
+
+
+@dataclass
+class Call:
+    """The record of one upstream request, filled in while it runs."""
+
+    model: str
+    path: str  # without the query string
+    body: JSON
+    headers: dict[str, str]  # lower-cased names
+    opened_at: float  # time.monotonic() when the request had been read
+    tokens_sent: int = 0
+    outcome: Outcome | None = None
+    closed_at: float | None = None  # time.monotonic() when the outcome was reached
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+    token_times: list[float] = field(
+        default_factory=list, repr=False
+    )  # monotonic time of each token write
+
+    def _finish(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.closed_at = time.monotonic()
+            self.outcome = outcome
+            self.done.set()
+
+
+# --------------------------------------------------------------------------- dialects
+
+
+def _json_bytes(obj: object) -> bytes:
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # lone surrogates: let JSON escape them instead
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class _Dialect:
+    """One provider's wire format for one request."""
+
+    request_id_header: ClassVar[str]
+
+    def __init__(self, model: str, body: JSON) -> None:
+        self.model = model
+        self.body = body
+        self.request_id = f"req_{uuid.uuid4().hex[:24]}"
+
+    def error_body(self, status: int, message: str) -> JSON:
+        raise NotImplementedError
+
+    def preamble(self, b: Behaviour) -> list[bytes]:
+        raise NotImplementedError
+
+    def token(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def error_event(self) -> bytes:
+        raise NotImplementedError
+
+    def epilogue(self, b: Behaviour) -> list[bytes]:
+        raise NotImplementedError
+
+    def complete_body(self, b: Behaviour) -> JSON:
+        """The whole answer of a request without ``"stream": true``."""
+        raise NotImplementedError
+
+
+class _OpenAI(_Dialect):
+    request_id_header = "x-request-id"
+    _error_kinds: ClassVar[dict[int, tuple[str, str | None]]] = {
+        400: ("invalid_request_error", None),
+        401: ("invalid_request_error", "invalid_api_key"),
+        403: ("invalid_request_error", "unsupported_country_region_territory"),
+        404: ("invalid_request_error", "model_not_found"),
+        429: ("requests", "rate_limit_exceeded"),
+    }
+
+    def __init__(self, model: str, body: JSON) -> None:
+        super().__init__(model, body)
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        options = body.get("stream_options")
+        self.usage_requested = isinstance(options, dict) and options.get("include_usage") is True
+
+    def error_body(self, status: int, message: str) -> JSON:
+        kind, code = self._error_kinds.get(
+            status, ("server_error" if status >= 500 else "invalid_request_error", None)
+        )
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+    def _chunk(self, choices: list[JSON], **extra: Any) -> bytes:
+        chunk: JSON = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_fake",
+            "choices": choices,
+        }
+        if self.usage_requested:
+            chunk["usage"] = None  # as the real API does on every chunk but the usage one
+        chunk.update(extra)
+        return b"data: " + _json_bytes(chunk) + b"\n\n"
+
+    @staticmethod
+    def _choice(delta: JSON, finish_reason: str | None = None) -> JSON:
+        return {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+
+    def _usage(self, b: Behaviour) -> JSON:
+        return {
+            "prompt_tokens": b.input_tokens,
+            "completion_tokens": b.completion_tokens,
+            "total_tokens": b.input_tokens + b.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    def preamble(self, b: Behaviour) -> list[bytes]:
+        return [self._chunk([self._choice({"role": "assistant", "content": "", "refusal": None})])]
+
+    def token(self, text: str) -> bytes:
+        return self._chunk([self._choice({"content": text})])
+
+    def error_event(self) -> bytes:
+        message = "The server had an error while processing your request. Sorry about that!"
+        return b"data: " + _json_bytes(self.error_body(500, message)) + b"\n\n"
+
+    def epilogue(self, b: Behaviour) -> list[bytes]:
+        events = [self._chunk([self._choice({}, b.finish_reason)])]
+        if self.usage_requested and b.include_usage:
+            events.append(self._chunk([], usage=self._usage(b)))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def complete_body(self, b: Behaviour) -> JSON:
+        message = {"role": "assistant", "content": "".join(b.tokens), "refusal": None}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": b.finish_reason,
+                }
+            ],
+            "usage": self._usage(b),
+        }
+
+
+class _Anthropic(_Dialect):
+    request_id_header = "request-id"
+    _error_types: ClassVar[dict[int, str]] = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        500: "api_error",
+        529: "overloaded_error",
+    }
+    _stop_reasons: ClassVar[dict[str, str]] = {
+        "stop": "end_turn",
+        "length": "max_tokens",
+    }
+
+    def __init__(self, model: str, body: JSON) -> None:
+        super().__init__(model, body)
+        self.id = f"msg_{uuid.uuid4().hex[:24]}"
+
+    def error_body(self, status: int, message: str) -> JSON:
+        kind = self._error_types.get(
+            status, "api_error" if status >= 500 else "invalid_request_error"
+        )
+        return {
+            "type": "error",
+            "error": {"type": kind, "message": message},
+            "request_id": self.request_id,
+        }
+
+    @staticmethod
+    def _event(data: JSON) -> bytes:
+        return b"event: " + str(data["type"]).encode() + b"\ndata: " + _json_bytes(data) + b"\n\n"
+
+    def _message(
+        self,
+        b: Behaviour,
+        content: list[JSON],
+        stop_reason: str | None,
+        output_tokens: int,
+    ) -> JSON:
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": b.input_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": output_tokens,
+            },
+        }
+
+    def _stop_reason(self, b: Behaviour) -> str:
+        return self._stop_reasons.get(b.finish_reason, b.finish_reason)
+
+    def preamble(self, b: Behaviour) -> list[bytes]:
+        return [
+            self._event({"type": "message_start", "message": self._message(b, [], None, 1)}),
+            self._event(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                }
+            ),
+            self._event({"type": "ping"}),
+        ]
+
+    def token(self, text: str) -> bytes:
+        return self._event(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            }
+        )
+
+    def error_event(self) -> bytes:
+        return self._event(
+            {
+                "type": "error",
+                "error": {"type": "overloaded_error", "message": "Overloaded"},
+            }
+        )
+
+    def epilogue(self, b: Behaviour) -> list[bytes]:
+        return [
+            self._event({"type": "content_block_stop", "index": 0}),
+            self._event(
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": self._stop_reason(b),
+                        "stop_sequence": None,
+                    },
+                    "usage": {"output_tokens": b.completion_tokens},
+                }
+            ),
+            self._event({"type": "message_stop"}),
+        ]
+
+    def complete_body(self, b: Behaviour) -> JSON:
+        content = [{"type": "text", "text": "".join(b.tokens)}]
+        return self._message(b, content, self._stop_reason(b), b.completion_tokens)
+
+
+_DIALECTS: dict[str, type[_Dialect]] = {
+    OPENAI_PATH: _OpenAI,
+    ANTHROPIC_PATH: _Anthropic,
+}
+
+_REASONS = {529: "Overloaded"}  # http.HTTPStatus does not know it
+
+
+# --------------------------------------------------------------------------- watching the peer
+
+_POLL_HANGUP = (
+    getattr(select, "POLLHUP", 0) | getattr(select, "POLLERR", 0) | getattr(select, "POLLNVAL", 0)
+)
+_POLL_RDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer sent FIN
+_POLL_IN = getattr(select, "POLLIN", 1)
+
+
+class _PeerWatch:
+    """Waits on a connection socket, noticing at once when the peer closes it.
+
+    ``select.poll`` where there is one (it is ``select.select`` without the
+    FD_SETSIZE=1024 ceiling a benchmark with many connections would hit),
+    ``select.select`` otherwise. Readable means closed if ``recv(MSG_PEEK)``
+    gives b"" or fails. Bytes the peer sends mid-response (it should not) are
+    left unread; from then on only a hang-up (``POLLRDHUP``) can be seen.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._poller = select.poll() if hasattr(select, "poll") else None
+        if self._poller is not None:
+            self._poller.register(sock, _POLL_IN | _POLL_HANGUP | _POLL_RDHUP)
+        self._blind = False  # stray bytes pending and no POLLRDHUP: nothing left to watch
+
+    def wait(self, seconds: float) -> bool:
+        """Wait ``seconds`` (0: just look); False as soon as the peer is gone."""
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if self._blind:
+                time.sleep(remaining)
+                return True
+            events = self._events(remaining)
+            if not events:
+                if time.monotonic() >= deadline:
+                    return True
+                continue
+            if events & (_POLL_HANGUP | _POLL_RDHUP) or self._peeked_eof():
+                return False
+            self._ignore_stray_bytes()
+
+    def _events(self, timeout: float) -> int:
+        if self._poller is not None:
+            ready = self._poller.poll(math.ceil(timeout * 1000))
+            return ready[0][1] if ready else 0
+        readable, _, _ = select.select([self._sock], [], [], timeout)
+        return _POLL_IN if readable else 0
+
+    def _peeked_eof(self) -> bool:
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:  # spurious wake-up
+            return False
+        except OSError:  # reset
+            return True
+
+    def _ignore_stray_bytes(self) -> None:
+        if self._poller is not None and _POLL_RDHUP:
+            self._poller.modify(self._sock, _POLL_HANGUP | _POLL_RDHUP)
+        else:
+            self._blind = True
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], provider: FakeProvider) -> None:
+        super().__init__(address, _Handler)
+        self.provider = provider
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, sock: socket.socket, alive: bool) -> None:
+        with self._connections_lock:
+            if alive:
+                self._connections.add(sock)
+            else:
+                self._connections.discard(sock)
+
+    def close_connections(self) -> None:
+        """Hang up every open connection, so that their handler threads end."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for sock in connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the peer went away between requests: nothing to report
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeProvider/1.0"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, alive=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, alive=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._read_body()
+        self._send_json(
+            404,
+            {"error": {"message": f"Unknown path {self.path}", "type": "not_found"}},
+        )
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        path = urlsplit(self.path).path
+        dialect_type = _DIALECTS.get(path)
+        if dialect_type is None:
+            self._send_json(
+                404, {"error": {"message": f"Unknown path {path}", "type": "not_found"}}
+            )
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self._send_json(
+                400,
+                dialect_type("", {}).error_body(400, "The request body is not a JSON object."),
+            )
+            return
+        model = str(body.get("model", ""))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        call, behaviour = self.server.provider._open_call(model, path, body, headers)
+        _Exchange(self, call, dialect_type(model, body)).run(behaviour)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send_json(self, status: int, body: JSON, headers: dict[str, str] | None = None) -> None:
+        payload = _json_bytes(body)
+        self.send_response(status, _REASONS.get(status))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class _Exchange:
+    """Plays one ``Behaviour`` on one request, recording it in its ``Call``."""
+
+    def __init__(self, handler: _Handler, call: Call, dialect: _Dialect) -> None:
+        self.handler = handler
+        self.call = call
+        self.dialect = dialect
+        self.sock: socket.socket = handler.connection
+        self.watch = _PeerWatch(self.sock)
+
+    def run(self, b: Behaviour | None) -> None:
+        try:
+            self._run(b)
+        except OSError:  # a write failed: the peer is gone
+            self._peer_closed()
+        finally:
+            if self.call.outcome is None:  # a bug in here: still leave a record
+                self._peer_closed()
+
+    def _run(self, b: Behaviour | None) -> None:
+        if b is None:
+            self._send_error(404, f"The model `{self.call.model}` does not exist.", None)
+            return
+        if not self._pause(b.header_delay):
+            return
+        if b.status is not None:
+            self._send_error(b.status, f"Fake provider error {b.status}.", b.retry_after)
+            return
+        if not self.call.body.get("stream"):
+            self.call.tokens_sent = len(b.tokens)
+            self.handler._send_json(200, self.dialect.complete_body(b), self._id_header())
+            self.call._finish("complete")
+            return
+        self._stream(b)
+
+    def _stream(self, b: Behaviour) -> None:
+        h = self.handler
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        h.send_header("Cache-Control", "no-cache")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header(self.dialect.request_id_header, self.dialect.request_id)
+        h.end_headers()
+        if not self._emit_all(self.dialect.preamble(b)) or not self._pause(b.ttft):
+            return
+        for k in range(len(b.tokens) + 1):
+            if k == b.stall_after and not self._pause(b.stall_s):
+                return
+            if k == b.error_event_after:
+                if self._emit(self.dialect.error_event()):
+                    self._end("error_event")
+                return
+            if k == b.drop_after:
+                self._drop()
+                return
+            if k == len(b.tokens):
+                break
+            if k > 0 and not self._pause(b.delay):
+                return
+            if not self._emit(self.dialect.token(b.tokens[k])):
+                return
+            self.call.tokens_sent += 1
+            self.call.token_times.append(time.monotonic())
+        if self._emit_all(self.dialect.epilogue(b)):
+            self._end("complete")
+
+    def _pause(self, seconds: float) -> bool:
+        """Stay silent for ``seconds`` while watching the peer; False if it closed."""
+        if self.watch.wait(seconds):
+            return True
+        self._peer_closed()
+        return False
+
+    def _emit(self, event: bytes) -> bool:
+        """Send one event as one HTTP chunk; False if the peer is gone."""
+        if not self._pause(0):
+            return False
+        self.sock.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+        return True
+
+    def _end(self, outcome: Outcome) -> None:
+        """The last event is out: record ``outcome``, then send the zero-length chunk.
+
+        The outcome is decided before that chunk, since clients rightly hang up
+        without waiting for it: the sync openai SDK closes the response as soon
+        as it has parsed ``[DONE]``, the anthropic SDK on an error event.
+        """
+        self.call._finish(outcome)
+        try:
+            self.sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            self.handler.close_connection = True
+
+    def _emit_all(self, events: list[bytes]) -> bool:
+        return all(self._emit(event) for event in events)
+
+    def _drop(self) -> None:
+        self.handler.close_connection = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.call._finish("dropped")
+
+    def _peer_closed(self) -> None:
+        self.handler.close_connection = True
+        self.call._finish("peer_closed")
+
+    def _id_header(self) -> dict[str, str]:
+        return {self.dialect.request_id_header: self.dialect.request_id}
+
+    def _send_error(self, status: int, message: str, retry_after: float | None) -> None:
+        headers = self._id_header()
+        if retry_after is not None:
+            headers["retry-after"] = f"{retry_after:g}"
+        self.handler._send_json(status, self.dialect.error_body(status, message), headers)
+        self.call._finish("error_status")
+
+
+# --------------------------------------------------------------------------- the provider
+
+
+class FakeProvider:
+    """The fake provider: a threaded HTTP server plus the scenarios and the call records."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        default: Behaviour | None = None,
+        record: bool = True,
+    ) -> None:
+        """``default`` answers the models no scenario names (else: 404).
+
+        ``record=False`` keeps no ``Call`` (for long benchmarks).
+        """
+        self._address = (host, port)
+        self._default = default
+        self._record = record
+        self._cond = threading.Condition()
+        self._scenarios: dict[str, list[Behaviour]] = {}
+        self._calls: dict[str, list[Call]] = {}
+        self._counts: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # life cycle
+
+    def start(self) -> Self:
+        if self._server is not None:
+            raise RuntimeError("FakeProvider already started")
+        self._server = _Server(self._address, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-provider:{self._server.server_address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeProvider not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # scenarios
+
+    def scenario(self, behaviour: Behaviour | None = None, /, **fields: Any) -> str:
+        """Register a behaviour for every request naming the returned model id ("fake-12")."""
+        if behaviour is None:
+            behaviour = Behaviour(**fields)
+        elif fields:
+            behaviour = replace(behaviour, **fields)
+        return self.scenario_seq([behaviour])
+
+    def scenario_seq(self, behaviours: list[Behaviour]) -> str:
+        """Request i with the returned model gets behaviours[i] (the last one repeats)."""
+        if not behaviours:
+            raise ValueError("scenario_seq needs at least one Behaviour")
+        with self._cond:
+            model = f"fake-{next(self._ids)}"
+            self._scenarios[model] = list(behaviours)
+        return model
+
+    # records
+
+    def calls(self, model: str) -> list[Call]:
+        with self._cond:
+            return list(self._calls.get(model, []))
+
+    def wait_call(self, model: str, index: int = 0, timeout: float = 10) -> Call:
+        """The ``index``-th request for ``model`` once it has arrived; AssertionError on timeout."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._calls.get(model, [])) > index, timeout):
+                seen = len(self._calls.get(model, []))
+                raise AssertionError(
+                    f"no request #{index} for {model!r} within {timeout}s ({seen} seen)"
+                )
+            return self._calls[model][index]
+
+    def wait_closed(self, model: str, index: int = 0, timeout: float = 10) -> Call:
+        """Like ``wait_call``, but also until that request has an outcome."""
+        deadline = time.monotonic() + timeout
+        call = self.wait_call(model, index, timeout)
+        if not call.done.wait(max(0.0, deadline - time.monotonic())):
+            raise AssertionError(
+                f"request #{index} for {model!r} still open after {timeout}s: {call!r}"
+            )
+        return call
+
+    def _open_call(
+        self, model: str, path: str, body: JSON, headers: dict[str, str]
+    ) -> tuple[Call, Behaviour | None]:
+        call = Call(
+            model=model,
+            path=path,
+            body=body,
+            headers=headers,
+            opened_at=time.monotonic(),
+        )
+        with self._cond:
+            index = self._counts.get(model, 0)
+            self._counts[model] = index + 1
+            sequence = self._scenarios.get(model)
+            behaviour = sequence[min(index, len(sequence) - 1)] if sequence else self._default
+            if self._record:
+                self._calls.setdefault(model, []).append(call)
+                self._cond.notify_all()
+        return call, behaviour

@@ -1,0 +1,43 @@
+"""Live fixtures: a real gunicorn with the gevent worker, wired to the fake provider."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fake_provider import FakeProvider
+from tests.live.gateway import OPEN_STREAMS, GatewayServer
+
+HEARTBEAT_S = 0.5
+
+
+def gateway_env(fake: FakeProvider, **extra: str) -> dict[str, str]:
+    env = {
+        "OPENAI_API_KEY": "sk-test-openai",
+        "OPENAI_BASE_URL": f"{fake.url}/v1",
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": fake.url,
+        "MODELS": "demo/echo,demo/lorem,openai/*,anthropic/*",
+        "HEARTBEAT_S": str(HEARTBEAT_S),
+        "DEMO_TTFT_S": "0.05",
+        "DEMO_TOKEN_DELAY_S": "0.01",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def gateway(fake: FakeProvider) -> Iterator[GatewayServer]:
+    server = GatewayServer(gateway_env(fake))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_streams() -> Iterator[None]:
+    yield
+    while OPEN_STREAMS:
+        OPEN_STREAMS.pop().close()

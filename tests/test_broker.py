@@ -1,0 +1,147 @@
+"""The broker contract: every backend must pass these."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from app.broker import (
+    CANCEL,
+    CANCELLED,
+    DONE,
+    READERS,
+    RUNNING,
+    Broker,
+    StreamInfo,
+    StreamNotFound,
+    open_broker,
+)
+
+
+@pytest.fixture(params=["memory://"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    backend = open_broker(request.param, ttl=0.5)
+    yield backend
+    backend.close()
+
+
+def make(broker: Broker, stream_id: str = "s" * 16) -> str:
+    assert broker.create(StreamInfo(stream_id, owner="k", model="demo/echo", created=1.0))
+    return stream_id
+
+
+def test_create_refuses_a_taken_id(broker: Broker) -> None:
+    sid = make(broker)
+    assert not broker.create(StreamInfo(sid, owner="k", model="x/y", created=2.0))
+    info = broker.info(sid)
+    assert info is not None
+    assert (info.status, info.model, info.last_event_id, info.usage) == (
+        RUNNING, "demo/echo", -1, None)
+
+
+def test_read_from_any_position_and_finish(broker: Broker) -> None:
+    sid = make(broker)
+    for i in range(3):
+        broker.append(sid, i, f"frame{i}".encode())
+    assert broker.read(sid, -1, timeout=0).frames == [b"frame0", b"frame1", b"frame2"]
+    batch = broker.read(sid, 1, timeout=0)
+    assert (batch.frames, batch.last_id, batch.ended) == ([b"frame2"], 2, False)
+    broker.finish(sid, 3, b"end", DONE, {"input_tokens": 1, "output_tokens": 2})
+    batch = broker.read(sid, 2, timeout=5)
+    assert (batch.frames, batch.last_id, batch.ended) == ([b"end"], 3, True)
+    assert broker.read(sid, 3, timeout=5) .ended  # at the end: returns at once
+    info = broker.info(sid)
+    assert info is not None
+    assert (info.status, info.last_event_id, info.usage) == (
+        DONE, 3, {"input_tokens": 1, "output_tokens": 2})
+
+
+def test_append_out_of_order_is_refused(broker: Broker) -> None:
+    sid = make(broker)
+    broker.append(sid, 0, b"a")
+    with pytest.raises(ValueError):
+        broker.append(sid, 2, b"c")
+
+
+def test_read_waits_for_the_next_frame(broker: Broker) -> None:
+    sid = make(broker)
+    results = []
+    reading = threading.Thread(target=lambda: results.append(broker.read(sid, -1, timeout=10)))
+    reading.start()
+    started = time.monotonic()
+    broker.append(sid, 0, b"a")
+    reading.join(timeout=10)
+    assert results and results[0].frames == [b"a"]
+    assert time.monotonic() - started < 2
+
+
+def test_read_times_out_empty(broker: Broker) -> None:
+    sid = make(broker)
+    started = time.monotonic()
+    batch = broker.read(sid, -1, timeout=0.2)
+    assert (batch.frames, batch.ended) == ([], False)
+    assert 0.15 < time.monotonic() - started < 2
+
+
+def test_unknown_stream(broker: Broker) -> None:
+    assert broker.info("nope" * 4) is None
+    assert broker.cancel("nope" * 4, "deleted") is None
+    with pytest.raises(StreamNotFound):
+        broker.read("nope" * 4, -1, timeout=0)
+
+
+def test_cancel_tells_watchers_once_and_only_while_running(broker: Broker) -> None:
+    sid = make(broker)
+    seen: list[str] = []
+    unwatch = broker.watch(sid, seen.append)
+    info = broker.cancel(sid, "deleted")
+    assert info is not None and info.cancel_reason == "deleted"
+    broker.cancel(sid, "deleted")
+    assert seen == [CANCEL]
+    unwatch()
+    broker.finish(sid, 0, b"x", CANCELLED)
+    assert broker.cancel(sid, "deleted").status == CANCELLED  # type: ignore[union-attr]
+    assert seen == [CANCEL]
+
+
+def test_watch_after_cancel_is_told_at_once(broker: Broker) -> None:
+    sid = make(broker)
+    broker.cancel(sid, "deleted")
+    seen: list[str] = []
+    broker.watch(sid, seen.append)
+    assert seen == [CANCEL]
+
+
+def test_reader_leases(broker: Broker) -> None:
+    sid = make(broker)
+    seen: list[str] = []
+    broker.watch(sid, seen.append)
+    first = broker.attach_reader(sid)
+    second = broker.attach_reader(sid)
+    assert first != second and broker.readers(sid) == 2
+    broker.release_reader(sid, first)
+    broker.release_reader(sid, first)  # idempotent
+    assert broker.readers(sid) == 1
+    broker.release_reader(sid, second)
+    assert broker.readers(sid) == 0
+    assert seen == [READERS] * 4
+
+
+def test_ended_streams_expire_after_the_ttl(broker: Broker) -> None:
+    sid = make(broker)
+    broker.finish(sid, 0, b"x", DONE)
+    assert broker.info(sid) is not None
+    deadline = time.monotonic() + 5
+    while broker.info(sid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # expiry is a clock, not an event
+    assert broker.info(sid) is None
+    assert broker.create(StreamInfo(sid, owner="k", model="demo/echo", created=3.0))
+
+
+def test_running_streams_do_not_expire(broker: Broker) -> None:
+    sid = make(broker)
+    time.sleep(0.7)  # longer than the ttl: a running stream must survive it
+    assert broker.info(sid) is not None
