@@ -159,7 +159,8 @@ class Pump:
         self._append("token", {"content": "".join(parts)})
 
     def _append(self, event: str, data: dict[str, Any]) -> None:
-        self._broker.append(self.stream_id, self._next_id, sse.encode_event(self._next_id, event, data))
+        frame = sse.encode_event(self._next_id, event, data)
+        self._broker.append(self.stream_id, self._next_id, frame)
         self._next_id += 1
 
     def _finish(self, outcome: Outcome) -> None:

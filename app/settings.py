@@ -85,8 +85,8 @@ class Settings:
         return settings
 
     def _check(self) -> None:
-        positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens", "max_content_length",
-                    "max_messages", "max_active_streams", "provider_connect_timeout_s",
+        positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens",
+                    "max_content_length", "max_messages", "max_active_streams", "provider_connect_timeout_s",
                     "provider_read_timeout_s", "retry_ms")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -21,7 +21,8 @@ def encode_event(event_id: int, event: str, data: Any) -> bytes:
     payload = json.dumps(data, ensure_ascii=False)
     # Only lone surrogates fail to encode; backslashreplace writes them as the
     # JSON escapes they were (\udXXX), so any Python string round-trips.
-    return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n".encode("utf-8", "backslashreplace")
+    frame = f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n"
+    return frame.encode("utf-8", "backslashreplace")
 
 
 def encode_retry(milliseconds: int) -> bytes:
@@ -120,12 +121,10 @@ class Decoder:
         elif name == "data":
             self._data.append(value)
             self._has_data = True
-        elif name == "id":
-            if "\0" not in value:
-                self.last_event_id = value
-        elif name == "retry":
-            if value.isdigit():
-                self.retry = int(value)
+        elif name == "id" and "\0" not in value:
+            self.last_event_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry = int(value)
         return None
 
     def _dispatch(self) -> Event | None:

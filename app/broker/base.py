@@ -121,5 +121,5 @@ class Broker(ABC):
     def ping(self) -> None:
         """Raise BrokerUnavailable when the backend cannot serve."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: only networked backends hold anything
         """Release connections."""

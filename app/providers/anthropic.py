@@ -7,7 +7,7 @@ configured default.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import anthropic
@@ -57,7 +57,7 @@ class AnthropicProvider:
     def available(self) -> bool:
         return self._configured
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+    def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
         options: dict[str, Any] = {}
         if system:
@@ -65,10 +65,11 @@ class AnthropicProvider:
         if request.temperature is not None:
             options["temperature"] = request.temperature
         try:
-            sdk_stream = self._client.messages.create(
+            create: Any = self._client.messages.create  # typed per model; ours are plain
+            sdk_stream = create(
                 model=request.model,
                 max_tokens=request.max_tokens or self._default_max_tokens,
-                messages=[{"role": m.role, "content": m.content}  # type: ignore[misc]
+                messages=[{"role": m.role, "content": m.content}
                           for m in request.messages if m.role != "system"],
                 stream=True,
                 **options,

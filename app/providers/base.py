@@ -18,7 +18,7 @@ closes the provider's HTTP response in the adapter's ``finally``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -149,7 +149,7 @@ class Provider(Protocol):
         """True when the provider is configured (its key is set)."""
         ...
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+    def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         """Yield the deltas of one generation; raise ProviderError on failure."""
         ...
 

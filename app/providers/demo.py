@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from app.providers.base import ChatRequest, Delta, Finished, TextDelta, UpstreamBadRequest, Usage
 
 LOREM = (
-    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
-    "incididunt ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud "
-    "exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat"
-).split()
+    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed",
+    "do", "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna",
+    "aliqua", "ut", "enim", "ad", "minim", "veniam", "quis", "nostrud", "exercitation",
+    "ullamco", "laboris", "nisi", "ut", "aliquip", "ex", "ea", "commodo", "consequat",
+)
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 
@@ -39,7 +40,7 @@ class DemoProvider:
         self._ttft_s = ttft_s
         self._token_delay_s = token_delay_s
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+    def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         if request.model == "echo":
             last_user = [m.content for m in request.messages if m.role == "user"]
             tokens = split_words(last_user[-1] if last_user else "")

@@ -7,7 +7,7 @@ reached through ``OPENAI_BASE_URL``. Usage is asked for in the stream
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import httpx2
@@ -54,17 +54,17 @@ class OpenAIProvider:
     def available(self) -> bool:
         return self._configured
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta]:
+    def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         options: dict[str, Any] = {}
         if request.max_tokens is not None:
             options["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             options["temperature"] = request.temperature
         try:
-            sdk_stream = self._client.chat.completions.create(
+            create: Any = self._client.chat.completions.create  # typed per model; ours are plain
+            sdk_stream = create(
                 model=request.model,
-                messages=[{"role": m.role, "content": m.content}  # type: ignore[misc]
-                          for m in request.messages],
+                messages=[{"role": m.role, "content": m.content} for m in request.messages],
                 stream=True,
                 stream_options={"include_usage": True},
                 **options,

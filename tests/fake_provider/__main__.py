@@ -10,38 +10,20 @@ from __future__ import annotations
 import argparse
 import itertools
 import signal
-import sys
 import threading
 from types import FrameType
 
 from tests.fake_provider.server import Behaviour, FakeProvider
 
-LOREM = [
-    "lorem",
-    "ipsum",
-    "dolor",
-    "sit",
-    "amet",
-    "consectetur",
-    "adipiscing",
-    "elit",
-    "sed",
-    "do",
-    "eiusmod",
-    "tempor",
-    "incididunt",
-    "ut",
-    "labore",
-    "et",
-    "dolore",
-    "magna",
-    "aliqua",
-]
+LOREM = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua"
+)
 
 
 def lorem_tokens(n: int) -> list[str]:
     """``n`` tokens of lorem ipsum, each word after the first with its leading space."""
-    words = itertools.islice(itertools.cycle(LOREM), n)
+    words = itertools.islice(itertools.cycle(LOREM.split()), n)
     return [word if i == 0 else f" {word}" for i, word in enumerate(words)]
 
 
@@ -70,9 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, on_signal)
     with FakeProvider(args.host, args.port, default=behaviour, record=False) as provider:
         print(provider.url, flush=True)
-        while not stopped.wait(0.5):
+        while not stopped.wait(0.5):  # a timeout, so that signals are handled at once
             pass
-    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ class GatewayServer:
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
         self._listener: socket.socket | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix="gateway-", suffix=".log", delete=False)
         self.host, self.port = "127.0.0.1", 0
 
     def start(self, wait: bool = True) -> GatewayServer:

@@ -13,7 +13,7 @@ from tests.live.gateway import GatewayServer, tokens_text
 LONG = [f"w{i} " for i in range(400)]
 
 
-def start(gateway: GatewayServer, model: str, **body: object):  # noqa: ANN201
+def start(gateway: GatewayServer, model: str, **body: object):
     stream = gateway.stream("POST", "/v1/streams", {"model": model, "prompt": "x", **body})
     assert stream.status == 200
     return stream, stream.header("X-Stream-ID")

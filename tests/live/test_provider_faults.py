@@ -8,7 +8,7 @@ from tests.fake_provider import FakeProvider
 from tests.live.gateway import GatewayServer, tokens_text
 
 
-def run(gateway: GatewayServer, model: str):  # noqa: ANN201
+def run(gateway: GatewayServer, model: str):
     return gateway.stream("POST", "/v1/streams", {"model": model, "prompt": "x"}).read_all()
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.fake_provider import Behaviour, FakeProvider
+from tests.fake_provider import FakeProvider
 from tests.live.conftest import HEARTBEAT_S
 from tests.live.gateway import GatewayServer, tokens_text
 

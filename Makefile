@@ -1,0 +1,46 @@
+# The gateway's everyday commands. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BIND ?= 127.0.0.1:8000
+
+.DEFAULT_GOAL := help
+
+.PHONY: help run test lint unit live clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime ## Start the gateway on $(BIND) with the demo provider
+	@echo "Gateway on http://$(BIND) -- try:"
+	@echo "  curl -N http://$(BIND)/v1/streams -H 'Content-Type: application/json' -d '{\"model\": \"demo/echo\", \"prompt\": \"Hello, streaming world\"}'"
+	@echo "Stop with Ctrl-C."
+	BIND=$(BIND) $(BIN)/gunicorn -c config/gunicorn.conf.py wsgi:app
+
+test: $(VENV)/.dev lint ## Set everything up, lint, and run the whole suite
+	$(BIN)/python -m pytest -q
+
+unit: $(VENV)/.dev ## Run the tests that start no server
+	$(BIN)/python -m pytest -q --ignore=tests/live
+
+live: $(VENV)/.dev ## Run the live tests (real gunicorn subprocesses)
+	$(BIN)/python -m pytest -q tests/live
+
+lint: $(VENV)/.dev ## ruff and mypy
+	$(BIN)/ruff check app tests config wsgi.py
+	$(BIN)/mypy
+
+clean: ## Remove the virtualenv and build artefacts
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .hypothesis
