@@ -17,6 +17,7 @@ from app.errors import (
     InvalidRequest,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
     StreamExists,
     UnknownModel,
     UnsupportedMediaType,
@@ -43,8 +44,12 @@ def create_stream() -> Response:
     settings = gateway.settings
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
+    raw = request.get_data(cache=False)  # 413 when Content-Length is over the limit
+    if request.content_length is None and len(raw) >= settings.max_content_length:
+        # A chunked body is cut at the limit, not refused: refuse it here.
+        raise PayloadTooLarge("the request body is too large")
     try:
-        body = parse_stream_request(request.get_data(cache=False),
+        body = parse_stream_request(raw,
                                     max_tokens_limit=settings.max_tokens_limit,
                                     max_messages=settings.max_messages,
                                     max_resume_grace_s=settings.max_resume_grace_s)

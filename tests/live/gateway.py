@@ -51,7 +51,9 @@ class GatewayServer:
         self.port = listener.getsockname()[1]
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_"))}
-        env.update({"PYTHONUNBUFFERED": "1", "ACCESS_LOG": ""})
+        # Streams still running when a test stops the server end 2 s after SIGTERM.
+        env.update({"PYTHONUNBUFFERED": "1", "ACCESS_LOG": "", "GRACEFUL_TIMEOUT_S": "5",
+                    "SHUTDOWN_MARGIN_S": "3"})
         env.update(self.env)
         command = [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
                    "--bind", f"fd://{listener.fileno()}", *self.args, "wsgi:app"]

@@ -1,0 +1,151 @@
+"""The adapters, driven directly: real SDKs against the fake provider, no gunicorn."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.providers.anthropic import AnthropicProvider
+from app.providers.base import (
+    ChatRequest,
+    Finished,
+    Message,
+    ProviderError,
+    TextDelta,
+    UpstreamAuth,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    Usage,
+    error_for_status,
+)
+from app.providers.demo import DemoProvider
+from app.providers.openai import OpenAIProvider
+from tests.fake_provider import FakeProvider
+
+HTTP: dict[str, Any] = {"max_connections": 10, "connect_timeout": 2.0, "read_timeout": 2.0}
+
+
+@pytest.fixture
+def providers(fake: FakeProvider) -> Iterator[dict[str, Any]]:
+    built = {
+        "openai": OpenAIProvider(api_key="sk-x", base_url=f"{fake.url}/v1", **HTTP),
+        "anthropic": AnthropicProvider(api_key="sk-ant-x", base_url=fake.url,
+                                       default_max_tokens=100, **HTTP),
+    }
+    yield built
+    for provider in built.values():
+        provider.close()
+
+
+def request(model: str) -> ChatRequest:
+    return ChatRequest(model, (Message("user", "hi"),))
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_deltas_in_order(fake: FakeProvider, providers: dict[str, Any], name: str) -> None:
+    model = fake.scenario(tokens=["a", "b\n", "😀"], input_tokens=3, output_tokens=4)
+    deltas = list(providers[name].stream(request(model)))
+    texts = [d.text for d in deltas if isinstance(d, TextDelta)]
+    assert texts == ["a", "b\n", "😀"]
+    assert Usage(3, 4) in deltas
+    assert deltas[-1] == Finished("stop")
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+@pytest.mark.parametrize(("status", "cls", "retryable"), [
+    (429, UpstreamRateLimited, True), (500, UpstreamUnavailable, True),
+    (503, UpstreamUnavailable, True), (401, UpstreamAuth, False),
+    (403, UpstreamAuth, False), (400, UpstreamBadRequest, False),
+    (404, UpstreamBadRequest, False), (409, UpstreamError, True),
+])
+def test_http_status_maps_to_the_error_tree(
+        fake: FakeProvider, providers: dict[str, Any], name: str, status: int,
+                                            cls: type[ProviderError], retryable: bool) -> None:
+    model = fake.scenario(status=status, retry_after=3 if status == 429 else None)
+    with pytest.raises(ProviderError) as raised:
+        list(providers[name].stream(request(model)))
+    error = raised.value
+    assert type(error) is cls
+    assert (error.code, error.retryable, error.status_code, error.provider) == (
+        cls.code, retryable, status, name)
+    assert error.retry_after == (3.0 if status == 429 else None)
+    assert error.message.startswith(f"{name} ") and f"(HTTP {status})" in error.message
+
+
+def test_anthropic_529_is_unavailable(fake: FakeProvider, providers: dict[str, Any]) -> None:
+    model = fake.scenario(status=529)
+    with pytest.raises(UpstreamUnavailable, match=r"anthropic is overloaded \(HTTP 529\)"):
+        list(providers["anthropic"].stream(request(model)))
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_dropped_connection_mid_stream(
+        fake: FakeProvider, providers: dict[str, Any], name: str) -> None:
+    model = fake.scenario(tokens=["a", "b", "c"], drop_after=1)
+    seen = []
+    with pytest.raises(UpstreamUnavailable, match=f"the connection to {name} failed"):
+        for delta in providers[name].stream(request(model)):
+            seen.append(delta)
+    assert seen == [TextDelta("a")]
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_silence_longer_than_the_read_timeout(
+        fake: FakeProvider, providers: dict[str, Any], name: str) -> None:
+    model = fake.scenario(tokens=["a", "b"], stall_after=1, stall_s=10)
+    provider = providers[name]
+    with pytest.raises(UpstreamTimeout):
+        list(provider.stream(request(model)))
+    assert fake.wait_closed(model, timeout=5).outcome == "peer_closed"
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_closing_the_iterator_closes_the_provider_connection(
+        fake: FakeProvider, providers: dict[str, Any], name: str) -> None:
+    model = fake.scenario(tokens=[f"t{i}" for i in range(100)], delay=0.05)
+    stream = providers[name].stream(request(model))
+    assert next(stream) == TextDelta("t0")
+    stream.close()
+    assert fake.wait_closed(model, timeout=5).outcome == "peer_closed"
+
+
+def test_unreachable_provider() -> None:
+    provider = OpenAIProvider(api_key="sk-x", base_url="http://127.0.0.1:9/v1", **HTTP)
+    with pytest.raises(UpstreamUnavailable, match="the connection to openai failed"):
+        list(provider.stream(request("gpt-x")))
+    provider.close()
+
+
+def test_availability_follows_the_keys() -> None:
+    built = [OpenAIProvider(api_key="", base_url="", **HTTP),
+             OpenAIProvider(api_key="", base_url="http://127.0.0.1:9/v1", **HTTP),
+             AnthropicProvider(api_key="", base_url="", default_max_tokens=1, **HTTP)]
+    assert [p.available for p in built] == [False, True, False]
+    for provider in built:
+        provider.close()
+
+
+@pytest.mark.parametrize(("status", "cls"), [
+    (408, UpstreamTimeout), (413, UpstreamBadRequest), (422, UpstreamBadRequest),
+    (502, UpstreamUnavailable), (529, UpstreamUnavailable), (418, UpstreamError),
+])
+def test_error_for_status_table(status: int, cls: type[ProviderError]) -> None:
+    assert error_for_status(status) is cls
+
+
+def test_demo_provider() -> None:
+    demo = DemoProvider(ttft_s=0, token_delay_s=0)
+    deltas = list(demo.stream(ChatRequest("echo", (Message("system", "s"),
+                                                   Message("user", "one two  three")))))
+    assert [d.text for d in deltas if isinstance(d, TextDelta)] == ["one ", "two  ", "three"]
+    assert deltas[-2:] == [Usage(4, 3), Finished("stop")]
+    deltas = list(demo.stream(ChatRequest("echo", (Message("user", "a b c"),), max_tokens=2)))
+    assert [d.text for d in deltas if isinstance(d, TextDelta)] == ["a ", "b "]
+    assert deltas[-1] == Finished("length")
+    with pytest.raises(UpstreamBadRequest):
+        list(demo.stream(ChatRequest("nope", (Message("user", "x"),))))
