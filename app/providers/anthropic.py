@@ -11,25 +11,16 @@ from collections.abc import Generator
 from typing import Any
 
 import anthropic
-import httpx2
 
 from app.providers.base import (
     ChatRequest,
     Delta,
     Finished,
-    ProviderError,
     TextDelta,
     UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     Usage,
-    error_for_event,
-    error_for_status,
-    error_type_of,
-    parse_retry_after,
-    status_message,
 )
-from app.providers.http import http_options
+from app.providers.sdk import http_options, sdk_errors, translate
 
 # Anthropic's stop reasons, in the OpenAI vocabulary the gateway reports.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -74,8 +65,8 @@ class AnthropicProvider:
                 stream=True,
                 **options,
             )
-        except (anthropic.APIError, httpx2.TransportError) as exc:
-            raise translate(exc) from None
+        except sdk_errors(anthropic) as exc:
+            raise translate(exc, provider=self.name, sdk=anthropic) from None
         try:
             stop_reason = None
             input_tokens = output_tokens = None
@@ -94,27 +85,11 @@ class AnthropicProvider:
                     return
             raise UpstreamError("anthropic ended the stream before the model finished",
                                 provider=self.name)
-        except (anthropic.APIError, httpx2.TransportError) as exc:
-            raise translate(exc) from None
+        except sdk_errors(anthropic) as exc:
+            raise translate(exc, provider=self.name, sdk=anthropic) from None
         finally:
             sdk_stream.close()
 
     def close(self) -> None:
         self._client.close()
 
-
-def translate(exc: Exception) -> ProviderError:
-    """Map an ``anthropic`` or transport exception to the gateway's error tree."""
-    name = AnthropicProvider.name
-    if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        if status == 200:  # an `error` event inside the stream
-            return error_for_event(name, error_type_of(exc.body))
-        return error_for_status(status)(
-            status_message(name, status), provider=name, status_code=status,
-            retry_after=parse_retry_after(exc.response.headers.get("retry-after")))
-    if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
-        return UpstreamTimeout(f"{name} did not answer in time", provider=name)
-    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
-        return UpstreamUnavailable(f"the connection to {name} failed", provider=name)
-    return UpstreamError(f"{name} failed", provider=name)

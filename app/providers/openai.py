@@ -10,26 +10,17 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-import httpx2
 import openai
 
 from app.providers.base import (
     ChatRequest,
     Delta,
     Finished,
-    ProviderError,
     TextDelta,
     UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     Usage,
-    error_for_event,
-    error_for_status,
-    error_type_of,
-    parse_retry_after,
-    status_message,
 )
-from app.providers.http import http_options
+from app.providers.sdk import http_options, sdk_errors, translate
 
 
 class OpenAIProvider:
@@ -69,8 +60,8 @@ class OpenAIProvider:
                 stream_options={"include_usage": True},
                 **options,
             )
-        except (openai.APIError, httpx2.TransportError) as exc:
-            raise translate(exc) from None
+        except sdk_errors(openai) as exc:
+            raise translate(exc, provider=self.name, sdk=openai) from None
         try:
             finish_reason = None
             for chunk in sdk_stream:
@@ -87,27 +78,11 @@ class OpenAIProvider:
                 raise UpstreamError("openai ended the stream before the model finished",
                                     provider=self.name)
             yield Finished(finish_reason)
-        except (openai.APIError, httpx2.TransportError) as exc:
-            raise translate(exc) from None
+        except sdk_errors(openai) as exc:
+            raise translate(exc, provider=self.name, sdk=openai) from None
         finally:
             sdk_stream.close()
 
     def close(self) -> None:
         self._client.close()
 
-
-def translate(exc: Exception) -> ProviderError:
-    """Map an ``openai`` or transport exception to the gateway's error tree."""
-    name = OpenAIProvider.name
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        return error_for_status(status)(
-            status_message(name, status), provider=name, status_code=status,
-            retry_after=parse_retry_after(exc.response.headers.get("retry-after")))
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
-        return UpstreamTimeout(f"{name} did not answer in time", provider=name)
-    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-        return UpstreamUnavailable(f"the connection to {name} failed", provider=name)
-    if isinstance(exc, openai.APIError):  # an error event inside the stream
-        return error_for_event(name, error_type_of({"error": exc.body}))
-    return UpstreamError(f"{name} failed", provider=name)
