@@ -8,12 +8,15 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app.broker import BrokerUnavailable, StreamNotFound
 from app.errors import (
     ApiError,
     InternalError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     UnsupportedMediaType,
     error_body,
@@ -25,10 +28,10 @@ log = logging.getLogger(__name__)
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
     from app.api import ops, streams
-    from app.broker import open_broker
+    from app.broker import BrokerOptions, open_broker
     from app.gateway import Gateway
     from app.providers import Catalog, build_providers
-    from app.pump import PumpGroup
+    from app.pump import PumpGroup, lost_frame
     from app.settings import Settings
 
     settings = Settings.load(overrides=overrides)
@@ -36,7 +39,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    broker = open_broker(settings.broker_url, ttl=settings.stream_ttl_s)
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+    broker = open_broker(settings.broker_url, BrokerOptions(
+        ttl=settings.stream_ttl_s, lease_ttl=3 * settings.heartbeat_s,
+        producer_timeout=settings.producer_timeout_s,
+        max_events=settings.max_events_per_stream,
+        max_connections=settings.redis_max_connections, lost_frame=lost_frame))
     catalog = Catalog(build_providers(settings), settings.models)
     app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup())
     app.register_blueprint(streams.bp)
@@ -70,6 +80,16 @@ def _register_error_handlers(app: Flask) -> None:
             return api_error(cls(_HTTP_MESSAGES[status]))
         code = "invalid_request" if status < 500 else "internal_error"
         return jsonify(error_body(code, exc.name)), status, {}
+
+    @app.errorhandler(BrokerUnavailable)
+    def broker_down(exc: BrokerUnavailable) -> tuple[Response, int, dict[str, str]]:
+        log.warning("broker unavailable: %s", exc)
+        return api_error(Overloaded("the stream store is unreachable; retry shortly",
+                                    retry_after=5))
+
+    @app.errorhandler(StreamNotFound)
+    def stream_gone(exc: StreamNotFound) -> tuple[Response, int, dict[str, str]]:
+        return api_error(NotFound("no such stream (it may have expired)"))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int, dict[str, str]]:

@@ -7,7 +7,7 @@
      ├── NotFound                  404    not_found
      ├── MethodNotAllowed          405    method_not_allowed
      ├── StreamExists              409    stream_exists
-     ├── PositionGone              410    position_gone
+     ├── Gone                      410    position_gone
      ├── PayloadTooLarge           413    payload_too_large
      ├── UnsupportedMediaType      415    unsupported_media_type
      ├── RateLimited               429    rate_limited        (Retry-After)
@@ -70,7 +70,7 @@ class StreamExists(ApiError):
     status, code = 409, "stream_exists"
 
 
-class PositionGone(ApiError):
+class Gone(ApiError):
     status, code = 410, "position_gone"
 
 

@@ -20,7 +20,7 @@ import gevent
 import gevent.socket
 
 from app import sse
-from app.broker import Broker, StreamNotFound
+from app.broker import Batch, Broker, BrokerUnavailable, PositionGone, StreamNotFound
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,16 @@ class Feed:
     """An iterable of SSE bytes from position ``after``; WSGI calls ``close``."""
 
     def __init__(self, broker: Broker, stream_id: str, *, after: int, lease: str,
-                 heartbeat_s: float, retry_ms: int, client_socket: Any = None) -> None:
+                 heartbeat_s: float, retry_ms: int, provider: str,
+                 first: Batch | None = None, client_socket: Any = None) -> None:
         self._broker = broker
         self._stream_id = stream_id
         self._after = after
         self._lease: str | None = lease
         self._heartbeat_s = heartbeat_s
         self._retry_ms = retry_ms
+        self._provider = provider
+        self._first = first  # read by the view, which had to check the position
         self._socket = client_socket
         self._watcher: gevent.Greenlet[Any, None] | None = None
         self.client_gone = False
@@ -47,28 +50,42 @@ class Feed:
     def __iter__(self) -> Iterator[bytes]:
         if self._socket is not None:
             self._watcher = gevent.spawn(self._watch, self._socket)
+        heartbeat = self._heartbeat_s
         try:
             yield sse.encode_retry(self._retry_ms)
             position = self._after
-            sent_at = time.monotonic()
+            sent_at = renewed_at = time.monotonic()
+            batch, self._first = self._first, None
             while not self.client_gone:
-                wait = max(0.0, sent_at + self._heartbeat_s - time.monotonic())
-                batch = self._broker.read(self._stream_id, position, timeout=wait)
-                if self.client_gone:
-                    return
+                if batch is None:
+                    wait = max(0.0, sent_at + heartbeat - time.monotonic())
+                    batch = self._broker.read(self._stream_id, position, timeout=wait)
+                    if self.client_gone:
+                        return
                 if batch.frames:
                     position = batch.last_id
                     yield b"".join(batch.frames)
                     sent_at = time.monotonic()
-                elif batch.ended:
-                    return
-                elif time.monotonic() >= sent_at + self._heartbeat_s:
+                elif not batch.ended and time.monotonic() >= sent_at + heartbeat:
                     yield sse.PING
                     sent_at = time.monotonic()
                 if batch.ended:
                     return
+                batch = None
+                if time.monotonic() - renewed_at >= heartbeat and self._lease is not None:
+                    self._broker.renew_reader(self._stream_id, self._lease)
+                    renewed_at = time.monotonic()
         except StreamNotFound:
             log.info("stream %s expired while a reader followed it", self._stream_id)
+        except PositionGone:
+            log.info("stream %s: a reader fell behind the kept events", self._stream_id)
+        except BrokerUnavailable:
+            log.warning("stream %s: the broker is unreachable; ending a reader", self._stream_id)
+            # Unnumbered: the client's last event id stays where it was, so a
+            # resume once the store is back loses nothing.
+            yield sse.encode_event(None, "error", {
+                "code": "internal_error", "message": "the stream store is unreachable; resume later",
+                "retryable": True, "provider": self._provider})
         finally:
             self.close()
 

@@ -23,7 +23,7 @@ import gevent
 import gevent.queue
 
 from app import sse
-from app.broker import CANCEL, CANCELLED, DONE, ERROR, READERS, Broker
+from app.broker import CANCEL, CANCELLED, DONE, ERROR, READERS, Broker, StreamInfo
 from app.providers.base import (
     ChatRequest,
     Finished,
@@ -53,7 +53,7 @@ class Pump:
 
     def __init__(self, *, broker: Broker, provider: Provider, request: ChatRequest,
                  stream_id: str, model: str, created: float, grace_s: float,
-                 on_exit: Callable[[Pump], None] = lambda pump: None) -> None:
+                 tick_s: float, on_exit: Callable[[Pump], None] = lambda pump: None) -> None:
         self.stream_id = stream_id
         self._broker = broker
         self._provider = provider
@@ -61,6 +61,7 @@ class Pump:
         self._model = model
         self._created = created
         self._grace_s = grace_s
+        self._tick_s = tick_s
         self._on_exit = on_exit
         self._inbox: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self._next_id = 0
@@ -115,12 +116,25 @@ class Pump:
 
     def _relay(self) -> Outcome:
         grace_ends: float | None = None  # set while no reader is attached
+        next_tick = time.monotonic() + self._tick_s
         while True:
-            timeout = None if grace_ends is None else max(0.0, grace_ends - time.monotonic())
-            try:
-                item = self._inbox.get(timeout=timeout)
-            except gevent.queue.Empty:
+            now = time.monotonic()
+            if grace_ends is not None and now >= grace_ends:
                 return self._cancelled("client_disconnected")
+            if now >= next_tick:
+                # Say we are alive, and catch a cancel or reader change whose
+                # notification was lost (pub/sub delivers at most once).
+                next_tick = now + self._tick_s
+                cancel_reason, readers = self._broker.producer_tick(self.stream_id)
+                if cancel_reason:
+                    return self._cancelled(cancel_reason)
+                grace_ends = self._grace(grace_ends, readers)
+                continue
+            wake = next_tick if grace_ends is None else min(next_tick, grace_ends)
+            try:
+                item = self._inbox.get(timeout=wake - now)
+            except gevent.queue.Empty:
+                continue
             if isinstance(item, TextDelta):
                 self._relay_text(item.text)
             elif isinstance(item, Usage):
@@ -141,12 +155,15 @@ class Pump:
                 return self._cancelled(info.cancel_reason if info and info.cancel_reason
                                        else "deleted")
             elif item == READERS:
-                if self._broker.readers(self.stream_id) > 0:
-                    grace_ends = None
-                elif grace_ends is None:
-                    grace_ends = time.monotonic() + self._grace_s
+                grace_ends = self._grace(grace_ends, self._broker.readers(self.stream_id))
             elif isinstance(item, tuple) and item[0] == _STOP:
                 return self._cancelled(item[1])
+
+    def _grace(self, grace_ends: float | None, readers: int) -> float | None:
+        """When generation must stop for want of readers (None: someone listens)."""
+        if readers > 0:
+            return None
+        return grace_ends if grace_ends is not None else time.monotonic() + self._grace_s
 
     def _relay_text(self, text: str) -> None:
         """Append one ``token`` event, merging the text deltas already waiting."""
@@ -202,6 +219,13 @@ class Pump:
 
     def _cancelled(self, reason: str) -> Outcome:
         return Outcome(CANCELLED, "cancelled", {"reason": reason})
+
+
+def lost_frame(event_id: int, info: StreamInfo) -> bytes:
+    """The terminal frame readers write for a stream whose producer died."""
+    return sse.encode_event(event_id, "error", {
+        "code": "stream_lost", "message": "the process producing this stream stopped",
+        "retryable": True, "provider": info.model.partition("/")[0]})
 
 
 class PumpGroup:

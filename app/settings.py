@@ -35,6 +35,10 @@ class Settings:
     resume_grace_s: float
     max_resume_grace_s: float
     stream_ttl_s: float
+    max_events_per_stream: int
+    producer_timeout_s: float
+    redis_max_connections: int
+    trusted_proxies: int
     max_tokens_limit: int
     default_max_tokens: int
     max_content_length: int
@@ -86,13 +90,14 @@ class Settings:
 
     def _check(self) -> None:
         positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens",
-                    "max_content_length", "max_messages", "max_active_streams", "provider_connect_timeout_s",
-                    "provider_read_timeout_s", "retry_ms")
+                    "max_content_length", "max_messages", "max_events_per_stream",
+                    "producer_timeout_s", "redis_max_connections", "max_active_streams",
+                    "provider_connect_timeout_s", "provider_read_timeout_s", "retry_ms")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
-        non_negative = ("resume_grace_s", "max_resume_grace_s", "shutdown_margin_s",
-                        "demo_ttft_s", "demo_token_delay_s")
+        non_negative = ("trusted_proxies", "resume_grace_s", "max_resume_grace_s",
+                        "shutdown_margin_s", "demo_ttft_s", "demo_token_delay_s")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must be >= 0, got {getattr(self, name)!r}")

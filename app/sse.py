@@ -16,12 +16,13 @@ from typing import Any
 PING = b": ping\n\n"
 
 
-def encode_event(event_id: int, event: str, data: Any) -> bytes:
-    """Frame one event: ``id``, ``event`` and a single ``data`` line of JSON."""
+def encode_event(event_id: int | None, event: str, data: Any) -> bytes:
+    """Frame one event: ``id`` (None: no id line), ``event``, one ``data`` line of JSON."""
     payload = json.dumps(data, ensure_ascii=False)
     # Only lone surrogates fail to encode; backslashreplace writes them as the
     # JSON escapes they were (\udXXX), so any Python string round-trips.
-    frame = f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n"
+    head = "" if event_id is None else f"id: {event_id}\n"
+    frame = f"{head}event: {event}\ndata: {payload}\n\n"
     return frame.encode("utf-8", "backslashreplace")
 
 

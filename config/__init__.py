@@ -30,6 +30,14 @@ class Default:
     MAX_RESUME_GRACE_S = 300.0
     # Seconds an ended stream stays replayable.
     STREAM_TTL_S = 600.0
+    # Events kept per stream; a resume from an older position answers 410.
+    MAX_EVENTS_PER_STREAM = 50000
+    # A producer not heard of for this long is dead: its readers get stream_lost.
+    PRODUCER_TIMEOUT_S = 5.0
+    # Connections to Redis per worker process.
+    REDIS_MAX_CONNECTIONS = 64
+    # Proxies in front whose X-Forwarded-For/-Proto to trust (1 behind nginx.conf).
+    TRUSTED_PROXIES = 0
     # Bounds on a request.
     MAX_TOKENS_LIMIT = 32768
     # max_tokens sent to providers that require one when the request gives none.

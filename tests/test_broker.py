@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -15,20 +17,38 @@ from app.broker import (
     READERS,
     RUNNING,
     Broker,
+    BrokerOptions,
+    PositionGone,
     StreamInfo,
     StreamNotFound,
     open_broker,
 )
 
+# The machine's Redis; a database of its own, and random stream ids.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+OPTIONS = BrokerOptions(ttl=0.5, lease_ttl=30, producer_timeout=5, max_events=50,
+                        lost_frame=lambda n, info: f"lost {n} {info.model}".encode())
 
-@pytest.fixture(params=["memory://"])
+
+@pytest.fixture(params=["memory://", REDIS_URL])
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    backend = open_broker(request.param, ttl=0.5)
+    backend = open_broker(request.param, OPTIONS)
     yield backend
     backend.close()
 
 
-def make(broker: Broker, stream_id: str = "s" * 16) -> str:
+def eventually(predicate: Callable[[], bool], timeout: float = 5) -> bool:
+    """Wait for what another process tells asynchronously (pub/sub)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def make(broker: Broker, stream_id: str | None = None) -> str:
+    stream_id = stream_id or secrets.token_urlsafe(16)
     assert broker.create(StreamInfo(stream_id, owner="k", model="demo/echo", created=1.0))
     return stream_id
 
@@ -36,6 +56,7 @@ def make(broker: Broker, stream_id: str = "s" * 16) -> str:
 def test_create_refuses_a_taken_id(broker: Broker) -> None:
     sid = make(broker)
     assert not broker.create(StreamInfo(sid, owner="k", model="x/y", created=2.0))
+    assert broker.info(sid) is not None
     info = broker.info(sid)
     assert info is not None
     assert (info.status, info.model, info.last_event_id, info.usage) == (
@@ -87,10 +108,11 @@ def test_read_times_out_empty(broker: Broker) -> None:
 
 
 def test_unknown_stream(broker: Broker) -> None:
-    assert broker.info("nope" * 4) is None
-    assert broker.cancel("nope" * 4, "deleted") is None
+    unknown = secrets.token_urlsafe(16)
+    assert broker.info(unknown) is None
+    assert broker.cancel(unknown, "deleted") is None
     with pytest.raises(StreamNotFound):
-        broker.read("nope" * 4, -1, timeout=0)
+        broker.read(unknown, -1, timeout=0)
 
 
 def test_cancel_tells_watchers_once_and_only_while_running(broker: Broker) -> None:
@@ -100,10 +122,11 @@ def test_cancel_tells_watchers_once_and_only_while_running(broker: Broker) -> No
     info = broker.cancel(sid, "deleted")
     assert info is not None and info.cancel_reason == "deleted"
     broker.cancel(sid, "deleted")
-    assert seen == [CANCEL]
+    assert eventually(lambda: seen == [CANCEL])
     unwatch()
     broker.finish(sid, 0, b"x", CANCELLED)
     assert broker.cancel(sid, "deleted").status == CANCELLED  # type: ignore[union-attr]
+    time.sleep(0.2)  # nothing more may arrive
     assert seen == [CANCEL]
 
 
@@ -127,7 +150,7 @@ def test_reader_leases(broker: Broker) -> None:
     assert broker.readers(sid) == 1
     broker.release_reader(sid, second)
     assert broker.readers(sid) == 0
-    assert seen == [READERS] * 4
+    assert eventually(lambda: seen == [READERS] * 4)
 
 
 def test_ended_streams_expire_after_the_ttl(broker: Broker) -> None:
@@ -145,3 +168,45 @@ def test_running_streams_do_not_expire(broker: Broker) -> None:
     sid = make(broker)
     time.sleep(0.7)  # longer than the ttl: a running stream must survive it
     assert broker.info(sid) is not None
+
+
+def test_only_the_last_max_events_are_kept(broker: Broker) -> None:
+    sid = make(broker)
+    for i in range(120):
+        broker.append(sid, i, b"%d" % i)
+    with pytest.raises(PositionGone):
+        broker.read(sid, -1, timeout=0)
+    with pytest.raises(PositionGone):
+        broker.read(sid, 68, timeout=0)
+    batch = broker.read(sid, 69, timeout=0)  # events 70..119: the last 50
+    assert batch.frames == [b"%d" % i for i in range(70, 120)]
+    assert batch.last_id == 119
+
+
+def test_producer_tick_reports_cancel_and_readers(broker: Broker) -> None:
+    sid = make(broker)
+    assert broker.producer_tick(sid) == (None, 0)
+    lease = broker.attach_reader(sid)
+    broker.renew_reader(sid, lease)
+    assert broker.producer_tick(sid) == (None, 1)
+    broker.cancel(sid, "deleted")
+    assert broker.producer_tick(sid) == ("deleted", 1)
+    broker.release_reader(sid, lease)
+
+
+def test_readers_wake_within_a_timeout_they_were_given(broker: Broker) -> None:
+    sid = make(broker)
+    broker.append(sid, 0, b"a")
+    woke = []
+
+    def reader() -> None:
+        started = time.monotonic()
+        batch = broker.read(sid, 0, timeout=10)
+        woke.append((time.monotonic() - started, batch.frames))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.2)  # let the reader block; the append must wake it, not the timeout
+    broker.append(sid, 1, b"b")
+    thread.join(timeout=10)
+    assert woke and woke[0][1] == [b"b"] and woke[0][0] < 1.0

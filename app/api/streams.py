@@ -12,8 +12,9 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.broker import RUNNING, StreamInfo
+from app.broker import RUNNING, Batch, PositionGone, StreamInfo, StreamNotFound
 from app.errors import (
+    Gone,
     InvalidRequest,
     NotFound,
     Overloaded,
@@ -79,14 +80,15 @@ def create_stream() -> Response:
     gateway.pumps.start(Pump(broker=gateway.broker, provider=provider,
                              request=body.chat(provider_model), stream_id=stream_id,
                              model=body.model, created=created, grace_s=grace,
+                             tick_s=settings.producer_timeout_s / 4,
                              on_exit=gateway.pumps.discard))
-    return _sse_response(gateway, stream_id, after=-1, lease=lease)
+    return _sse_response(gateway, stream_id, after=-1, lease=lease, provider=provider.name)
 
 
 @bp.get("/streams/<stream_id>/events")
 def stream_events(stream_id: str) -> Response:
     gateway = _gateway()
-    _info_or_404(gateway, stream_id)
+    info = _info_or_404(gateway, stream_id)
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or ""
     try:
         after = int(raw.strip()) if raw.strip() else -1
@@ -95,8 +97,16 @@ def stream_events(stream_id: str) -> Response:
     if after < -1:
         raise InvalidRequest("last_event_id: must be an event id (an integer >= 0)",
                              param="last_event_id")
+    try:  # read now: a position that is gone must answer 410, before any byte
+        first = gateway.broker.read(stream_id, after, timeout=0)
+    except PositionGone:
+        raise Gone(f"events after {after} are no longer kept; start a new stream",
+                   param="last_event_id") from None
+    except StreamNotFound:
+        raise NotFound(f"no stream {stream_id!r}") from None
     lease = gateway.broker.attach_reader(stream_id)
-    return _sse_response(gateway, stream_id, after=after, lease=lease)
+    return _sse_response(gateway, stream_id, after=after, lease=lease,
+                         provider=info.model.partition("/")[0], first=first)
 
 
 @bp.get("/streams/<stream_id>")
@@ -121,10 +131,12 @@ def _info_or_404(gateway: Gateway, stream_id: str) -> StreamInfo:
     return info
 
 
-def _sse_response(gateway: Gateway, stream_id: str, *, after: int, lease: str) -> Response:
+def _sse_response(gateway: Gateway, stream_id: str, *, after: int, lease: str,
+                  provider: str, first: Batch | None = None) -> Response:
     settings = gateway.settings
     feed = Feed(gateway.broker, stream_id, after=after, lease=lease,
                 heartbeat_s=settings.heartbeat_s, retry_ms=settings.retry_ms,
+                provider=provider, first=first,
                 client_socket=request.environ.get("gunicorn.socket"))
     return Response(feed, status=200, content_type="text/event-stream; charset=utf-8", headers={
         "Cache-Control": "no-cache",

@@ -15,6 +15,7 @@ from app.broker.base import (
     Batch,
     Broker,
     BrokerError,
+    BrokerOptions,
     BrokerUnavailable,
     PositionGone,
     StreamInfo,
@@ -22,16 +23,19 @@ from app.broker.base import (
 )
 
 __all__ = ["CANCEL", "CANCELLED", "DONE", "ENDED", "ERROR", "READERS", "RUNNING", "Batch",
-           "Broker", "BrokerError", "BrokerUnavailable", "PositionGone", "StreamInfo",
+           "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone", "StreamInfo",
            "StreamNotFound", "open_broker"]
 
 
-def open_broker(url: str, *, ttl: float) -> Broker:
-    """The backend for ``url``: ``memory://`` now; ``redis://`` is the next backend."""
+def open_broker(url: str, options: BrokerOptions) -> Broker:
+    """The backend for ``url``: ``memory://`` (this process) or ``redis://``/``rediss://``."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from app.broker.memory import MemoryBroker
 
-        return MemoryBroker(ttl=ttl)
-    raise ValueError(f"broker URL scheme {scheme!r} is not supported by this version "
-                     "(only memory:// is; leave REDIS_URL unset)")
+        return MemoryBroker(options)
+    if scheme in ("redis", "rediss"):
+        from app.broker.redis import RedisBroker
+
+        return RedisBroker(url, options)
+    raise ValueError(f"broker URL {url!r} has an unknown scheme {scheme!r}")

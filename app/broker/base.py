@@ -62,6 +62,19 @@ class StreamInfo:
 
 
 @dataclass(frozen=True)
+class BrokerOptions:
+    """How a backend bounds and expires what it keeps."""
+
+    ttl: float  # seconds an ended stream stays replayable
+    lease_ttl: float = 45.0  # seconds a reader lease lives without renewal
+    producer_timeout: float = 5.0  # a producer silent this long is dead
+    max_events: int = 50_000  # events kept per stream; older positions are gone
+    max_connections: int = 64  # connections to the backend, per process
+    # Builds the terminal frame of a stream whose producer died: (event id, info).
+    lost_frame: Callable[[int, StreamInfo], bytes] | None = None
+
+
+@dataclass(frozen=True)
 class Batch:
     """The result of one read: frames after a position, and whether the stream ended."""
 
@@ -114,8 +127,21 @@ class Broker(ABC):
         """Give a lease back (idempotent); tell the watchers."""
 
     @abstractmethod
+    def renew_reader(self, stream_id: str, lease: str) -> None:
+        """Keep a lease alive; a lease not renewed for ``lease_ttl`` s lapses."""
+
+    @abstractmethod
     def readers(self, stream_id: str) -> int:
         """How many reader leases are held."""
+
+    @abstractmethod
+    def producer_tick(self, stream_id: str) -> tuple[str | None, int]:
+        """Say the producer is alive; return (cancel reason or None, readers).
+
+        The producer calls this every few seconds: it catches a cancel or a
+        reader change whose notification was lost, and its silence is how
+        readers elsewhere learn that the producer died (``stream_lost``).
+        """
 
     @abstractmethod
     def ping(self) -> None:

@@ -22,6 +22,8 @@ from app.broker.base import (
     RUNNING,
     Batch,
     Broker,
+    BrokerOptions,
+    PositionGone,
     StreamInfo,
     StreamNotFound,
     Watcher,
@@ -32,6 +34,7 @@ from app.broker.base import (
 class _Record:
     info: StreamInfo
     frames: list[bytes] = field(default_factory=list)
+    offset: int = 0  # event id of frames[0]; older frames were dropped
     changed: threading.Condition = field(default_factory=threading.Condition)
     leases: set[str] = field(default_factory=set)
     watchers: list[Watcher] = field(default_factory=list)
@@ -40,8 +43,9 @@ class _Record:
 class MemoryBroker(Broker):
     """Streams in a dict of this process."""
 
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
+    def __init__(self, options: BrokerOptions) -> None:
+        self._ttl = options.ttl
+        self._max_events = options.max_events
         self._records: dict[str, _Record] = {}
         self._expiry: deque[tuple[float, str]] = deque()  # in finish order = expiry order
 
@@ -55,9 +59,13 @@ class MemoryBroker(Broker):
     def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
         record = self._get(stream_id)
         with record.changed:
-            if event_id != len(record.frames):
-                raise ValueError(f"event {event_id} appended after {len(record.frames) - 1}")
+            if event_id != record.info.last_event_id + 1:
+                raise ValueError(f"event {event_id} appended after {record.info.last_event_id}")
             record.frames.append(frame)
+            if len(record.frames) >= 2 * self._max_events:  # drop in bulk: O(1) amortized
+                drop = len(record.frames) - self._max_events
+                del record.frames[:drop]
+                record.offset += drop
             record.info.last_event_id = event_id
             record.changed.notify_all()
 
@@ -74,11 +82,14 @@ class MemoryBroker(Broker):
         record = self._get(stream_id)
         with record.changed:
             record.changed.wait_for(
-                lambda: len(record.frames) > after + 1 or record.info.status in ENDED,
+                lambda: record.info.last_event_id > after or record.info.status in ENDED,
                 timeout)
-            frames = record.frames[after + 1:]
-            last_id = after + len(frames)
-            return Batch(frames, last_id, record.info.status in ENDED)
+            last_id = record.info.last_event_id
+            first_kept = max(record.offset, last_id - self._max_events + 1)
+            if after + 1 < first_kept:
+                raise PositionGone(stream_id)
+            frames = record.frames[after + 1 - record.offset:] if last_id > after else []
+            return Batch(frames, max(after, last_id), record.info.status in ENDED)
 
     def info(self, stream_id: str) -> StreamInfo | None:
         self._expire()
@@ -114,9 +125,16 @@ class MemoryBroker(Broker):
             record.leases.discard(lease)
             self._tell(record, READERS)
 
+    def renew_reader(self, stream_id: str, lease: str) -> None:
+        """Leases here live as long as the process: nothing to renew."""
+
     def readers(self, stream_id: str) -> int:
         record = self._records.get(stream_id)
         return len(record.leases) if record else 0
+
+    def producer_tick(self, stream_id: str) -> tuple[str | None, int]:
+        record = self._get(stream_id)
+        return record.info.cancel_reason, len(record.leases)
 
     def ping(self) -> None:
         """Memory is always there."""

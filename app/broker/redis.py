@@ -1,0 +1,470 @@
+"""The shared broker (``redis://``): streams any worker on any host can read.
+
+Per stream, all in one hash slot (``sse:{id}:...``):
+
+    sse:{id}:log      Redis Stream; event n is entry ``0-(n+1)``, field ``f`` = the frame
+    sse:{id}:meta     hash: owner, model, created, status, last_event_id, usage, cancel_reason
+    sse:{id}:readers  sorted set: reader lease -> expiry (ms)
+    sse:{id}:alive    set by the producer every few seconds with a short expiry
+    sse:ev:{id}       channel: "new frames" (tells waiting readers to look)
+    sse:ctl:{id}      channel: "cancel" / "readers" (tells the producer)
+
+No greenlet blocks on Redis per stream: one *hub* thread per process (a
+greenlet under gevent) holds the only pub/sub connection and wakes local
+waiters. A wake-up is only a hint: readers re-read the log by position, so a
+lost message delays nothing longer than the polling slice, and losing one
+can never skip or repeat an event. Every key expires (``ttl`` after the end,
+or, for a stream whose producer died, ``ttl`` after it was last heard of).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.broker.base import (
+    CANCEL,
+    ENDED,
+    ERROR,
+    READERS,
+    RUNNING,
+    Batch,
+    Broker,
+    BrokerOptions,
+    BrokerUnavailable,
+    PositionGone,
+    StreamInfo,
+    StreamNotFound,
+    Watcher,
+)
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 1.0  # the longest a waiting reader goes without looking at Redis itself
+_READ_COUNT = 1000  # frames per read at most
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS meta log; ARGV id frame ttl_ms max_events channel
+_APPEND = """
+local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
+if meta[1] ~= 'running' or tonumber(meta[2]) ~= tonumber(ARGV[1]) - 1 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (tonumber(ARGV[1]) + 1), 'f', ARGV[2])
+redis.call('HSET', KEYS[1], 'last_event_id', ARGV[1])
+if ARGV[1] == '0' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+redis.call('PUBLISH', ARGV[5], '')
+return 1
+"""
+
+# KEYS meta log readers alive; ARGV id frame status usage ttl_ms max_events channel
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], '0-' .. (tonumber(ARGV[1]) + 1), 'f', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'last_event_id', ARGV[1], 'usage', ARGV[4])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+redis.call('DEL', KEYS[4])
+redis.call('PUBLISH', ARGV[7], '')
+return 1
+"""
+
+# KEYS meta log readers alive; ARGV expected_last frame ttl_ms max_events channel
+_LOST = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('HGET', KEYS[1], 'last_event_id') ~= ARGV[1] then return 0 end
+local id = tonumber(ARGV[1]) + 1
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (id + 1), 'f', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'error', 'last_event_id', id)
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+redis.call('PUBLISH', ARGV[5], '')
+return 1
+"""
+
+# KEYS meta; ARGV reason channel
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return nil end
+if status == 'running' and redis.call('HEXISTS', KEYS[1], 'cancel_reason') == 0 then
+  redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[1])
+  redis.call('PUBLISH', ARGV[2], 'cancel')
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def _keys(stream_id: str) -> tuple[str, str, str, str]:
+    base = f"sse:{{{stream_id}}}"
+    return f"{base}:meta", f"{base}:log", f"{base}:readers", f"{base}:alive"
+
+
+def _events(stream_id: str) -> str:
+    return f"sse:ev:{stream_id}"
+
+
+def _control(stream_id: str) -> str:
+    return f"sse:ctl:{stream_id}"
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Turn Redis connection trouble into BrokerUnavailable."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise BrokerUnavailable(f"redis: {exc.__class__.__name__}") from None
+
+
+class RedisBroker(Broker):
+    """Streams in Redis, shared by every worker and host that points at it."""
+
+    def __init__(self, url: str, options: BrokerOptions) -> None:
+        self._options = options
+        self._ttl_ms = int(options.ttl * 1000)
+        self._producer_ms = int(options.producer_timeout * 1000)
+        # Running streams keep their keys while the producer ticks; if it dies,
+        # they go ttl after it was last heard of.
+        self._running_ttl_ms = self._ttl_ms + self._producer_ms
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=options.max_connections, timeout=5,
+            socket_timeout=5, socket_connect_timeout=2)
+        self._redis = redis.Redis(connection_pool=pool)
+        self._create = self._redis.register_script(_CREATE)
+        self._append = self._redis.register_script(_APPEND)
+        self._finish = self._redis.register_script(_FINISH)
+        self._lost = self._redis.register_script(_LOST)
+        self._cancel = self._redis.register_script(_CANCEL)
+        self._hub = _Hub(url, self._redis)
+        self._hub.start()
+        self._lease_streams: dict[str, str] = {}  # lease -> stream, for the hub interest
+
+    def create(self, info: StreamInfo) -> bool:
+        meta, _, _, alive = _keys(info.stream_id)
+        fields = [b for k, v in (("owner", info.owner), ("model", info.model),
+                                 ("created", repr(info.created)), ("status", RUNNING),
+                                 ("last_event_id", "-1")) for b in (k, v)]
+        with _reachable():
+            return bool(self._create(keys=[meta, alive],
+                                     args=[self._running_ttl_ms, self._producer_ms, *fields]))
+
+    def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
+        meta, log_key, _, _ = _keys(stream_id)
+        with _reachable():
+            appended = self._append(keys=[meta, log_key],
+                                    args=[event_id, frame, self._running_ttl_ms,
+                                          self._options.max_events, _events(stream_id)])
+        if not appended:
+            raise ValueError(f"stream {stream_id}: event {event_id} is out of order, "
+                             "or the stream is no longer running")
+        self._hub.poke(_events(stream_id))
+
+    def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
+               usage: dict[str, Any] | None = None) -> None:
+        with _reachable():
+            self._finish(keys=list(_keys(stream_id)),
+                         args=[event_id, frame, status, json.dumps(usage), self._ttl_ms,
+                               self._options.max_events, _events(stream_id)])
+        self._hub.poke(_events(stream_id))
+
+    def read(self, stream_id: str, after: int, timeout: float) -> Batch:
+        channel = _events(stream_id)
+        interest = self._hub.acquire(channel)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                seen = interest.epoch
+                batch = self._fetch(stream_id, after)
+                remaining = deadline - time.monotonic()
+                if batch.frames or batch.ended or remaining <= 0:
+                    return batch
+                if not interest.wait_change(seen, min(remaining, _POLL_S)):
+                    self._declare_lost_if_dead(stream_id)
+        finally:
+            self._hub.release(channel)
+
+    def _fetch(self, stream_id: str, after: int) -> Batch:
+        meta, log_key, _, _ = _keys(stream_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xrange(log_key, min=f"(0-{after + 1}", max="+", count=_READ_COUNT)
+        pipe.hmget(meta, "status", "last_event_id")
+        with _reachable():
+            entries, (status, last) = pipe.execute()
+        if status is None:
+            raise StreamNotFound(stream_id)
+        last_event_id = int(last)
+        if entries:
+            first = int(entries[0][0].split(b"-")[1]) - 1
+            if first != after + 1:
+                raise PositionGone(stream_id)
+            last_id = int(entries[-1][0].split(b"-")[1]) - 1
+            frames = [fields[b"f"] for _, fields in entries]
+        elif last_event_id > after:
+            raise PositionGone(stream_id)  # trimmed, or the log expired
+        else:
+            last_id, frames = after, []
+        return Batch(frames, last_id, status.decode() in ENDED and last_id >= last_event_id)
+
+    def _declare_lost_if_dead(self, stream_id: str) -> None:
+        """End a running stream whose producer stopped ticking with ``stream_lost``."""
+        alive = _keys(stream_id)[3]
+        with _reachable():
+            if self._redis.exists(alive) or self._options.lost_frame is None:
+                return
+            info = self.info(stream_id)
+            if info is None or info.status != RUNNING:
+                return
+            frame = self._options.lost_frame(info.last_event_id + 1, info)
+            if self._lost(keys=list(_keys(stream_id)),
+                          args=[info.last_event_id, frame, self._ttl_ms,
+                                self._options.max_events, _events(stream_id)]):
+                log.warning("stream %s: its producer stopped; ended as stream_lost", stream_id)
+
+    def info(self, stream_id: str) -> StreamInfo | None:
+        with _reachable():
+            fields: dict[bytes, bytes] = self._redis.hgetall(_keys(stream_id)[0])  # type: ignore[assignment]
+        return _info(stream_id, fields)
+
+    def cancel(self, stream_id: str, reason: str) -> StreamInfo | None:
+        with _reachable():
+            flat = self._cancel(keys=[_keys(stream_id)[0]], args=[reason, _control(stream_id)])
+        if not flat:
+            return None
+        return _info(stream_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def watch(self, stream_id: str, callback: Watcher) -> Callable[[], None]:
+        channel = _control(stream_id)
+        interest = self._hub.acquire(channel, callback)
+        info = self.info(stream_id)
+        if info is not None and info.cancel_reason is not None:
+            callback(CANCEL)
+
+        def unwatch() -> None:
+            interest.callbacks.remove(callback) if callback in interest.callbacks else None
+            self._hub.release(channel)
+
+        return unwatch
+
+    def attach_reader(self, stream_id: str) -> str:
+        lease = secrets.token_urlsafe(8)
+        _, _, readers, _ = _keys(stream_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(readers, {lease: self._lease_expiry()})
+        pipe.pexpire(readers, self._running_ttl_ms)
+        pipe.publish(_control(stream_id), READERS)
+        with _reachable():
+            pipe.execute()
+        self._hub.acquire(_events(stream_id))  # held while the lease is: no resubscribing
+        self._lease_streams[lease] = stream_id
+        return lease
+
+    def release_reader(self, stream_id: str, lease: str) -> None:
+        if not self._drop_lease(lease):
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrem(_keys(stream_id)[2], lease)
+        pipe.publish(_control(stream_id), READERS)
+        try:
+            with _reachable():
+                pipe.execute()
+        except BrokerUnavailable:
+            log.warning("stream %s: could not release a reader lease; it will lapse", stream_id)
+
+    def _drop_lease(self, lease: str) -> bool:
+        stream_id = self._lease_streams.pop(lease, None)
+        if stream_id is None:
+            return False
+        self._hub.release(_events(stream_id))
+        return True
+
+    def renew_reader(self, stream_id: str, lease: str) -> None:
+        with _reachable():
+            self._redis.zadd(_keys(stream_id)[2], {lease: self._lease_expiry()})
+
+    def readers(self, stream_id: str) -> int:
+        count: int = self._count_readers(self._redis.pipeline(transaction=False), stream_id)[-1]
+        return count
+
+    def producer_tick(self, stream_id: str) -> tuple[str | None, int]:
+        meta, log_key, readers, alive = _keys(stream_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(alive, b"1", px=self._producer_ms)
+        for key in (meta, log_key, readers):
+            pipe.pexpire(key, self._running_ttl_ms)
+        pipe.hget(meta, "cancel_reason")
+        results = self._count_readers(pipe, stream_id)
+        reason = results[4]
+        return (reason.decode() if reason else None), results[-1]
+
+    def _count_readers(self, pipe: Any, stream_id: str) -> list[Any]:
+        readers = _keys(stream_id)[2]
+        pipe.zremrangebyscore(readers, "-inf", int(time.time() * 1000))
+        pipe.zcard(readers)
+        with _reachable():
+            results: list[Any] = pipe.execute()
+        return results
+
+    def _lease_expiry(self) -> int:
+        return int((time.time() + self._options.lease_ttl) * 1000)
+
+    def ping(self) -> None:
+        with _reachable():
+            self._redis.ping()
+
+    def close(self) -> None:
+        self._hub.stop()
+        self._redis.close()
+
+
+def _info(stream_id: str, fields: dict[bytes, bytes]) -> StreamInfo | None:
+    if not fields:
+        return None
+    text = {k.decode(): v.decode() for k, v in fields.items()}
+    usage = json.loads(text["usage"]) if text.get("usage") else None
+    return StreamInfo(stream_id, text.get("owner", ""), text.get("model", ""),
+                      float(text.get("created", "0")), text.get("status", ERROR),
+                      int(text.get("last_event_id", "-1")), usage, text.get("cancel_reason"))
+
+
+@dataclass
+class _Interest:
+    """Local interest in one channel: who waits on it, who is called back."""
+
+    refs: int = 0
+    epoch: int = 0
+    callbacks: list[Watcher] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    subscribed: threading.Event = field(default_factory=threading.Event)
+
+    def bump(self) -> None:
+        with self.changed:
+            self.epoch += 1
+            self.changed.notify_all()
+
+    def wait_change(self, seen: int, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.epoch != seen, timeout)
+
+
+class _Hub(threading.Thread):
+    """The process's one pub/sub connection, shared by every local reader and producer.
+
+    Only this thread touches the connection. Others ask for (un)subscriptions
+    through a queue and wake it by publishing to its own channel.
+    """
+
+    def __init__(self, url: str, client: redis.Redis) -> None:
+        super().__init__(name="redis-hub", daemon=True)
+        self._url = url
+        self._client = client
+        self._hello = f"sse:hub:{secrets.token_hex(8)}"
+        self._interests: dict[str, _Interest] = {}
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+
+    def acquire(self, channel: str, callback: Watcher | None = None,
+                wait: float = 2.0) -> _Interest:
+        """Take an interest in ``channel``; subscribe (and wait for it) on the first."""
+        with self._lock:
+            interest = self._interests.setdefault(channel, _Interest())
+            interest.refs += 1
+            first = interest.refs == 1
+            if callback is not None:
+                interest.callbacks.append(callback)
+        if first:
+            self._request("subscribe", channel)
+        interest.subscribed.wait(wait)  # a message sent after this will reach us
+        return interest
+
+    def release(self, channel: str) -> None:
+        with self._lock:
+            interest = self._interests.get(channel)
+            if interest is None:
+                return
+            interest.refs -= 1
+            if interest.refs > 0:
+                return
+            del self._interests[channel]
+        self._request("unsubscribe", channel)
+
+    def poke(self, channel: str) -> None:
+        """Wake local waiters at once (a local producer wrote)."""
+        interest = self._interests.get(channel)
+        if interest is not None:
+            interest.bump()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._request("stop", "")
+
+    def _request(self, action: str, channel: str) -> None:
+        self._requests.put((action, channel))
+        with suppress(RedisConnectionError, RedisTimeoutError):
+            self._client.publish(self._hello, b"")  # else the hub resubscribes on reconnect
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            pubsub: Any = self._client.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self._hello)
+                with self._lock:
+                    channels = list(self._interests)
+                if channels:
+                    pubsub.subscribe(*channels)
+                backoff = 0.1
+                self._listen(pubsub)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis pub/sub connection lost (%s); reconnecting", exc)
+                with self._lock:
+                    for interest in self._interests.values():
+                        interest.subscribed.clear()
+                        interest.bump()  # waiters look at Redis themselves
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with suppress(Exception):  # closing a broken connection
+                    pubsub.close()
+
+    def _listen(self, pubsub: Any) -> None:
+        while not self._stopping.is_set():
+            while not self._requests.empty():
+                action, channel = self._requests.get()
+                if action == "subscribe":
+                    pubsub.subscribe(channel)
+                elif action == "unsubscribe":
+                    with self._lock:
+                        wanted = channel in self._interests
+                    if not wanted:
+                        pubsub.unsubscribe(channel)
+            message = pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            interest = self._interests.get(channel)
+            if interest is None:
+                continue
+            if message["type"] == "subscribe":
+                interest.subscribed.set()
+            elif message["type"] == "message":
+                interest.bump()
+                what = message["data"].decode()
+                for callback in list(interest.callbacks):
+                    callback(what)

@@ -1,0 +1,128 @@
+"""What only the shared backend does: several processes, lost producers, expiry."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.broker import CANCEL, ERROR, READERS, BrokerOptions, StreamInfo
+from app.broker.redis import RedisBroker
+from tests.test_broker import REDIS_URL
+
+OPTIONS = BrokerOptions(ttl=1.0, lease_ttl=30, producer_timeout=0.5, max_events=100,
+                        lost_frame=lambda n, info: f"lost {n} {info.model}".encode())
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[RedisBroker, RedisBroker]]:
+    """Two brokers on one Redis: two workers, or two hosts."""
+    a, b = RedisBroker(REDIS_URL, OPTIONS), RedisBroker(REDIS_URL, OPTIONS)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def new_stream(broker: RedisBroker) -> str:
+    sid = secrets.token_urlsafe(16)
+    assert broker.create(StreamInfo(sid, owner="k", model="openai/x", created=1.0))
+    return sid
+
+
+def test_a_reader_elsewhere_is_woken_by_pubsub(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    a, b = pair
+    sid = new_stream(a)
+    a.append(sid, 0, b"start")
+    lease = b.attach_reader(sid)
+    got = []
+    thread = threading.Thread(target=lambda: got.append(b.read(sid, 0, timeout=10)))
+    thread.start()
+    time.sleep(0.2)  # the reader must be waiting when the frame comes
+    appended = time.monotonic()
+    a.producer_tick(sid)
+    a.append(sid, 1, b"token")
+    thread.join(timeout=10)
+    assert got and got[0].frames == [b"token"]
+    assert time.monotonic() - appended < 0.5  # woken, not polled
+    b.release_reader(sid, lease)
+
+
+def test_cancel_and_readers_reach_the_producer_elsewhere(
+        pair: tuple[RedisBroker, RedisBroker]) -> None:
+    a, b = pair
+    sid = new_stream(a)
+    seen: list[str] = []
+    changed = threading.Event()
+    a.watch(sid, lambda what: (seen.append(what), changed.set()))
+    lease = b.attach_reader(sid)
+    assert changed.wait(5)
+    assert seen == [READERS]
+    changed.clear()
+    info = b.cancel(sid, "deleted")
+    assert info is not None and info.cancel_reason == "deleted"
+    assert changed.wait(5)
+    assert seen == [READERS, CANCEL]
+    assert a.producer_tick(sid) == ("deleted", 1)
+    b.release_reader(sid, lease)
+
+
+def test_a_dead_producer_is_declared_lost_once(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    a, b = pair
+    sid = new_stream(a)
+    a.append(sid, 0, b"start")
+    a.append(sid, 1, b"token")
+    # The producer never ticks again: after producer_timeout its readers end it.
+    results = []
+    threads = [threading.Thread(target=lambda r=r: results.append(r.read(sid, 1, timeout=10)))
+               for r in (a, b, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=15)
+    assert [r.frames for r in results] == [[b"lost 2 openai/x"]] * 3
+    assert all(r.ended for r in results)
+    info = b.info(sid)
+    assert info is not None and (info.status, info.last_event_id) == (ERROR, 2)
+
+
+def test_a_ticking_producer_is_not_lost(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    a, b = pair
+    sid = new_stream(a)
+    a.append(sid, 0, b"start")
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.1):
+            a.producer_tick(sid)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        batch = b.read(sid, 0, timeout=1.5)  # three producer timeouts
+        assert (batch.frames, batch.ended) == ([], False)
+    finally:
+        stop.set()
+        ticker.join()
+
+
+def test_every_key_expires(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    a, _ = pair
+    sid = new_stream(a)
+    a.append(sid, 0, b"start")
+    lease = a.attach_reader(sid)
+    a.producer_tick(sid)
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = client.keys(f"sse:{{{sid}}}:*")
+    assert len(keys) == 4  # meta, log, readers, alive
+    assert all(client.pttl(key) > 0 for key in keys)  # even while running
+    a.finish(sid, 1, b"done", "done")
+    a.release_reader(sid, lease)
+    deadline = time.monotonic() + 5
+    while client.keys(f"sse:{{{sid}}}:*") and time.monotonic() < deadline:
+        time.sleep(0.1)  # expiry is a clock, not an event
+    assert client.keys(f"sse:{{{sid}}}:*") == []
+    client.close()
