@@ -6,7 +6,7 @@ BIND ?= 127.0.0.1:8000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint unit live clean
+.PHONY: help run test lint unit live services clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,14 +29,17 @@ run: $(VENV)/.runtime ## Start the gateway on $(BIND) with the demo provider
 	@echo "Stop with Ctrl-C."
 	BIND=$(BIND) $(BIN)/gunicorn -c config/gunicorn.conf.py wsgi:app
 
-test: $(VENV)/.dev lint ## Set everything up, lint, and run the whole suite
+test: $(VENV)/.dev services lint ## Set everything up, lint, and run the whole suite
 	$(BIN)/python -m pytest -q
 
 unit: $(VENV)/.dev ## Run the tests that start no server
 	$(BIN)/python -m pytest -q --ignore=tests/live
 
-live: $(VENV)/.dev ## Run the live tests (real gunicorn subprocesses)
+live: $(VENV)/.dev services ## Run the live tests (real gunicorn subprocesses)
 	$(BIN)/python -m pytest -q tests/live
+
+services: ## Install redis-server and nginx if missing; start Redis on 127.0.0.1:6379
+	@bash .ci/services.sh
 
 lint: $(VENV)/.dev ## ruff and mypy
 	$(BIN)/ruff check app tests config wsgi.py

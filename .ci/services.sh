@@ -12,16 +12,18 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 die() { echo "services: $*" >&2; exit 1; }
 
 APT_UPDATED=0
+OWN_POLICY=""  # a policy-rc.d this script made, removed on exit whatever happens
+trap '[ -z "$OWN_POLICY" ] || rm -f "$OWN_POLICY"' EXIT
 apt_install() {  # apt_install PACKAGE... (root only); the packages' services are not started
     [ "$(id -u)" -eq 0 ] || die "$* missing and not root: install it (apt-get install -y $*)"
     echo "services: installing $* (apt-get)"
-    local policy=/usr/sbin/policy-rc.d own_policy=0
+    local policy=/usr/sbin/policy-rc.d
     if [ ! -e "$policy" ]; then
         # Keep the packages' postinst from starting their services (nginx on port 80,
         # redis-server on 6379): invoke-rc.d obeys 101 = "action not allowed".
         printf '#!/bin/sh\nexit 101\n' >"$policy"
         chmod 755 "$policy"
-        own_policy=1
+        OWN_POLICY=$policy
     fi
     local rc=0
     {
@@ -30,7 +32,7 @@ apt_install() {  # apt_install PACKAGE... (root only); the packages' services ar
         fi &&
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
     } || rc=$?
-    if [ "$own_policy" -eq 1 ]; then rm -f "$policy"; fi
+    if [ -n "$OWN_POLICY" ]; then rm -f "$OWN_POLICY"; OWN_POLICY=""; fi
     [ "$rc" -eq 0 ] || die "apt-get install $* failed (exit $rc)"
 }
 

@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any
 
 import gevent
@@ -49,6 +50,10 @@ class Feed:
 
     def __iter__(self) -> Iterator[bytes]:
         if self._socket is not None:
+            # Events are small writes in quick succession: without this, Nagle's
+            # algorithm holds each one until the previous is acknowledged.
+            with suppress(OSError):
+                self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._watcher = gevent.spawn(self._watch, self._socket)
         heartbeat = self._heartbeat_s
         try:

@@ -23,7 +23,16 @@ import gevent
 import gevent.queue
 
 from app import sse
-from app.broker import CANCEL, CANCELLED, DONE, ERROR, READERS, Broker, StreamInfo
+from app.broker import (
+    CANCEL,
+    CANCELLED,
+    DONE,
+    ERROR,
+    READERS,
+    Broker,
+    BrokerUnavailable,
+    StreamInfo,
+)
 from app.providers.base import (
     ChatRequest,
     Finished,
@@ -89,6 +98,9 @@ class Pump:
         outcome = None
         try:
             outcome = self._relay()
+        except BrokerUnavailable:
+            log.warning("stream %s: the broker is unreachable; closing the provider",
+                        self.stream_id)
         except Exception:
             log.exception("stream %s: pump failed", self.stream_id)
         finally:
@@ -96,6 +108,9 @@ class Pump:
             self._unwatch()
             try:
                 self._finish(outcome or self._internal_error())
+            except BrokerUnavailable:
+                log.warning("stream %s: could not record its end: broker unreachable "
+                            "(its readers will see stream_lost)", self.stream_id)
             except Exception:
                 log.exception("stream %s: could not record its end", self.stream_id)
             self._on_exit(self)

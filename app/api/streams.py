@@ -6,6 +6,7 @@ the pump and the feed; nothing below this module touches ``request``.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -30,6 +31,7 @@ from app.pump import Pump
 from app.validation import InvalidBody, parse_stream_request
 
 bp = Blueprint("streams", __name__, url_prefix="/v1")
+log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
@@ -76,6 +78,7 @@ def create_stream() -> Response:
         raise StreamExists(f"a stream with id {stream_id!r} already exists",
                            param="X-Stream-ID")
     lease = gateway.broker.attach_reader(stream_id)
+    log.info("stream %s: %s for %s", stream_id, body.model, request.remote_addr)
     grace = settings.resume_grace_s if body.resume_grace_s is None else body.resume_grace_s
     gateway.pumps.start(Pump(broker=gateway.broker, provider=provider,
                              request=body.chat(provider_model), stream_id=stream_id,

@@ -8,6 +8,7 @@ import pytest
 
 from tests.fake_provider import FakeProvider
 from tests.live.gateway import OPEN_STREAMS, GatewayServer
+from tests.test_broker import REDIS_URL
 
 HEARTBEAT_S = 0.5
 
@@ -27,9 +28,11 @@ def gateway_env(fake: FakeProvider, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def gateway(fake: FakeProvider) -> Iterator[GatewayServer]:
-    server = GatewayServer(gateway_env(fake))
+@pytest.fixture(scope="session", params=["memory", "redis"])
+def gateway(fake: FakeProvider, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
+    """One worker on each broker: every test using it runs against both."""
+    extra = {"REDIS_URL": REDIS_URL} if request.param == "redis" else {}
+    server = GatewayServer(gateway_env(fake, **extra), label=request.param)
     try:
         yield server.start()
     finally:

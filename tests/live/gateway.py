@@ -32,8 +32,9 @@ class GatewayServer:
     """``gunicorn -c config/gunicorn.conf.py wsgi:app`` with a given environment."""
 
     def __init__(self, env: Mapping[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), label: str = "") -> None:
         self.env = dict(env or {})
+        self.label = label
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
         self._listener: socket.socket | None = None
@@ -122,18 +123,26 @@ class GatewayServer:
     def stream(self, method: str, path: str, body: Any = None,
                headers: Mapping[str, str] | None = None, timeout: float = 30) -> SSEStream:
         """Open an SSE response and return it unread."""
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        data, all_headers = _encode(body, headers)
-        connection.request(method, path, body=data, headers=all_headers)
-        stream = SSEStream(connection, connection.getresponse())
-        OPEN_STREAMS.append(stream)
-        return stream
+        return open_sse(self.host, self.port, method, path, body, headers, timeout=timeout)
 
     def __enter__(self) -> GatewayServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def open_sse(host: str, port: int, method: str, path: str, body: Any = None,
+             headers: Mapping[str, str] | None = None, *, timeout: float = 30,
+             source: str | None = None) -> SSEStream:
+    """Open an SSE response (optionally from another loopback address) and return it unread."""
+    connection = http.client.HTTPConnection(
+        host, port, timeout=timeout, source_address=(source, 0) if source else None)
+    data, all_headers = _encode(body, headers)
+    connection.request(method, path, body=data, headers=all_headers)
+    stream = SSEStream(connection, connection.getresponse())
+    OPEN_STREAMS.append(stream)
+    return stream
 
 
 def _encode(body: Any, headers: Mapping[str, str] | None) -> tuple[bytes | None, dict[str, str]]:

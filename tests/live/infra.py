@@ -144,10 +144,12 @@ def render_nginx_conf(source: str, *, port: int, upstreams: list[tuple[str, int]
     text = _sub(r"^error_log[ \t]+\S+(?P<level>[ \t]+\w+)?[ \t]*;",
                 lambda m: f"error_log {tmp / 'error.log'}{m['level'] or ''};", text,
                 "top-level `error_log TARGET [LEVEL];`")
-    for directive, name in (("client_body_temp_path", "client_body"), ("proxy_temp_path", "proxy")):
-        text = _sub(rf"^(?P<i>[ \t]*){directive}[ \t]+\S+[ \t]*;",
-                    lambda m, d=directive, n=name: f"{m['i']}{d} {tmp / n};", text,
-                    f"`{directive} PATH;`")
+    text = _sub(r"^(?P<i>[ \t]*)client_body_temp_path[ \t]+\S+[ \t]*;",
+                lambda m: f"{m['i']}client_body_temp_path {tmp / 'client_body'};", text,
+                "`client_body_temp_path PATH;`")
+    text = _sub(r"^(?P<i>[ \t]*)proxy_temp_path[ \t]+\S+[ \t]*;",
+                lambda m: f"{m['i']}proxy_temp_path {tmp / 'proxy'};", text,
+                "`proxy_temp_path PATH;`")
 
     block = re.search(r"^[ \t]*upstream[ \t]+gateway[ \t]*\{[ \t]*\n(?P<body>.*?)^[ \t]*\}", text,
                       re.MULTILINE | re.DOTALL)

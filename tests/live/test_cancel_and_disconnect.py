@@ -62,7 +62,7 @@ def test_delete_to_provider_closed_latency(gateway: GatewayServer, fake: FakePro
         call = fake.wait_closed(model)
         assert call.outcome == "peer_closed"
         assert call.closed_at is not None
-        record("delete_to_provider_closed_ms", (call.closed_at - asked) * 1000)
+        record(f"delete_to_provider_closed_ms[{gateway.label}]", (call.closed_at - asked) * 1000)
         assert stream.read_all()[-1].json() == {"reason": "deleted"}
 
 
@@ -95,7 +95,8 @@ def test_client_drop_with_no_grace_closes_the_provider_at_once(
         stream.drop(reset=reset)
         call = fake.wait_closed(model)
         assert call.outcome == "peer_closed"
-        record("client_drop_to_provider_closed_ms", (call.closed_at - dropped) * 1000)  # type: ignore[operator]
+        record(f"client_drop_to_provider_closed_ms[{gateway.label}]",
+               (call.closed_at - dropped) * 1000)  # type: ignore[operator]
         assert call.closed_at - dropped < 1.0  # type: ignore[operator]
         final = gateway.stream("GET", f"/v1/streams/{stream_id}/events",
                                headers={"Last-Event-ID": "0"}).read_all()

@@ -208,7 +208,8 @@ def read_events(response: http.client.HTTPResponse) -> list[float]:
 
 def stream(connection: http.client.HTTPConnection, method: str, path: str) -> list[float]:
     body = b'{"model": "demo/echo", "prompt": "hi"}' if method == "POST" else None
-    connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    connection.request(method, path, body=body, headers={
+        "Content-Type": "application/json", "Accept-Encoding": "gzip"})
     response = connection.getresponse()
     assert response.status == 200
     assert response.getheader("Content-Type") == "text/event-stream"

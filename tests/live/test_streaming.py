@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 
 import pytest
@@ -134,7 +135,7 @@ def test_demo_lorem_honours_max_tokens(gateway: GatewayServer) -> None:
 
 def test_client_supplied_stream_id_and_duplicates(gateway: GatewayServer, fake: FakeProvider) -> None:
     model = fake.scenario(tokens=["x"])
-    stream_id = "client-chosen_id-0123456789"
+    stream_id = f"client-chosen_id-{secrets.token_hex(8)}"  # Redis outlives one run
     stream = gateway.stream("POST", "/v1/streams", {"model": f"openai/{model}", "prompt": "x"},
                             headers={"X-Stream-ID": stream_id})
     assert stream.header("X-Stream-ID") == stream_id
