@@ -114,8 +114,8 @@ def test_delete_on_b_closes_the_provider_of_a_stream_on_a(
 
 
 def test_resume_on_b_after_a_drop_on_a_loses_nothing(cluster: Cluster, fake: FakeProvider) -> None:
-    for _ in range(5):
-        tokens = [f"r{i} " for i in range(80)]
+    for _ in range(20):
+        tokens = [f"r{i} " for i in range(30)]
         model = fake.scenario(tokens=tokens, delay=0.02)
         first = cluster.a.stream("POST", "/v1/streams", {"model": f"openai/{model}",
                                                           "prompt": "x", "resume_grace_s": 10})
