@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from flask_cors import CORS
+from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -18,6 +20,7 @@ from app.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     UnsupportedMediaType,
     error_body,
 )
@@ -28,11 +31,15 @@ log = logging.getLogger(__name__)
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
     from app.api import ops, streams
+    from app.api.caller import authenticate
     from app.broker import BrokerOptions, open_broker
     from app.gateway import Gateway
+    from app.limits import limiter
     from app.providers import Catalog, build_providers
     from app.pump import PumpGroup, lost_frame
+    from app.security import Keys
     from app.settings import Settings
+    from app.upstream import RetryPolicy
 
     settings = Settings.load(overrides=overrides)
     _configure_logging(settings.log_level)
@@ -48,10 +55,27 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         max_events=settings.max_events_per_stream,
         max_connections=settings.redis_max_connections, lost_frame=lost_frame))
     catalog = Catalog(build_providers(settings), settings.models)
-    app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup())
+    keys = Keys(settings.all_api_keys())
+    policy = RetryPolicy(settings.retry_max_attempts, settings.retry_budget_s,
+                         settings.retry_base_delay_s, settings.retry_max_delay_s,
+                         settings.ttft_timeout_s, settings.token_timeout_s)
+    app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup(), keys, policy)
+    # Rates are counted where streams live: in Redis when there is one.
+    app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
+    limiter.init_app(app)  # its check runs first, so wrong keys are counted per address
+    app.before_request(authenticate)
+    if settings.cors_origins:
+        CORS(app, resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
+             allow_headers=["Authorization", "Content-Type", "X-Stream-ID", "Last-Event-ID"],
+             expose_headers=["X-Stream-ID", "Location", "Retry-After", "X-RateLimit-Limit",
+                             "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+             methods=["GET", "POST", "DELETE"], max_age=600)
     app.register_blueprint(streams.bp)
     app.register_blueprint(ops.bp)
     _register_error_handlers(app)
+    if keys.open:
+        log.warning("no API keys configured (API_KEYS, API_KEYS_FILE): the gateway runs "
+                    "open, for development only")
     log.info("gateway ready: broker %s, models %s", settings.broker_url.split("://")[0],
              ", ".join(m["id"] for m in catalog.listing() if m.get("available", True)))
     return app
@@ -80,6 +104,10 @@ def _register_error_handlers(app: Flask) -> None:
             return api_error(cls(_HTTP_MESSAGES[status]))
         code = "invalid_request" if status < 500 else "internal_error"
         return jsonify(error_body(code, exc.name)), status, {}
+
+    @app.errorhandler(RateLimitExceeded)
+    def rate_limited(exc: RateLimitExceeded) -> tuple[Response, int, dict[str, str]]:
+        return api_error(RateLimited(f"rate limit exceeded ({exc.description}); slow down"))
 
     @app.errorhandler(BrokerUnavailable)
     def broker_down(exc: BrokerUnavailable) -> tuple[Response, int, dict[str, str]]:

@@ -57,6 +57,9 @@ class UnknownModel(ApiError):
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="sse-gateway"'}
+
 
 class NotFound(ApiError):
     status, code = 404, "not_found"

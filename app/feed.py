@@ -34,7 +34,7 @@ class Feed:
     """An iterable of SSE bytes from position ``after``; WSGI calls ``close``."""
 
     def __init__(self, broker: Broker, stream_id: str, *, after: int, lease: str,
-                 heartbeat_s: float, retry_ms: int, provider: str,
+                 heartbeat_s: float, retry_ms: int, provider: str, write_timeout_s: float,
                  first: Batch | None = None, client_socket: Any = None) -> None:
         self._broker = broker
         self._stream_id = stream_id
@@ -45,6 +45,8 @@ class Feed:
         self._provider = provider
         self._first = first  # read by the view, which had to check the position
         self._socket = client_socket
+        self._write_timeout_s = write_timeout_s
+        self._socket_timeout: float | None = None  # what gunicorn had set, restored at the end
         self._watcher: gevent.Greenlet[Any, None] | None = None
         self.client_gone = False
 
@@ -54,6 +56,10 @@ class Feed:
             # algorithm holds each one until the previous is acknowledged.
             with suppress(OSError):
                 self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A client that takes no bytes for this long is dropped: a write
+                # then fails, gunicorn closes the connection and calls close().
+                self._socket_timeout = self._socket.gettimeout()
+                self._socket.settimeout(self._write_timeout_s)
             self._watcher = gevent.spawn(self._watch, self._socket)
         heartbeat = self._heartbeat_s
         try:
@@ -99,6 +105,9 @@ class Feed:
         if self._watcher is not None and self._watcher is not gevent.getcurrent():
             self._watcher.kill(block=True)
         self._watcher = None
+        if self._socket is not None:
+            with suppress(OSError):
+                self._socket.settimeout(self._socket_timeout)
         self._release()
 
     def _release(self) -> None:

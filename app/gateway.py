@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from app.broker import Broker
 from app.providers import Catalog
 from app.pump import PumpGroup
+from app.security import Keys
 from app.settings import Settings
+from app.upstream import RetryPolicy
 
 
 @dataclass
@@ -16,6 +18,8 @@ class Gateway:
     broker: Broker
     catalog: Catalog
     pumps: PumpGroup
+    keys: Keys
+    retry_policy: RetryPolicy
 
     def drain(self, graceful_timeout: float) -> None:
         """Start shutting down: refuse new streams, end the rest before the timeout."""

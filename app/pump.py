@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +33,8 @@ from app.broker import (
     BrokerUnavailable,
     StreamInfo,
 )
-from app.providers.base import (
-    ChatRequest,
-    Finished,
-    Provider,
-    ProviderError,
-    TextDelta,
-    Usage,
-)
+from app.providers.base import Finished, ProviderError, TextDelta, Usage
+from app.upstream import Answering, Candidate, Retrying, RetryPolicy, stream_deltas
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +54,28 @@ class Outcome:
 class Pump:
     """Produce one stream: provider deltas in, numbered SSE frames out."""
 
-    def __init__(self, *, broker: Broker, provider: Provider, request: ChatRequest,
-                 stream_id: str, model: str, created: float, grace_s: float,
-                 tick_s: float, on_exit: Callable[[Pump], None] = lambda pump: None) -> None:
+    def __init__(self, *, broker: Broker, candidates: Sequence[Candidate], policy: RetryPolicy,
+                 stream_id: str, created: float, grace_s: float, tick_s: float,
+                 stream_timeout_s: float, slot_owner: str | None = None,
+                 on_exit: Callable[[Pump], None] = lambda pump: None) -> None:
         self.stream_id = stream_id
         self._broker = broker
-        self._provider = provider
-        self._request = request
-        self._model = model
+        self._candidates = candidates
+        self._policy = policy
+        self._model = candidates[0].model  # until another one answers
+        self._provider_name = candidates[0].provider.name
         self._created = created
         self._grace_s = grace_s
         self._tick_s = tick_s
+        self._stream_timeout_s = stream_timeout_s
+        self._slot_owner = slot_owner
         self._on_exit = on_exit
         self._inbox: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self._next_id = 0
         self._started = 0.0
         self._first_token_at: float | None = None
         self._text_deltas = 0
+        self._retries = 0
         self._usage = Usage()
         self._finish_reason = "stop"
         self.greenlet: gevent.Greenlet[Any, None] | None = None
@@ -113,39 +112,51 @@ class Pump:
                             "(its readers will see stream_lost)", self.stream_id)
             except Exception:
                 log.exception("stream %s: could not record its end", self.stream_id)
+            self._release_slot()
             self._on_exit(self)
 
-    def _read_provider(self) -> None:
-        deltas = self._provider.stream(self._request)
+    def _release_slot(self) -> None:
+        if self._slot_owner is None:
+            return
         try:
-            for delta in deltas:
-                self._inbox.put(delta)
+            self._broker.release_slot(self._slot_owner, self.stream_id)
+        except BrokerUnavailable:
+            log.warning("stream %s: could not release its slot; it lapses by itself",
+                        self.stream_id)
+
+    def _read_provider(self) -> None:
+        try:
+            for item in stream_deltas(self._candidates, self._policy):
+                self._inbox.put(item)
             self._inbox.put(_END)
         except ProviderError as exc:
             self._inbox.put(exc)
         except Exception:
             log.exception("stream %s: provider adapter failed", self.stream_id)
             self._inbox.put(RuntimeError("adapter failed"))
-        finally:
-            deltas.close()
 
     def _relay(self) -> Outcome:
         grace_ends: float | None = None  # set while no reader is attached
         next_tick = time.monotonic() + self._tick_s
+        gives_up = self._started + self._stream_timeout_s
         while True:
             now = time.monotonic()
             if grace_ends is not None and now >= grace_ends:
                 return self._cancelled("client_disconnected")
+            if now >= gives_up:
+                return self._error("upstream_timeout", f"the stream ran longer than "
+                                   f"{self._stream_timeout_s:g} s", retryable=True)
             if now >= next_tick:
                 # Say we are alive, and catch a cancel or reader change whose
                 # notification was lost (pub/sub delivers at most once).
                 next_tick = now + self._tick_s
-                cancel_reason, readers = self._broker.producer_tick(self.stream_id)
+                cancel_reason, readers = self._broker.producer_tick(self.stream_id,
+                                                                    self._slot_owner)
                 if cancel_reason:
                     return self._cancelled(cancel_reason)
                 grace_ends = self._grace(grace_ends, readers)
                 continue
-            wake = next_tick if grace_ends is None else min(next_tick, grace_ends)
+            wake = min(next_tick, gives_up, grace_ends or gives_up)
             try:
                 item = self._inbox.get(timeout=wake - now)
             except gevent.queue.Empty:
@@ -159,9 +170,16 @@ class Pump:
                                     else self._usage.output_tokens)
             elif isinstance(item, Finished):
                 self._finish_reason = item.reason
+            elif isinstance(item, Answering):
+                self._model = item.model
+            elif isinstance(item, Retrying):
+                self._retries += 1
+                log.info("stream %s: %s failed before its first token (%s); retrying in "
+                         "%.2f s", self.stream_id, item.model, item.error.code, item.delay)
             elif item is _END:
                 return self._done()
             elif isinstance(item, ProviderError):
+                self._provider_name = item.provider
                 return self._error(item.code, item.message, item.retryable)
             elif isinstance(item, Exception):
                 return self._internal_error()
@@ -227,7 +245,7 @@ class Pump:
     def _error(self, code: str, message: str, retryable: bool) -> Outcome:
         return Outcome(ERROR, "error", {"code": code, "message": message,
                                         "retryable": retryable,
-                                        "provider": self._provider.name})
+                                        "provider": self._provider_name})
 
     def _internal_error(self) -> Outcome:
         return self._error("internal_error", "the gateway failed while streaming", True)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import limits
+
 import config
 
 BROKER_SCHEMES = ("memory", "redis", "rediss")
@@ -44,16 +46,42 @@ class Settings:
     max_content_length: int
     max_messages: int
     max_active_streams: int
+    max_streams_per_key: int
+    api_keys: tuple[str, ...] = dataclasses.field(repr=False)
+    api_keys_file: str
+    ratelimit_create: str
+    ratelimit_events: str
+    ratelimit_status: str
+    ratelimit_cancel: str
+    ratelimit_models: str
+    cors_origins: tuple[str, ...]
+    retry_max_attempts: int
+    retry_budget_s: float
+    retry_base_delay_s: float
+    retry_max_delay_s: float
+    ttft_timeout_s: float
+    token_timeout_s: float
+    stream_timeout_s: float
+    write_timeout_s: float
     provider_connect_timeout_s: float
     provider_read_timeout_s: float
     shutdown_margin_s: float
     demo_ttft_s: float
     demo_token_delay_s: float
     log_level: str
-    openai_api_key: str
+    openai_api_key: str = dataclasses.field(repr=False)
     openai_base_url: str
-    anthropic_api_key: str
+    anthropic_api_key: str = dataclasses.field(repr=False)
     anthropic_base_url: str
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """Keys from API_KEYS and API_KEYS_FILE (blank lines and # comments skipped)."""
+        return self.api_keys + (self.file_api_keys() if self.api_keys_file else ())
+
+    def file_api_keys(self) -> tuple[str, ...]:
+        with open(self.api_keys_file, encoding="utf-8") as lines:
+            return tuple(line.strip() for line in lines
+                         if line.strip() and not line.lstrip().startswith("#"))
 
     @property
     def broker_url(self) -> str:
@@ -92,11 +120,14 @@ class Settings:
         positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens",
                     "max_content_length", "max_messages", "max_events_per_stream",
                     "producer_timeout_s", "redis_max_connections", "max_active_streams",
-                    "provider_connect_timeout_s", "provider_read_timeout_s", "retry_ms")
+                    "provider_connect_timeout_s", "provider_read_timeout_s", "retry_ms",
+                    "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
+                    "stream_timeout_s", "write_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
-        non_negative = ("trusted_proxies", "resume_grace_s", "max_resume_grace_s",
+        non_negative = ("trusted_proxies", "max_streams_per_key", "retry_budget_s",
+                        "retry_base_delay_s", "retry_max_delay_s", "resume_grace_s", "max_resume_grace_s",
                         "shutdown_margin_s", "demo_ttft_s", "demo_token_delay_s")
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -110,6 +141,21 @@ class Settings:
             provider, _, name = model.partition("/")
             if not provider or not name:
                 raise SettingsError(f"MODELS entry {model!r} is not 'provider/model'")
+        for name in ("ratelimit_create", "ratelimit_events", "ratelimit_status",
+                     "ratelimit_cancel", "ratelimit_models"):
+            value = getattr(self, name)
+            try:
+                if value:
+                    limits.parse_many(value)
+            except ValueError:
+                raise SettingsError(f"{name.upper()} {value!r} is not a rate limit "
+                                    "such as '60/minute' or '10/second;100/hour'") from None
+        if self.api_keys_file:
+            try:
+                self.file_api_keys()
+            except OSError as exc:
+                raise SettingsError(f"API_KEYS_FILE {self.api_keys_file!r} cannot be read: "
+                                    f"{exc.strerror}") from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"LOG_LEVEL {self.log_level!r} is not a logging level")
 

@@ -46,6 +46,38 @@ class Default:
     MAX_MESSAGES = 1000
     # Running streams one worker accepts; also sizes each SDK's connection pool.
     MAX_ACTIVE_STREAMS = 1000
+    # Running streams one API key (or, when open, one client address) may hold,
+    # counted across every worker and host when REDIS_URL is set; 0 = no limit.
+    MAX_STREAMS_PER_KEY = 20
+
+    # API keys clients send as "Authorization: Bearer <key>": comma-separated,
+    # and/or a file with one key a line. None configured = open (development).
+    API_KEYS = ""
+    API_KEYS_FILE = ""
+    # Request rates per key (per client address when open), per route, in
+    # flask-limiter's notation ("60/minute;5/second"); empty = no limit. Counted
+    # in Redis when REDIS_URL is set, else per worker.
+    RATELIMIT_CREATE = "60/minute"
+    RATELIMIT_EVENTS = "120/minute"
+    RATELIMIT_STATUS = "600/minute"
+    RATELIMIT_CANCEL = "120/minute"
+    RATELIMIT_MODELS = "120/minute"
+    # Browser origins allowed to call the API (comma-separated); none by default.
+    CORS_ORIGINS = ""
+
+    # Before the first token, retryable provider failures are retried with
+    # exponential backoff and jitter (honouring Retry-After), at most this many
+    # attempts per model and this many seconds in all; then the fallbacks.
+    RETRY_MAX_ATTEMPTS = 3
+    RETRY_BUDGET_S = 30.0
+    RETRY_BASE_DELAY_S = 0.5
+    RETRY_MAX_DELAY_S = 8.0
+    # Provider timeouts: to the first token, between tokens, for the whole stream.
+    TTFT_TIMEOUT_S = 60.0
+    TOKEN_TIMEOUT_S = 60.0
+    STREAM_TIMEOUT_S = 1800.0
+    # A client that accepts no bytes for this long is dropped.
+    WRITE_TIMEOUT_S = 30.0
     # Provider HTTP timeouts: connecting, and the longest silence while reading.
     PROVIDER_CONNECT_TIMEOUT_S = 5.0
     PROVIDER_READ_TIMEOUT_S = 120.0

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from app.broker import BrokerError
 from app.gateway import Gateway
+from app.limits import limiter, rate, unlimited
 
 bp = Blueprint("ops", __name__)
 
@@ -33,5 +34,6 @@ def readyz() -> tuple[Response, int]:
 
 
 @bp.get("/v1/models")
+@limiter.limit(rate("ratelimit_models"), exempt_when=unlimited("ratelimit_models"))
 def models() -> Response:
     return jsonify({"data": _gateway().catalog.listing()})

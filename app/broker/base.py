@@ -135,13 +135,31 @@ class Broker(ABC):
         """How many reader leases are held."""
 
     @abstractmethod
-    def producer_tick(self, stream_id: str) -> tuple[str | None, int]:
+    def producer_tick(self, stream_id: str, slot_owner: str | None = None
+                      ) -> tuple[str | None, int]:
         """Say the producer is alive; return (cancel reason or None, readers).
 
         The producer calls this every few seconds: it catches a cancel or a
         reader change whose notification was lost, and its silence is how
-        readers elsewhere learn that the producer died (``stream_lost``).
+        readers elsewhere learn that the producer died (``stream_lost``). It
+        also keeps the stream's slot of ``slot_owner`` from lapsing.
         """
+
+    @abstractmethod
+    def take_slot(self, owner: str, stream_id: str, limit: int) -> bool:
+        """Count a running stream against ``owner``; False if it already holds ``limit``.
+
+        A slot lapses ``2 * producer_timeout`` after its producer last ticked,
+        so the slots of a killed worker come back by themselves.
+        """
+
+    @abstractmethod
+    def release_slot(self, owner: str, stream_id: str) -> None:
+        """Give a slot back (idempotent)."""
+
+    @abstractmethod
+    def slots(self, owner: str) -> int:
+        """How many slots ``owner`` holds."""
 
     @abstractmethod
     def ping(self) -> None:

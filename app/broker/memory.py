@@ -48,6 +48,7 @@ class MemoryBroker(Broker):
         self._max_events = options.max_events
         self._records: dict[str, _Record] = {}
         self._expiry: deque[tuple[float, str]] = deque()  # in finish order = expiry order
+        self._slots: dict[str, set[str]] = {}
 
     def create(self, info: StreamInfo) -> bool:
         self._expire()
@@ -132,9 +133,27 @@ class MemoryBroker(Broker):
         record = self._records.get(stream_id)
         return len(record.leases) if record else 0
 
-    def producer_tick(self, stream_id: str) -> tuple[str | None, int]:
+    def producer_tick(self, stream_id: str, slot_owner: str | None = None
+                      ) -> tuple[str | None, int]:
         record = self._get(stream_id)
         return record.info.cancel_reason, len(record.leases)
+
+    def take_slot(self, owner: str, stream_id: str, limit: int) -> bool:
+        held = self._slots.setdefault(owner, set())
+        if len(held) >= limit:
+            return False
+        held.add(stream_id)
+        return True
+
+    def release_slot(self, owner: str, stream_id: str) -> None:
+        held = self._slots.get(owner)
+        if held is not None:
+            held.discard(stream_id)
+            if not held:
+                del self._slots[owner]
+
+    def slots(self, owner: str) -> int:
+        return len(self._slots.get(owner, ()))
 
     def ping(self) -> None:
         """Memory is always there."""

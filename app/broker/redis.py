@@ -98,6 +98,15 @@ redis.call('PUBLISH', ARGV[5], '')
 return 1
 """
 
+# KEYS slots; ARGV now_ms expiry_ms limit stream_id
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) - tonumber(ARGV[1]))
+return 1
+"""
+
 # KEYS meta; ARGV reason channel
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -113,6 +122,10 @@ return redis.call('HGETALL', KEYS[1])
 def _keys(stream_id: str) -> tuple[str, str, str, str]:
     base = f"sse:{{{stream_id}}}"
     return f"{base}:meta", f"{base}:log", f"{base}:readers", f"{base}:alive"
+
+
+def _slots(owner: str) -> str:
+    return f"sse:slots:{owner}"
 
 
 def _events(stream_id: str) -> str:
@@ -151,6 +164,7 @@ class RedisBroker(Broker):
         self._finish = self._redis.register_script(_FINISH)
         self._lost = self._redis.register_script(_LOST)
         self._cancel = self._redis.register_script(_CANCEL)
+        self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._hub = _Hub(url, self._redis)
         self._hub.start()
         self._lease_streams: dict[str, str] = {}  # lease -> stream, for the hub interest
@@ -301,16 +315,40 @@ class RedisBroker(Broker):
         count: int = self._count_readers(self._redis.pipeline(transaction=False), stream_id)[-1]
         return count
 
-    def producer_tick(self, stream_id: str) -> tuple[str | None, int]:
+    def producer_tick(self, stream_id: str, slot_owner: str | None = None
+                      ) -> tuple[str | None, int]:
         meta, log_key, readers, alive = _keys(stream_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(alive, b"1", px=self._producer_ms)
         for key in (meta, log_key, readers):
             pipe.pexpire(key, self._running_ttl_ms)
         pipe.hget(meta, "cancel_reason")
+        if slot_owner is not None:
+            now_ms = int(time.time() * 1000)
+            pipe.zadd(_slots(slot_owner), {stream_id: now_ms + 2 * self._producer_ms}, xx=True)
+            pipe.pexpire(_slots(slot_owner), 2 * self._producer_ms)
         results = self._count_readers(pipe, stream_id)
         reason = results[4]
         return (reason.decode() if reason else None), results[-1]
+
+    def take_slot(self, owner: str, stream_id: str, limit: int) -> bool:
+        now_ms = int(time.time() * 1000)
+        with _reachable():
+            return bool(self._take_slot(keys=[_slots(owner)],
+                                        args=[now_ms, now_ms + 2 * self._producer_ms, limit,
+                                              stream_id]))
+
+    def release_slot(self, owner: str, stream_id: str) -> None:
+        with _reachable():
+            self._redis.zrem(_slots(owner), stream_id)
+
+    def slots(self, owner: str) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(_slots(owner), "-inf", int(time.time() * 1000))
+        pipe.zcard(_slots(owner))
+        with _reachable():
+            count: int = pipe.execute()[-1]
+        return count
 
     def _count_readers(self, pipe: Any, stream_id: str) -> list[Any]:
         readers = _keys(stream_id)[2]

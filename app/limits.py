@@ -1,0 +1,37 @@
+"""Request rates (flask-limiter) and who they are counted for.
+
+Rates are counted per API key id, or per client address when the gateway runs
+open (behind nginx, TRUSTED_PROXIES=1 makes that the client's address, not
+nginx's). Storage is the broker's Redis when REDIS_URL is set, so every worker
+and host shares one count; otherwise each worker counts for itself. Limits
+are read from the settings per request, so each route has its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import current_app
+from flask_limiter import Limiter
+
+from app.api.caller import caller
+from app.gateway import Gateway
+
+limiter = Limiter(key_func=caller, headers_enabled=True, retry_after="delta-seconds",
+                  key_prefix="sse-rl")
+
+
+def rate(setting: str) -> Callable[[], str]:
+    """The limit string of one route, from the running app's settings."""
+
+    def value() -> str:
+        gateway: Gateway = current_app.extensions["gateway"]
+        limit: str = getattr(gateway.settings, setting)
+        return limit
+
+    return value
+
+
+def unlimited(setting: str) -> Callable[[], bool]:
+    """Exempt a route whose limit setting is empty."""
+    return lambda: not rate(setting)()
