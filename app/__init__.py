@@ -84,7 +84,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 def _configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("app").setLevel(level.upper())
 
 

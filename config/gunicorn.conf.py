@@ -29,6 +29,7 @@ preload_app = False
 # Several instances on one host (tests, sidecars) would share one control socket.
 control_socket_disable = True
 accesslog = os.environ.get("ACCESS_LOG", "-") or None
+access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 

@@ -99,9 +99,12 @@ class GatewayServer:
             self._listener.close()
             self._listener = None
         self._log.close()
+        if self.process is not None and self.process.returncode == 0:
+            Path(self._log.name).unlink(missing_ok=True)  # kept when the server failed
 
     def log(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")
+        path = Path(self._log.name)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     @property
     def url(self) -> str:
