@@ -9,6 +9,7 @@ are read from the settings per request, so each route has its own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from flask import current_app
@@ -17,8 +18,23 @@ from flask_limiter import Limiter
 from app.api.caller import caller
 from app.gateway import Gateway
 
+# swallow_errors: with Redis down the limiter lets requests through, and the
+# broker, which needs Redis too, refuses them with a clear 503.
 limiter = Limiter(key_func=caller, headers_enabled=True, retry_after="delta-seconds",
-                  key_prefix="sse-rl")
+                  key_prefix="sse-rl", swallow_errors=True)
+
+
+class _WithoutTraceback(logging.Filter):
+    """Log a swallowed storage error as one line: an outage is not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.msg} ({type(record.exc_info[1]).__name__})"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("flask-limiter").addFilter(_WithoutTraceback())
 
 
 def rate(setting: str) -> Callable[[], str]:

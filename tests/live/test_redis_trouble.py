@@ -17,8 +17,9 @@ from tests.live.infra import RedisServer
 
 
 def test_redis_outage_is_visible_never_hangs_and_heals(fake: FakeProvider) -> None:
-    with RedisServer() as store, \
-            GatewayServer(gateway_env(fake, REDIS_URL=store.url, WORKERS="2")) as server:
+    with RedisServer() as store, GatewayServer(gateway_env(
+            fake, REDIS_URL=store.url, WORKERS="2", RATELIMIT_CREATE="100/minute",
+            RATELIMIT_STATUS="100/minute")) as server:
         assert server.request("GET", "/readyz").json() == {"status": "ok"}
         model = fake.scenario(tokens=["a", "b", "c"], stall_after=1, stall_s=60)
         running = server.stream("POST", "/v1/streams", {"model": f"openai/{model}",
