@@ -9,9 +9,11 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from flask_cors import CORS
 from flask_limiter.errors import RateLimitExceeded
+from pythonjsonlogger.json import JsonFormatter
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app import metrics
 from app.broker import BrokerUnavailable, StreamNotFound
 from app.errors import (
     ApiError,
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
-    from app.api import ops, streams
+    from app.api import ops, streams, web
     from app.api.caller import authenticate
     from app.broker import BrokerOptions, open_broker
     from app.gateway import Gateway
@@ -42,7 +44,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from app.upstream import RetryPolicy
 
     settings = Settings.load(overrides=overrides)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -72,6 +74,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
              methods=["GET", "POST", "DELETE"], max_age=600)
     app.register_blueprint(streams.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(web.bp)
     _register_error_handlers(app)
     if keys.open:
         log.warning("no API keys configured (API_KEYS, API_KEYS_FILE): the gateway runs "
@@ -81,12 +84,21 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("app").setLevel(level.upper())
+def _configure_logging(level: str, form: str) -> None:
+    """The app's loggers: text for people, or one JSON object a line (with the
+    structured fields of records such as a stream's end)."""
+    handler = logging.StreamHandler()
+    if form == "json":
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "process": "pid"}))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
+    app_log = logging.getLogger("app")
+    app_log.handlers[:] = [handler]
+    app_log.propagate = False
+    app_log.setLevel(level.upper())
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -95,6 +107,8 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> tuple[Response, int, dict[str, str]]:
+        if exc.code in ("rate_limited", "too_many_streams", "overloaded"):
+            metrics.REJECTIONS.labels(exc.code).inc()
         return jsonify(exc.body()), exc.status, exc.headers()
 
     @app.errorhandler(HTTPException)

@@ -20,7 +20,7 @@ from typing import Any
 import gevent
 import gevent.socket
 
-from app import sse
+from app import metrics, sse
 from app.broker import Batch, Broker, BrokerUnavailable, PositionGone, StreamNotFound
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Feed:
                     sent_at = time.monotonic()
                 elif not batch.ended and time.monotonic() >= sent_at + heartbeat:
                     yield sse.PING
+                    metrics.HEARTBEATS.inc()
                     sent_at = time.monotonic()
                 if batch.ended:
                     return

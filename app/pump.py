@@ -22,7 +22,7 @@ from typing import Any
 import gevent
 import gevent.queue
 
-from app import sse
+from app import metrics, sse
 from app.broker import (
     CANCEL,
     CANCELLED,
@@ -56,7 +56,7 @@ class Pump:
 
     def __init__(self, *, broker: Broker, candidates: Sequence[Candidate], policy: RetryPolicy,
                  stream_id: str, created: float, grace_s: float, tick_s: float,
-                 stream_timeout_s: float, slot_owner: str | None = None,
+                 stream_timeout_s: float, slot_owner: str | None = None, caller: str = "",
                  on_exit: Callable[[Pump], None] = lambda pump: None) -> None:
         self.stream_id = stream_id
         self._broker = broker
@@ -69,7 +69,9 @@ class Pump:
         self._tick_s = tick_s
         self._stream_timeout_s = stream_timeout_s
         self._slot_owner = slot_owner
+        self._caller = caller
         self._on_exit = on_exit
+        self._stop_noticed: float | None = None  # when a cancel/disconnect/shutdown was seen
         self._inbox: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self._next_id = 0
         self._started = 0.0
@@ -87,6 +89,8 @@ class Pump:
                                "created": self._created})
         self._unwatch = self._broker.watch(self.stream_id, self._inbox.put)
         self.greenlet = gevent.spawn(self._run)
+        metrics.STREAMS_STARTED.labels(self._provider_name).inc()
+        metrics.STREAMS_ACTIVE.inc()
 
     def stop(self, reason: str) -> None:
         """End the stream with ``cancelled``/``reason`` (used at shutdown)."""
@@ -104,9 +108,14 @@ class Pump:
             log.exception("stream %s: pump failed", self.stream_id)
         finally:
             reader.kill(block=True, timeout=5)  # closes the provider connection
+            if self._stop_noticed is not None and outcome is not None:
+                metrics.CANCEL_TO_CLOSED.labels(outcome.data["reason"]).observe(
+                    time.monotonic() - self._stop_noticed)
             self._unwatch()
+            outcome = outcome or self._internal_error()
+            self._account(outcome)
             try:
-                self._finish(outcome or self._internal_error())
+                self._finish(outcome)
             except BrokerUnavailable:
                 log.warning("stream %s: could not record its end: broker unreachable "
                             "(its readers will see stream_lost)", self.stream_id)
@@ -171,15 +180,21 @@ class Pump:
             elif isinstance(item, Finished):
                 self._finish_reason = item.reason
             elif isinstance(item, Answering):
+                if item.model != self._model:
+                    metrics.FALLBACKS.labels(self._provider_of(item.model)).inc()
                 self._model = item.model
+                self._provider_name = self._provider_of(item.model)
             elif isinstance(item, Retrying):
                 self._retries += 1
+                metrics.RETRIES.labels(item.error.provider).inc()
+                metrics.PROVIDER_ERRORS.labels(item.error.provider, item.error.code).inc()
                 log.info("stream %s: %s failed before its first token (%s); retrying in "
                          "%.2f s", self.stream_id, item.model, item.error.code, item.delay)
             elif item is _END:
                 return self._done()
             elif isinstance(item, ProviderError):
                 self._provider_name = item.provider
+                metrics.PROVIDER_ERRORS.labels(item.provider, item.code).inc()
                 return self._error(item.code, item.message, item.retryable)
             elif isinstance(item, Exception):
                 return self._internal_error()
@@ -204,8 +219,11 @@ class Pump:
         while not self._inbox.empty() and isinstance(self._inbox.peek_nowait(), TextDelta):
             parts.append(self._inbox.get_nowait().text)
         self._text_deltas += len(parts)
+        metrics.TOKENS.labels(self._provider_name).inc(len(parts))
         if self._first_token_at is None:
             self._first_token_at = time.monotonic()
+            metrics.TIME_TO_FIRST_TOKEN.labels(self._provider_name).observe(
+                self._first_token_at - self._started)
         self._append("token", {"content": "".join(parts)})
 
     def _append(self, event: str, data: dict[str, Any]) -> None:
@@ -251,7 +269,27 @@ class Pump:
         return self._error("internal_error", "the gateway failed while streaming", True)
 
     def _cancelled(self, reason: str) -> Outcome:
+        self._stop_noticed = time.monotonic()
         return Outcome(CANCELLED, "cancelled", {"reason": reason})
+
+    def _provider_of(self, model: str) -> str:
+        return next(c.provider.name for c in self._candidates if c.model == model)
+
+    def _account(self, outcome: Outcome) -> None:
+        """Metrics and the one structured log line of a stream's end."""
+        duration = time.monotonic() - self._started
+        reason = outcome.data.get("reason") or outcome.data.get("code") or outcome.data.get(
+            "finish_reason", "")
+        metrics.STREAMS_ACTIVE.dec()
+        metrics.STREAMS_ENDED.labels(self._provider_name, outcome.status, reason).inc()
+        metrics.STREAM_DURATION.labels(self._provider_name, outcome.status).observe(duration)
+        ttft = (None if self._first_token_at is None
+                else round((self._first_token_at - self._started) * 1000, 1))
+        log.info("stream %s ended: %s (%s)", self.stream_id, outcome.status, reason, extra={
+            "stream_id": self.stream_id, "caller": self._caller, "model": self._model,
+            "outcome": outcome.status, "reason": reason, "ttft_ms": ttft,
+            "tokens": self._text_deltas, "duration_ms": round(duration * 1000, 1),
+            "retries": self._retries})
 
 
 def lost_frame(event_id: int, info: StreamInfo) -> bytes:

@@ -69,6 +69,7 @@ class Settings:
     demo_ttft_s: float
     demo_token_delay_s: float
     log_level: str
+    log_format: str
     openai_api_key: str = dataclasses.field(repr=False)
     openai_base_url: str
     anthropic_api_key: str = dataclasses.field(repr=False)
@@ -156,6 +157,8 @@ class Settings:
             except OSError as exc:
                 raise SettingsError(f"API_KEYS_FILE {self.api_keys_file!r} cannot be read: "
                                     f"{exc.strerror}") from None
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"LOG_FORMAT {self.log_format!r} is not 'text' or 'json'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"LOG_LEVEL {self.log_level!r} is not a logging level")
 

@@ -88,6 +88,8 @@ class Default:
     DEMO_TTFT_S = 0.2
     DEMO_TOKEN_DELAY_S = 0.05
     LOG_LEVEL = "INFO"
+    # "text" for people, "json" (one object a line) for log pipelines.
+    LOG_FORMAT = "text"
 
 
 class Development(Default):

@@ -10,8 +10,10 @@ GRACEFUL_TIMEOUT_S (30), KEEPALIVE_S (75), REDIS_URL.
 
 import os
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gevent"
@@ -29,7 +31,16 @@ preload_app = False
 # Several instances on one host (tests, sidecars) would share one control socket.
 control_socket_disable = True
 accesslog = os.environ.get("ACCESS_LOG", "-") or None
-access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s "%(a)s"'
+# The stream id of every stream request is in its access line (stream=...).
+access_log_format = ('%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s '
+                     'stream=%({x-stream-id}o)s "%(a)s"')
+
+# Prometheus multiprocess mode: every worker writes its samples to files in
+# this directory, /metrics merges them. It must be in the environment before a
+# worker imports prometheus_client, so it is set here, in the master.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-gateway-metrics-")
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
@@ -43,6 +54,10 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
             "status or DELETE that reaches another worker would answer 404. "
             "Run one worker (WORKERS=1) or set REDIS_URL.\n")
         sys.exit(1)
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(metrics_dir):  # samples of an earlier run would be added in
+        if name.endswith(".db"):
+            os.unlink(os.path.join(metrics_dir, name))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(hard, max(soft, 2 * server.cfg.worker_connections + 100))
     if wanted > soft:
@@ -60,3 +75,15 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook
 
     signal.signal(signal.SIGTERM, on_term)
     signal.siginterrupt(signal.SIGTERM, False)
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook
+    """Drop a dead worker's live gauges (its counters are kept)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201 - gunicorn hook
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from app import metrics
 from app.broker import BrokerError
 from app.gateway import Gateway
 from app.limits import limiter, rate, unlimited
@@ -23,14 +24,24 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
+    """Can this worker serve: its broker answers, it is not draining; and with what."""
     gateway = _gateway()
+    providers = {name: provider.available for name, provider in gateway.catalog.providers.items()}
+    body = {"status": "ok", "broker": gateway.settings.broker_url.split("://")[0],
+            "providers": providers}
     try:
         gateway.broker.ping()
     except BrokerError:
-        return jsonify({"status": "unavailable", "broker": "unreachable"}), 503
+        return jsonify({**body, "status": "unavailable", "broker": "unreachable"}), 503
     if gateway.pumps.draining:
-        return jsonify({"status": "draining"}), 503
-    return jsonify({"status": "ok"}), 200
+        return jsonify({**body, "status": "draining"}), 503
+    return jsonify(body), 200
+
+
+@bp.get("/metrics")
+def metrics_() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/v1/models")

@@ -86,7 +86,8 @@ def create_stream() -> Response:
         broker=gateway.broker, candidates=candidates, policy=gateway.retry_policy,
         stream_id=stream_id, created=created, grace_s=grace,
         tick_s=settings.producer_timeout_s / 4, stream_timeout_s=settings.stream_timeout_s,
-        slot_owner=slot_owner, on_exit=gateway.pumps.discard))
+        slot_owner=slot_owner, caller=key_id() or request.remote_addr or "",
+        on_exit=gateway.pumps.discard))
     return _sse_response(gateway, stream_id, after=-1, lease=lease,
                          provider=candidates[0].provider.name)
 
