@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the services the tests need are here: a Redis answering on
-# 127.0.0.1:6379 and the nginx binary (the live tests start their own nginx and
-# private Redis servers on free ports). Idempotent, and silent when all is present.
+# 127.0.0.1:6379, the nginx binary (the live tests start their own nginx and
+# private Redis servers on free ports), Debian's chromium (the browser tests drive
+# it with Playwright; no browser is downloaded) and node (the client's tests).
+# Idempotent, and silent when all is present.
 set -euo pipefail
 
 REDIS_HOST=127.0.0.1
@@ -57,3 +59,11 @@ fi
 
 # (b) nginx installed (not started: the tests run their own, from nginx.conf).
 command -v nginx >/dev/null || apt_install nginx
+
+# (c) chromium for tests/live/test_browser.py, with emoji and CJK fonts for its screenshots.
+[ -x /usr/bin/chromium ] || apt_install chromium
+dpkg -s fonts-noto-color-emoji fonts-wqy-microhei >/dev/null 2>&1 \
+    || apt_install fonts-noto-color-emoji fonts-wqy-microhei
+
+# (d) node for `make js` (node --test tests/js/; no npm packages).
+command -v node >/dev/null || apt_install nodejs

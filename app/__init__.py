@@ -35,6 +35,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from app.api import ops, streams, web
     from app.api.caller import authenticate
     from app.broker import BrokerOptions, open_broker
+    from app.cli import stream_command
     from app.gateway import Gateway
     from app.limits import limiter
     from app.providers import Catalog, build_providers
@@ -75,6 +76,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(streams.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(web.bp)
+    app.cli.add_command(stream_command)  # `flask --app app stream "prompt"`
     _register_error_handlers(app)
     if keys.open:
         log.warning("no API keys configured (API_KEYS, API_KEYS_FILE): the gateway runs "

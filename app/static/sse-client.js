@@ -1,0 +1,794 @@
+// sse-client.js: a dependency-free browser (and Node >= 18) client for sse-gateway.
+//
+// Copy this one file into any frontend and import it as an ES module:
+//
+//   import { streamChat } from "./sse-client.js";
+//
+//   const stream = streamChat({
+//     model: "demo/echo",
+//     messages: [{ role: "user", content: "Hello" }],
+//     onToken: (text) => output.append(text),
+//     onDone: (done) => console.log(done.finish_reason, done.usage),
+//     onError: (error) => console.error(error.code, error.message),
+//   });
+//   stop.onclick = () => stream.cancel();          // DELETE /v1/streams/<id>
+//   const result = await stream.finished;          // {status, text, ...}; never rejects
+//
+//   // or, without callbacks:
+//   for await (const event of streamChat({ model, prompt: "Hi" })) {
+//     if (event.type === "token") output.append(event.payload.content);
+//   }                                              // throws a GatewayError on failure
+//
+// Exports:
+//   SSEParser     incremental WHATWG event-stream parser (bytes or strings in, events out)
+//   GatewayStream one stream: POST, read, resume from Last-Event-ID, dedupe, cancel
+//   GatewayError  the error every failure is reported as (code, status, retryAfter, ...)
+//   streamChat(options)   new GatewayStream(options).start()
+//   followStream(options) follow an existing stream id (GET .../events) from options.lastEventId
+//   computeBackoff(attempt, options) the reconnect delay, exposed for tests and UIs
+
+const BOM = "\uFEFF";
+const LINE_END = /[\r\n]/g;
+const DIGITS = /^[0-9]+$/;
+const TERMINAL = new Set(["done", "error", "cancelled"]);
+
+// ------------------------------------------------------------------------------------ parser
+
+/**
+ * Incremental parser for `text/event-stream`, following the WHATWG HTML
+ * "Parsing an event stream" and "Interpreting an event stream" rules.
+ *
+ * feed() takes Uint8Array/ArrayBuffer chunks (decoded as UTF-8 by one streaming
+ * TextDecoder, so a character split across chunks is kept whole) or strings, in
+ * any chunking, and returns the events the chunk completed, as plain objects:
+ *
+ *   { type, data, lastEventId, id }
+ *
+ * `type` defaults to "message"; `lastEventId` is the event source's last event
+ * ID string when the event was dispatched (it persists across events, as in
+ * EventSource); `id` is the value of the `id` field given in this event's own
+ * block, or null when the block had none (what resume logic compares).
+ *
+ * `parser.lastEventId` and `parser.retry` (null until a valid `retry:` field)
+ * persist across events; comments are counted in `parser.comments` and passed
+ * to `onComment(text)`.
+ */
+export class SSEParser {
+  constructor({ lastEventId = "", onEvent = null, onComment = null, onRetry = null } = {}) {
+    this.lastEventId = String(lastEventId); // committed at each dispatch
+    this.retry = null;
+    this.comments = 0;
+    this.onEvent = onEvent;
+    this.onComment = onComment;
+    this.onRetry = onRetry;
+    this._decoder = new TextDecoder("utf-8", { ignoreBOM: true }); // BOM handled below
+    this._buffer = "";
+    this._started = false; // the first character (a possible BOM) was looked at
+    this._pendingCR = false; // the last line ended with a CR: skip one LF right after it
+    this._idBuffer = this.lastEventId;
+    this._blockId = null;
+    this._type = "";
+    this._data = "";
+  }
+
+  /** Consume one chunk; return the events it completed (also passed to onEvent). */
+  feed(chunk) {
+    let text;
+    if (typeof chunk === "string") {
+      text = chunk;
+    } else if (chunk instanceof ArrayBuffer) {
+      text = this._decoder.decode(new Uint8Array(chunk), { stream: true });
+    } else if (ArrayBuffer.isView(chunk)) {
+      text = this._decoder.decode(chunk, { stream: true });
+    } else {
+      throw new TypeError("SSEParser.feed: expected a Uint8Array, an ArrayBuffer or a string");
+    }
+    return this._push(text);
+  }
+
+  /**
+   * The stream ended: an incomplete event (or line) is discarded, as the
+   * standard says. lastEventId and retry are kept. Returns [] (for symmetry).
+   */
+  end() {
+    this._decoder.decode(); // flush and reset the decoder
+    this._buffer = "";
+    this._pendingCR = false;
+    this._started = false;
+    this._type = "";
+    this._data = "";
+    this._blockId = null;
+    this._idBuffer = this.lastEventId;
+    return [];
+  }
+
+  _push(text) {
+    const events = [];
+    if (!text) return events;
+    let buffer = this._buffer + text;
+    if (!this._started && buffer.length > 0) {
+      this._started = true;
+      if (buffer[0] === BOM) buffer = buffer.slice(1);
+    }
+    let start = 0;
+    if (this._pendingCR && buffer.length > 0) {
+      this._pendingCR = false;
+      if (buffer[0] === "\n") start = 1;
+    }
+    LINE_END.lastIndex = start;
+    let match;
+    while ((match = LINE_END.exec(buffer)) !== null) {
+      const end = match.index;
+      let next = end + 1;
+      if (buffer[end] === "\r") {
+        if (next < buffer.length) {
+          if (buffer[next] === "\n") next += 1;
+        } else {
+          this._pendingCR = true; // the LF of a CRLF may be the next chunk's first byte
+        }
+      }
+      const event = this._line(buffer.slice(start, end));
+      if (event) events.push(event);
+      start = next;
+      LINE_END.lastIndex = next;
+    }
+    this._buffer = buffer.slice(start);
+    return events;
+  }
+
+  _line(line) {
+    if (line === "") return this._dispatch();
+    if (line[0] === ":") {
+      this.comments += 1;
+      if (this.onComment) this.onComment(line.slice(1));
+      return null;
+    }
+    const colon = line.indexOf(":");
+    let field = line;
+    let value = "";
+    if (colon !== -1) {
+      field = line.slice(0, colon);
+      value = line.slice(colon + 1);
+      if (value[0] === " ") value = value.slice(1);
+    }
+    switch (field) {
+      case "event":
+        this._type = value;
+        break;
+      case "data":
+        this._data += value + "\n";
+        break;
+      case "id":
+        if (!value.includes("\u0000")) {
+          this._idBuffer = value;
+          this._blockId = value;
+        }
+        break;
+      case "retry":
+        if (DIGITS.test(value)) {
+          this.retry = parseInt(value, 10);
+          if (this.onRetry) this.onRetry(this.retry);
+        }
+        break;
+      default: // unknown fields are ignored
+    }
+    return null;
+  }
+
+  _dispatch() {
+    this.lastEventId = this._idBuffer;
+    const blockId = this._blockId;
+    this._blockId = null;
+    if (this._data === "") {
+      this._type = "";
+      return null;
+    }
+    const event = {
+      type: this._type || "message",
+      data: this._data.slice(0, -1),
+      lastEventId: this.lastEventId,
+      id: blockId,
+    };
+    this._type = "";
+    this._data = "";
+    if (this.onEvent) this.onEvent(event);
+    return event;
+  }
+}
+
+// ------------------------------------------------------------------------------------ errors
+
+/**
+ * Every failure of a GatewayStream. `code` is the gateway's error code
+ * (`upstream_timeout`, `unknown_model`, `rate_limited`, ...) or one of the
+ * client's own: `network_error`, `reconnect_failed`, `stream_interrupted`,
+ * `bad_response`. `status` is the HTTP status for non-2xx answers,
+ * `retryAfter` the `Retry-After` in seconds when given, `event` the `error`
+ * event when the gateway sent one.
+ */
+export class GatewayError extends Error {
+  constructor(message, { code = "error", status = null, retryAfter = null, param = null,
+    retryable = null, provider = null, event = null, cause = undefined } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = "GatewayError";
+    this.code = code;
+    this.status = status;
+    this.retryAfter = retryAfter;
+    this.param = param;
+    this.retryable = retryable;
+    this.provider = provider;
+    this.event = event;
+  }
+}
+
+// ------------------------------------------------------------------------------------ stream
+
+const DEFAULTS = {
+  baseUrl: "",
+  maxRetries: 5, // reconnect attempts in a row without receiving a new event
+  retryDelay: 1000, // ms before the first reconnect when the server sent no `retry:`
+  maxRetryDelay: 30000, // cap of the exponential growth (never below the server's retry)
+  jitter: 0.2, // up to +20 % random, never below the computed delay
+  idleTimeout: 60000, // ms without a byte (pings included) before the connection is deemed dead
+  cancelWait: 1000, // ms cancel() waits for the server's `cancelled` event after the DELETE
+  deleteOnAbort: true, // options.signal aborting also DELETEs the stream
+};
+
+/**
+ * The delay before reconnect attempt `attempt` (1, 2, ...): the server's
+ * `retry:` (else `retryDelay`) doubled per attempt, capped at
+ * max(maxRetryDelay, retry), plus up to `jitter` of it at random, and at least
+ * `retryAfterMs` when the server answered 429/503 with Retry-After.
+ */
+export function computeBackoff(attempt, { retryMs = null, retryDelay = DEFAULTS.retryDelay,
+  maxRetryDelay = DEFAULTS.maxRetryDelay, jitter = DEFAULTS.jitter, random = Math.random,
+  retryAfterMs = 0 } = {}) {
+  const base = retryMs ?? retryDelay;
+  const capped = Math.min(base * 2 ** Math.max(0, attempt - 1), Math.max(maxRetryDelay, base));
+  const delay = capped * (1 + jitter * random());
+  return Math.round(Math.max(delay, retryAfterMs || 0));
+}
+
+function abortError(reason) {
+  if (reason instanceof Error) return reason;
+  const error = new Error(reason === undefined ? "aborted" : String(reason));
+  error.name = "AbortError";
+  return error;
+}
+
+function defaultSleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(abortError(signal.reason));
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    function onAbort() {
+      clearTimeout(timer);
+      reject(abortError(signal.reason));
+    }
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function parseRetryAfter(value, now = Date.now()) {
+  if (value == null || value === "") return null;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, (date - now) / 1000);
+}
+
+function report(error) {
+  if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+  else console.error(error);
+}
+
+function numericId(id) {
+  return id != null && DIGITS.test(id) ? Number(id) : null;
+}
+
+function now() {
+  return globalThis.performance?.now ? globalThis.performance.now() : Date.now();
+}
+
+/**
+ * One gateway stream. Options (all optional except `model` and
+ * `messages`/`prompt` when creating):
+ *
+ *   baseUrl        "" (same origin) or "https://gateway.example"
+ *   model, messages | prompt, maxTokens, temperature, fallbacks, resumeGraceS
+ *                  the request body (snake_case names are accepted too; `body` adds fields)
+ *   apiKey         sent as `Authorization: Bearer <apiKey>`
+ *   streamId       sent as `X-Stream-ID` (16-128 of A-Z a-z 0-9 _ -)
+ *   follow         true: do not POST; follow `streamId` with GET .../events from `lastEventId`
+ *   signal         an AbortSignal: aborting it cancels the stream (see deleteOnAbort)
+ *   maxRetries, retryDelay, maxRetryDelay, jitter, idleTimeout, cancelWait, deleteOnAbort
+ *                  see DEFAULTS above
+ *   headers        extra request headers
+ *   fetch, sleep, random, now  injectable (tests)
+ *   onStart(payload, event), onToken(text, event), onDone(payload, event),
+ *   onError(error: GatewayError, event|null), onCancelled(payload, event),
+ *   onReconnecting(attempt, delayMs, cause), onEvent(event), onStateChange(state),
+ *   onComment(text)
+ *
+ * Events (callbacks and iteration) are the parser's events plus `payload`,
+ * the JSON data parsed. Properties: streamId, lastEventId, state, text, model,
+ * retryMs, stats, finished (a Promise of {status, text, payload, error, ...}).
+ *
+ * States: idle, connecting, streaming, reconnecting, then one of done, error,
+ * cancelled.
+ */
+export class GatewayStream {
+  constructor(options = {}) {
+    this.options = { ...DEFAULTS, ...options };
+    this.streamId = options.streamId ?? null;
+    this.lastEventId = options.follow && options.lastEventId != null
+      ? String(options.lastEventId) : null;
+    this.state = "idle";
+    this.text = "";
+    this.model = options.model ?? null;
+    this.retryMs = null;
+    this.events = []; // every event delivered, in order (what iterators read)
+    this.outcome = null; // {status, ...} once finished
+    this.error = null;
+    this._lastDelivered = numericId(this.lastEventId);
+    const fetchImpl = options.fetch;
+    // Called as a plain function: `fetch: window.fetch` must not get the stream as `this`.
+    this._fetch = fetchImpl
+      ? (...args) => fetchImpl(...args)
+      : (...args) => globalThis.fetch(...args);
+    this._sleep = options.sleep ?? defaultSleep;
+    this._random = options.random ?? Math.random;
+    this._now = options.now ?? now;
+    this._stopper = new AbortController(); // aborted when the stream is over (cancel, end)
+    this._connection = null; // the AbortController of the current request
+    this._started = false;
+    this._cancelling = null;
+    this._waiters = new Set();
+    this._stats = { startedAt: null, firstTokenAt: null, lastTokenAt: null, endedAt: null,
+      tokens: 0, chars: 0, reconnects: 0, duplicates: 0, comments: 0 };
+    this.finished = new Promise((resolve) => { this._resolve = resolve; });
+    if (options.signal) {
+      const onAbort = () => {
+        if (this.options.deleteOnAbort) this.cancel();
+        else this._finishCancelled({ reason: "aborted" }, null);
+      };
+      if (options.signal.aborted) queueMicrotask(onAbort);
+      else options.signal.addEventListener("abort", onAbort, { once: true });
+    }
+  }
+
+  /** Start the request (once); returns this. Iterating starts it too. */
+  start() {
+    if (!this._started) {
+      this._started = true;
+      this._stats.startedAt = this._now();
+      this._run().catch((error) => this._fail(error));
+    }
+    return this;
+  }
+
+  /** Live figures of this answer. */
+  get stats() {
+    const s = this._stats;
+    const until = s.endedAt ?? this._now();
+    const ttftMs = s.firstTokenAt == null ? null : s.firstTokenAt - s.startedAt;
+    const span = s.lastTokenAt == null ? 0 : (s.lastTokenAt - s.firstTokenAt) / 1000;
+    return {
+      ttftMs,
+      tokensPerSecond: s.tokens >= 2 && span > 0 ? (s.tokens - 1) / span : null,
+      tokens: s.tokens, // token events (the gateway may merge provider deltas)
+      chars: s.chars,
+      elapsedMs: s.startedAt == null ? 0 : until - s.startedAt,
+      lastEventId: this.lastEventId,
+      reconnects: s.reconnects,
+      duplicatesSkipped: s.duplicates,
+      comments: s.comments,
+    };
+  }
+
+  get done() {
+    return this.outcome !== null;
+  }
+
+  /**
+   * Stop the stream: DELETE /v1/streams/<id> (so the provider request is
+   * closed), wait up to `cancelWait` ms for the gateway's `cancelled` event,
+   * then stop reading. Resolves with the outcome.
+   */
+  cancel() {
+    if (this.outcome) return this.finished;
+    if (this._cancelling) return this._cancelling;
+    this._cancelling = (async () => {
+      let deleted = null;
+      if (this.streamId) {
+        try {
+          const url = this._url(`/v1/streams/${encodeURIComponent(this.streamId)}`);
+          const response = await this._fetch(url, {
+            method: "DELETE", headers: this._headers(), cache: "no-store",
+          });
+          deleted = response.ok;
+          response.body?.cancel?.().catch(() => {});
+        } catch {
+          deleted = false;
+        }
+        if (deleted && !this.outcome && this.state === "streaming") {
+          await Promise.race([
+            this.finished,
+            this._sleep(this.options.cancelWait, this._stopper.signal).catch(() => {}),
+          ]);
+        }
+      }
+      if (!this.outcome) {
+        this._finishCancelled({ reason: deleted ? "deleted" : "aborted", local: true }, null);
+      }
+      return this.finished;
+    })();
+    return this._cancelling;
+  }
+
+  /** Yields every event; ends after done/cancelled; throws the GatewayError on failure. */
+  [Symbol.asyncIterator]() {
+    this.start();
+    let index = 0;
+    let over = false;
+    return {
+      next: async () => {
+        for (;;) {
+          if (over) return { value: undefined, done: true };
+          if (index < this.events.length) {
+            const event = this.events[index++];
+            if (event.type === "error" && this.outcome?.event === event) {
+              over = true;
+              throw this.error;
+            }
+            return { value: event, done: false };
+          }
+          if (this.outcome) {
+            over = true;
+            if (this.outcome.status === "error") throw this.error;
+            return { value: undefined, done: true };
+          }
+          await new Promise((resolve) => this._waiters.add(resolve));
+        }
+      },
+      return: async () => {
+        over = true;
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() { return this; },
+    };
+  }
+
+  // -------------------------------------------------------------------------- internals
+
+  _url(path) {
+    return String(this.options.baseUrl || "").replace(/\/+$/, "") + path;
+  }
+
+  _headers(extra = {}) {
+    const headers = { ...(this.options.headers || {}), ...extra };
+    if (this.options.apiKey) headers.Authorization = `Bearer ${this.options.apiKey}`;
+    return headers;
+  }
+
+  _body() {
+    const o = this.options;
+    const body = { model: o.model };
+    if (o.messages != null) body.messages = o.messages;
+    else if (o.prompt != null) body.prompt = o.prompt;
+    const pick = (camel, snake) => o[camel] ?? o[snake];
+    const fields = [["maxTokens", "max_tokens"], ["temperature", "temperature"],
+      ["fallbacks", "fallbacks"], ["resumeGraceS", "resume_grace_s"]];
+    for (const [camel, snake] of fields) {
+      const value = pick(camel, snake);
+      if (value != null) body[snake] = value;
+    }
+    return { ...body, ...(o.body || {}) };
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._call("onStateChange", state);
+  }
+
+  _call(name, ...args) {
+    const callback = this.options[name];
+    if (typeof callback !== "function") return;
+    try {
+      callback.apply(this, args);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  _wake() {
+    const waiters = [...this._waiters];
+    this._waiters.clear();
+    for (const resolve of waiters) resolve();
+  }
+
+  async _run() {
+    this._setState("connecting");
+    let response = this.options.follow ? await this._resumeOnce(true) : await this._create();
+    let attempt = 0;
+    let cause = null;
+    for (;;) {
+      if (this.outcome) return;
+      if (response) {
+        const before = this.events.length;
+        this._setState("streaming");
+        cause = await this._consume(response);
+        response = null;
+        if (this.outcome) return;
+        if (this.events.length > before) attempt = 0; // progress: a fresh budget of retries
+      }
+      if (!this.streamId) {
+        throw new GatewayError("the connection was lost before the gateway named the stream",
+          { code: "stream_interrupted", cause });
+      }
+      attempt += 1;
+      if (attempt > this.options.maxRetries) {
+        throw new GatewayError("lost the connection to the gateway and could not resume "
+          + `stream ${this.streamId} after ${this.options.maxRetries} attempt(s)`
+          + (cause?.message ? ` (last: ${cause.message})` : ""),
+        { code: "reconnect_failed", cause, status: cause?.status ?? null });
+      }
+      const delay = computeBackoff(attempt, {
+        retryMs: this.retryMs, retryDelay: this.options.retryDelay,
+        maxRetryDelay: this.options.maxRetryDelay, jitter: this.options.jitter,
+        random: this._random, retryAfterMs: cause?.retryAfter ? cause.retryAfter * 1000 : 0,
+      });
+      this._stats.reconnects += 1;
+      this._setState("reconnecting");
+      this._call("onReconnecting", attempt, delay, cause);
+      try {
+        await this._sleep(delay, this._stopper.signal);
+      } catch {
+        return; // stopped while waiting
+      }
+      if (this.outcome) return;
+      this._setState("connecting");
+      try {
+        response = await this._resumeOnce(false);
+      } catch (error) {
+        if (this.outcome) return;
+        if (!(error instanceof GatewayError) || !error.resumable) throw error;
+        cause = error;
+      }
+    }
+  }
+
+  _newConnection() {
+    const controller = new AbortController();
+    this._connection = controller;
+    return controller;
+  }
+
+  async _create() {
+    const controller = this._newConnection();
+    const headers = this._headers({ "Content-Type": "application/json",
+      Accept: "text/event-stream" });
+    if (this.streamId) headers["X-Stream-ID"] = this.streamId;
+    let response;
+    try {
+      response = await this._fetch(this._url("/v1/streams"), {
+        method: "POST", headers, body: JSON.stringify(this._body()), cache: "no-store",
+        signal: controller.signal,
+      });
+    } catch (error) {
+      if (this.outcome) return null;
+      throw new GatewayError(`could not reach the gateway: ${error?.message || error}`,
+        { code: "network_error", cause: error });
+    }
+    if (!response.ok) throw await this._httpError(response);
+    this.streamId = response.headers.get("X-Stream-ID") || this.streamId;
+    return response;
+  }
+
+  // One GET .../events. Throws a GatewayError with `resumable` true for answers
+  // worth retrying (network failure, 429, 5xx) and false for final ones (404, 410...).
+  async _resumeOnce(initial) {
+    const controller = this._newConnection();
+    const headers = this._headers({ Accept: "text/event-stream" });
+    if (this.lastEventId != null && this.lastEventId !== "") {
+      headers["Last-Event-ID"] = this.lastEventId;
+    }
+    let response;
+    try {
+      response = await this._fetch(
+        this._url(`/v1/streams/${encodeURIComponent(this.streamId)}/events`),
+        { method: "GET", headers, cache: "no-store", signal: controller.signal });
+    } catch (error) {
+      const wrapped = new GatewayError(`could not reach the gateway: ${error?.message || error}`,
+        { code: "network_error", cause: error });
+      wrapped.resumable = !initial;
+      throw wrapped;
+    }
+    if (!response.ok) {
+      const error = await this._httpError(response);
+      error.resumable = !initial && (response.status === 429 || response.status >= 500);
+      throw error;
+    }
+    return response;
+  }
+
+  async _httpError(response) {
+    let code = `http_${response.status}`;
+    let message = `the gateway answered ${response.status} ${response.statusText || ""}`.trim();
+    let param = null;
+    try {
+      const body = await response.json();
+      if (body?.error) {
+        code = body.error.code || code;
+        message = body.error.message || message;
+        param = body.error.param ?? null;
+      }
+    } catch {
+      // not JSON: keep the status line
+    }
+    return new GatewayError(message, { code, status: response.status, param,
+      retryAfter: parseRetryAfter(response.headers.get("Retry-After")) });
+  }
+
+  // Read one response body to its end. Returns null when a terminal event
+  // arrived (or the stream was stopped), else the reason to resume.
+  async _consume(response) {
+    const controller = this._connection;
+    if (!response.body) return new GatewayError("the answer had no body", { code: "bad_response" });
+    const reader = response.body.getReader();
+    const parser = new SSEParser({
+      lastEventId: this.lastEventId ?? "",
+      onComment: (text) => {
+        this._stats.comments += 1;
+        this._call("onComment", text);
+      },
+      onRetry: (ms) => { this.retryMs = ms; },
+    });
+    let idleTimer = null;
+    let idle = false;
+    const armIdle = () => {
+      if (!this.options.idleTimeout) return;
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => {
+        idle = true;
+        controller.abort();
+      }, this.options.idleTimeout);
+    };
+    const stopped = () => this.outcome !== null;
+    const onStop = () => reader.cancel().catch(() => {});
+    this._stopper.signal.addEventListener("abort", onStop, { once: true });
+    try {
+      armIdle();
+      for (;;) {
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch (error) {
+          if (stopped()) return null;
+          if (idle) {
+            return new GatewayError(`no data for ${this.options.idleTimeout} ms`,
+              { code: "network_error", cause: error });
+          }
+          return new GatewayError(`the connection broke: ${error?.message || error}`,
+            { code: "network_error", cause: error });
+        }
+        if (stopped()) return null;
+        if (chunk.done) {
+          parser.end();
+          return new GatewayError("the stream ended without a terminal event",
+            { code: "stream_interrupted" });
+        }
+        armIdle();
+        for (const event of parser.feed(chunk.value)) {
+          this._deliver(event);
+          if (this.outcome) {
+            reader.cancel().catch(() => {});
+            return null;
+          }
+        }
+      }
+    } finally {
+      clearTimeout(idleTimer);
+      this._stopper.signal.removeEventListener("abort", onStop);
+    }
+  }
+
+  _deliver(raw) {
+    const n = numericId(raw.id);
+    if (n !== null && this._lastDelivered !== null && n <= this._lastDelivered) {
+      this._stats.duplicates += 1;
+      return;
+    }
+    let payload = null;
+    try {
+      payload = JSON.parse(raw.data);
+    } catch {
+      payload = null;
+    }
+    const event = { ...raw, payload };
+    if (raw.id !== null) {
+      this.lastEventId = raw.id;
+      if (n !== null) this._lastDelivered = n;
+    }
+    this.events.push(event);
+    this._call("onEvent", event);
+    switch (event.type) {
+      case "start":
+        if (payload?.stream_id && !this.streamId) this.streamId = payload.stream_id;
+        if (payload?.model) this.model = payload.model;
+        this._call("onStart", payload, event);
+        break;
+      case "token": {
+        const text = typeof payload?.content === "string" ? payload.content : "";
+        const t = this._now();
+        if (this._stats.firstTokenAt == null) this._stats.firstTokenAt = t;
+        this._stats.lastTokenAt = t;
+        this._stats.tokens += 1;
+        this._stats.chars += text.length;
+        this.text += text;
+        this._call("onToken", text, event);
+        break;
+      }
+      case "done":
+        if (payload?.model) this.model = payload.model;
+        this._finish({ status: "done", payload, event });
+        this._call("onDone", payload, event);
+        break;
+      case "cancelled":
+        this._finishCancelled(payload, event);
+        break;
+      case "error": {
+        const error = new GatewayError(payload?.message || "the stream failed", {
+          code: payload?.code || "error", retryable: payload?.retryable ?? null,
+          provider: payload?.provider ?? null, event });
+        this._finish({ status: "error", payload, event, error });
+        this._call("onError", error, event);
+        break;
+      }
+      default:
+    }
+    if (!TERMINAL.has(event.type)) this._wake();
+  }
+
+  _finishCancelled(payload, event) {
+    if (this.outcome) return;
+    this._finish({ status: "cancelled", payload, event });
+    this._call("onCancelled", payload, event);
+  }
+
+  _fail(error) {
+    if (this.outcome) return;
+    const wrapped = error instanceof GatewayError ? error
+      : new GatewayError(error?.message || String(error), { code: "internal_error", cause: error });
+    this._finish({ status: "error", payload: null, event: null, error: wrapped });
+    this._call("onError", wrapped, null);
+  }
+
+  _finish({ status, payload, event, error = null }) {
+    if (this.outcome) return;
+    this._stats.endedAt = this._now();
+    this.error = error;
+    this.outcome = { status, text: this.text, payload, event, error, streamId: this.streamId,
+      lastEventId: this.lastEventId, stats: null };
+    this.outcome.stats = this.stats;
+    this._setState(status);
+    this._stopper.abort();
+    this._connection?.abort();
+    this._resolve(this.outcome);
+    this._wake();
+  }
+}
+
+/** Create and start a stream: `streamChat({model, messages, onToken, ...})`. */
+export function streamChat(options) {
+  return new GatewayStream(options).start();
+}
+
+/** Follow an existing stream (another tab, a page reload): GET .../events from `lastEventId`. */
+export function followStream(options) {
+  if (!options?.streamId) throw new TypeError("followStream: streamId is required");
+  return new GatewayStream({ ...options, follow: true }).start();
+}

@@ -1,0 +1,799 @@
+// Tests of app/static/sse-client.js with Node's own runner: `node --test tests/js/`.
+// No npm dependencies: the parser against WHATWG "Parsing an event stream" cases,
+// each fed whole, one byte at a time and in many seeded random chunkings; the
+// stream class against an injected fake fetch (resume, dedupe, backoff, cancel, errors).
+
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import {
+  GatewayError,
+  GatewayStream,
+  SSEParser,
+  computeBackoff,
+  followStream,
+  streamChat,
+} from "../../app/static/sse-client.js";
+
+const encoder = new TextEncoder();
+
+// ----------------------------------------------------------------------------- helpers
+
+/** A small seeded PRNG (mulberry32), so every random chunking is reproducible. */
+function prng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function toBytes(input) {
+  return input instanceof Uint8Array ? input : encoder.encode(input);
+}
+
+/** Split `bytes` at random points (1..maxPiece bytes a piece). */
+function randomChunks(bytes, random, maxPiece) {
+  const chunks = [];
+  let i = 0;
+  while (i < bytes.length) {
+    const n = 1 + Math.floor(random() * maxPiece);
+    chunks.push(bytes.subarray(i, i + n));
+    i += n;
+  }
+  return chunks;
+}
+
+function parseChunks(chunks, options) {
+  const parser = new SSEParser(options);
+  const events = [];
+  for (const chunk of chunks) events.push(...parser.feed(chunk));
+  parser.end();
+  return { events, parser };
+}
+
+const ev = (data, { type = "message", id = null, lastEventId = id ?? "" } = {}) => ({
+  type, data, id, lastEventId,
+});
+
+// ----------------------------------------------------------------------------- parser table
+
+// Each case: input (string or bytes), the events, and what the parser keeps.
+const CASES = [
+  { name: "one event", input: "data: hello\n\n", events: [ev("hello")] },
+  { name: "no space after the colon", input: "data:hello\n\n", events: [ev("hello")] },
+  { name: "only one space is stripped", input: "data:  two\n\n", events: [ev(" two")] },
+  { name: "a tab is not stripped", input: "data:\tx\n\n", events: [ev("\tx")] },
+  { name: "colons in the value", input: "data: a:b: c\n\n", events: [ev("a:b: c")] },
+  { name: "multi-line data joined with LF", input: "data: a\ndata: b\ndata\n\n",
+    events: [ev("a\nb\n")] },
+  { name: "data field without colon is empty data", input: "data\n\n", events: [ev("")] },
+  { name: "data with empty value", input: "data:\n\ndata: \n\n", events: [ev(""), ev("")] },
+  { name: "CRLF line ends", input: "data: a\r\ndata: b\r\n\r\n", events: [ev("a\nb")] },
+  { name: "CR line ends", input: "data: a\rdata: b\r\rdata: c\r\r", events: [ev("a\nb"), ev("c")] },
+  { name: "mixed CR, LF and CRLF", input: "data: a\r\n\rdata: b\n\r\ndata: c\r\r\n\n",
+    events: [ev("a"), ev("b"), ev("c")] },
+  { name: "LF CR is two line ends", input: "data: a\n\rdata: b\n\n", events: [ev("a"), ev("b")] },
+  { name: "event type", input: "event: add\ndata: 1\n\ndata: 2\n\n",
+    events: [ev("1", { type: "add" }), ev("2")] },
+  { name: "empty event type is message", input: "event\ndata: x\n\nevent:\ndata: y\n\n",
+    events: [ev("x"), ev("y")] },
+  { name: "event type is reset by a blank line without data",
+    input: "event: foo\n\ndata: x\n\n", events: [ev("x")] },
+  { name: "no data: nothing is dispatched", input: "event: foo\n\n\n\nid: 5\n\n",
+    events: [], lastEventId: "5" },
+  { name: "id persists across events (lastEventId)",
+    input: "id: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: c\n\n",
+    events: [ev("a", { id: "1" }), ev("b", { lastEventId: "1" }), ev("c", { id: "2" })],
+    lastEventId: "2" },
+  { name: "id containing NUL is ignored",
+    input: "id: 1\ndata: a\n\nid: 2\u00003\ndata: b\n\n",
+    events: [ev("a", { id: "1" }), ev("b", { lastEventId: "1" })], lastEventId: "1" },
+  { name: "empty id resets the last event id",
+    input: "id: 1\ndata: a\n\nid\ndata: b\n\nid:\ndata: c\n\n",
+    events: [ev("a", { id: "1" }), ev("b", { id: "" }), ev("c", { id: "" })], lastEventId: "" },
+  { name: "id after data in the same block", input: "data: a\nid: 9\n\n",
+    events: [ev("a", { id: "9" })], lastEventId: "9" },
+  { name: "id keeps one stripped space only", input: "id:  7\ndata: a\n\n",
+    events: [ev("a", { id: " 7" })], lastEventId: " 7" },
+  { name: "an id-only block moves lastEventId", input: "id: 3\n\ndata: a\n\n",
+    events: [ev("a", { lastEventId: "3" })], lastEventId: "3" },
+  { name: "retry in digits", input: "retry: 1500\n\n", events: [], retry: 1500 },
+  { name: "retry: later valid value wins", input: "retry: 10\nretry: 2000\n\n", events: [],
+    retry: 2000 },
+  { name: "retry ignored unless digits only",
+    input: "retry: 15x\n\nretry: -1\n\nretry: 1.5\n\nretry:  10\n\nretry:\n\nretry\n\nretry: 1e3\n\n",
+    events: [], retry: null },
+  { name: "retry keeps the last valid value", input: "retry: 300\n\nretry: abc\n\n", events: [],
+    retry: 300 },
+  { name: "comments are counted and not dispatched",
+    input: ": ping\n\n:\n: x\ndata: a\n\n:data: no\n\n", events: [ev("a")], comments: 4 },
+  { name: "a comment between data lines", input: "data: a\n: c\ndata: b\n\n",
+    events: [ev("a\nb")], comments: 1 },
+  { name: "leading BOM stripped", input: "\uFEFFdata: a\n\n", events: [ev("a")] },
+  { name: "only one BOM stripped", input: "\uFEFF\uFEFFdata: a\n\ndata: b\n\n", events: [ev("b")] },
+  { name: "BOM not at the start is kept",
+    input: "data: a\n\n\uFEFFdata: b\n\ndata: \uFEFFc\n\n", events: [ev("a"), ev("\uFEFFc")] },
+  { name: "unknown fields ignored", input: "foo: bar\nDATA: x\ndata : y\ndata: z\n\n",
+    events: [ev("z")] },
+  { name: "field names are case-sensitive", input: "Data: x\nEvent: e\n\n", events: [] },
+  { name: "field without colon (event)", input: "event\ndata: x\n\n", events: [ev("x")] },
+  { name: "incomplete event at the end is discarded", input: "data: a\n\ndata: b\n",
+    events: [ev("a")] },
+  { name: "last line without end is discarded", input: "data: a\n\ndata: b", events: [ev("a")] },
+  { name: "id of an unfinished block is not committed", input: "data: a\n\nid: 7\ndata: x\n",
+    events: [ev("a")], lastEventId: "" },
+  { name: "blank lines before the first event", input: "\n\n\r\n\rdata: a\n\n", events: [ev("a")] },
+  { name: "NUL in data is kept", input: "data: a\u0000b\n\n", events: [ev("a\u0000b")] },
+  { name: "multi-byte UTF-8, emoji and CJK",
+    input: "data: h\u00e9llo \u4e16\u754c \ud83c\udf89 \ud83d\udc68\u200d\ud83d\udc69\u200d\ud83d\udc67\n\n",
+    events: [ev("h\u00e9llo \u4e16\u754c \ud83c\udf89 \ud83d\udc68\u200d\ud83d\udc69\u200d\ud83d\udc67")] },
+  { name: "invalid UTF-8 becomes U+FFFD",
+    input: new Uint8Array([...encoder.encode("data: a"), 0xff, 0xc3, ...encoder.encode("b\n\n")]),
+    events: [ev("a\ufffd\ufffdb")] },
+  { name: "the gateway's own framing",
+    input: "retry: 2000\n\nid: 0\nevent: start\ndata: {\"stream_id\": \"s\"}\n\n: ping\n\n"
+      + "id: 1\nevent: token\ndata: {\"content\": \"\u00e9\\n\ud83d\ude00\"}\n\n"
+      + "id: 2\nevent: done\ndata: {}\n\n",
+    events: [ev("{\"stream_id\": \"s\"}", { type: "start", id: "0" }),
+      ev("{\"content\": \"\u00e9\\n\ud83d\ude00\"}", { type: "token", id: "1" }),
+      ev("{}", { type: "done", id: "2" })],
+    retry: 2000, comments: 1, lastEventId: "2" },
+  { name: "an event without id after ids (the gateway's one case)",
+    input: "id: 4\nevent: token\ndata: 1\n\nevent: error\ndata: 2\n\n",
+    events: [ev("1", { type: "token", id: "4" }), ev("2", { type: "error", lastEventId: "4" })],
+    lastEventId: "4" },
+];
+
+function checkCase(c, { events, parser }, how) {
+  assert.deepEqual(events, c.events, `${c.name} (${how}): events`);
+  assert.equal(parser.retry, c.retry ?? null, `${c.name} (${how}): retry`);
+  assert.equal(parser.comments, c.comments ?? 0, `${c.name} (${how}): comments`);
+  assert.equal(parser.lastEventId, c.lastEventId ?? (c.events.at(-1)?.lastEventId ?? ""),
+    `${c.name} (${how}): lastEventId`);
+}
+
+describe("SSEParser: WHATWG cases", () => {
+  for (const c of CASES) {
+    test(c.name, () => {
+      const bytes = toBytes(c.input);
+      checkCase(c, parseChunks([bytes]), "whole");
+      checkCase(c, parseChunks([...bytes].map((b) => new Uint8Array([b]))), "byte at a time");
+      if (typeof c.input === "string") {
+        checkCase(c, parseChunks([c.input]), "string");
+        checkCase(c, parseChunks([...c.input]), "string, one code point at a time");
+        checkCase(c, parseChunks(c.input.split("")), "string, one code unit at a time");
+      }
+      const random = prng(c.name.length * 7919 + bytes.length);
+      for (let round = 0; round < 200; round++) {
+        const chunks = randomChunks(bytes, random, 1 + (round % 9));
+        checkCase(c, parseChunks(chunks), `random chunking #${round}`);
+      }
+    });
+  }
+
+  test("a CR at the end of one chunk and the LF at the start of the next is one line end", () => {
+    const parser = new SSEParser();
+    assert.deepEqual(parser.feed("data: a\r"), []);
+    assert.deepEqual(parser.feed("\ndata: b\r"), []);
+    assert.deepEqual(parser.feed("\n"), []);
+    assert.deepEqual(parser.feed("\r"), [ev("a\nb")]);
+    assert.deepEqual(parser.feed("\n"), []); // the LF of that CRLF: not a second blank line
+    assert.deepEqual(parser.feed("data: c\r\r"), [ev("c")]);
+  });
+
+  test("an empty chunk between CR and LF keeps the pairing", () => {
+    const parser = new SSEParser();
+    parser.feed("data: a\r");
+    parser.feed("");
+    parser.feed(new Uint8Array(0));
+    assert.deepEqual(parser.feed("\n\n"), [ev("a")]);
+  });
+
+  test("a multi-byte character split across chunks is decoded whole", () => {
+    const bytes = encoder.encode("data: \ud83c\udf89\u00e9\n\n");
+    const parser = new SSEParser();
+    const events = [];
+    for (let i = 0; i < bytes.length; i++) events.push(...parser.feed(bytes.subarray(i, i + 1)));
+    assert.deepEqual(events, [ev("\ud83c\udf89\u00e9")]);
+  });
+
+  test("a BOM split across byte chunks is stripped", () => {
+    const bytes = encoder.encode("\uFEFFdata: a\n\n");
+    assert.deepEqual(parseChunks([bytes.subarray(0, 1), bytes.subarray(1, 2), bytes.subarray(2)])
+      .events, [ev("a")]);
+  });
+
+  test("ArrayBuffer chunks are accepted; other types are refused", () => {
+    const parser = new SSEParser();
+    assert.deepEqual(parser.feed(encoder.encode("data: x\n\n").buffer), [ev("x")]);
+    assert.throws(() => parser.feed(42), TypeError);
+  });
+
+  test("hooks: onEvent, onComment, onRetry", () => {
+    const seen = [];
+    const parser = new SSEParser({
+      onEvent: (e) => seen.push(["event", e.data]),
+      onComment: (text) => seen.push(["comment", text]),
+      onRetry: (ms) => seen.push(["retry", ms]),
+    });
+    parser.feed(": ping\nretry: 5\ndata: a\n\n");
+    assert.deepEqual(seen, [["comment", " ping"], ["retry", 5], ["event", "a"]]);
+  });
+
+  test("an initial lastEventId (a resumed stream) persists until an id arrives", () => {
+    const parser = new SSEParser({ lastEventId: "41" });
+    assert.deepEqual(parser.feed("data: a\n\nid: 42\ndata: b\n\n"),
+      [ev("a", { lastEventId: "41" }), ev("b", { id: "42" })]);
+  });
+
+  test("end() discards a pending event but keeps lastEventId and retry", () => {
+    const parser = new SSEParser();
+    parser.feed("retry: 9\nid: 1\ndata: a\n\nid: 2\ndata: half");
+    parser.end();
+    assert.equal(parser.lastEventId, "1");
+    assert.equal(parser.retry, 9);
+    assert.deepEqual(parser.feed("data: b\n\n"), [ev("b", { lastEventId: "1" })]);
+  });
+
+  test("random streams: any chunking gives the same events as one chunk", () => {
+    const random = prng(2024);
+    const pieces = ["data: x\n", "data:y\r\n", "\n", "\r\n", "\r", ": c\n", "id: 3\n",
+      "event: t\n", "retry: 77\n", "data: \u00e9\ud83d\ude00\u4e16\n", "id\n", "bogus: 1\n", "data\n"];
+    for (let round = 0; round < 300; round++) {
+      let text = "";
+      const n = 1 + Math.floor(random() * 30);
+      for (let i = 0; i < n; i++) text += pieces[Math.floor(random() * pieces.length)];
+      text += "\n\n";
+      const bytes = encoder.encode(text);
+      const whole = parseChunks([bytes]);
+      const split = parseChunks(randomChunks(bytes, random, 1 + (round % 11)));
+      assert.deepEqual(split.events, whole.events, `round ${round}: ${JSON.stringify(text)}`);
+      assert.equal(split.parser.lastEventId, whole.parser.lastEventId);
+      assert.equal(split.parser.retry, whole.parser.retry);
+      assert.equal(split.parser.comments, whole.parser.comments);
+      // And with CRLF written as CR at the end of one chunk and LF at the next.
+      const crlf = encoder.encode(text.replace(/\n/g, "\r\n"));
+      const halves = [];
+      for (let i = 0; i < crlf.length; i++) {
+        if (crlf[i] === 13) {
+          halves.push(crlf.subarray(0, i + 1));
+          halves.push(crlf.subarray(i + 1));
+          break;
+        }
+      }
+      if (halves.length) {
+        assert.deepEqual(parseChunks(halves).events.map((e) => e.data),
+          parseChunks([crlf]).events.map((e) => e.data));
+      }
+    }
+  });
+});
+
+// ----------------------------------------------------------------------------- fake gateway
+
+function frame(id, type, data) {
+  return `${id === null ? "" : `id: ${id}\n`}event: ${type}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+const start = (id = "s-0123456789abcdef") => frame(0, "start", { stream_id: id, model: "demo/echo", created: 1 });
+const token = (i, content) => frame(i, "token", { content });
+const done = (i) => frame(i, "done", { finish_reason: "stop", model: "demo/echo" });
+
+/**
+ * A response whose body yields `chunks` (strings or bytes) then ends as `end`
+ * says: "close" (a clean end), "error" (a network error) or "hang" (stays open
+ * until the request's signal aborts it). `onPull` sees the controller.
+ */
+function sseResponse(chunks, { end = "close", status = 200, headers = {}, signal = null } = {}) {
+  let controller;
+  const queue = chunks.map((c) => (typeof c === "string" ? encoder.encode(c) : c));
+  // Pull-based, as a network body: each chunk is read before the end (or the error) comes.
+  const body = new ReadableStream({
+    start(c) { controller = c; },
+    pull(c) {
+      if (queue.length) return c.enqueue(queue.shift());
+      if (end === "close") c.close();
+      else if (end === "error") c.error(new TypeError("network error"));
+      return undefined; // "hang": stays open
+    },
+  }, { highWaterMark: 0 });
+  signal?.addEventListener("abort", () => {
+    try {
+      controller.error(new DOMException("The operation was aborted.", "AbortError"));
+    } catch { /* already closed */ }
+  });
+  const response = new Response(body, {
+    status, headers: { "Content-Type": "text/event-stream", ...headers },
+  });
+  response.controller = controller;
+  return response;
+}
+
+function jsonResponse(status, body, headers = {}) {
+  return new Response(JSON.stringify(body), {
+    status, headers: { "Content-Type": "application/json", ...headers },
+  });
+}
+
+/**
+ * A fake fetch: `routes` maps "METHOD /path" to a list of handlers used in turn
+ * (the last one repeats); each handler gets the call and returns a Response
+ * (or throws). Every call is recorded.
+ */
+function fakeFetch(routes) {
+  const calls = [];
+  const used = {};
+  async function fetch(url, init = {}) {
+    const { pathname, search } = new URL(url, "http://gateway.test");
+    const call = { url, path: pathname + search, method: init.method || "GET",
+      headers: new Headers(init.headers), body: init.body ? JSON.parse(init.body) : undefined,
+      signal: init.signal, thisArg: this };
+    calls.push(call);
+    const key = `${call.method} ${pathname}`;
+    const handlers = routes[key];
+    if (!handlers) return jsonResponse(404, { error: { code: "not_found", message: key } });
+    const i = used[key] = (used[key] ?? -1) + 1;
+    const handler = handlers[Math.min(i, handlers.length - 1)];
+    return handler(call);
+  }
+  fetch.calls = calls;
+  return fetch;
+}
+
+const SID = "s-0123456789abcdef";
+const EVENTS_PATH = `/v1/streams/${SID}/events`;
+
+/** Records the delays asked for; returns at once (tests do not wait for real). */
+function recordingSleep() {
+  const delays = [];
+  const sleep = async (ms, signal) => {
+    delays.push(ms);
+    if (signal?.aborted) throw new Error("aborted");
+  };
+  sleep.delays = delays;
+  return sleep;
+}
+
+function recorder() {
+  const log = [];
+  const callbacks = {
+    onStart: (p) => log.push(["start", p.stream_id]),
+    onToken: (text, e) => log.push(["token", text, e.id]),
+    onDone: (p) => log.push(["done", p.finish_reason]),
+    onError: (error) => log.push(["error", error.code]),
+    onCancelled: (p) => log.push(["cancelled", p.reason]),
+    onReconnecting: (attempt, delay) => log.push(["reconnecting", attempt, delay]),
+  };
+  return { log, callbacks, tokens: () => log.filter((l) => l[0] === "token").map((l) => l[1]) };
+}
+
+// ----------------------------------------------------------------------------- stream tests
+
+describe("GatewayStream", () => {
+  test("POSTs the request and delivers start, tokens and done", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(
+        ["retry: 2000\n\n", start(), ": ping\n\n", token(1, "Hel"), token(2, "lo \ud83c\udf0d\n"), done(3)],
+        { headers: { "X-Stream-ID": SID } })],
+    });
+    const r = recorder();
+    const stream = streamChat({ fetch, baseUrl: "http://gateway.test/", apiKey: "sk-1",
+      streamId: SID, model: "openai/gpt", messages: [{ role: "user", content: "hi" }],
+      maxTokens: 12, temperature: 0.5, fallbacks: ["demo/echo"], resumeGraceS: 30, ...r.callbacks });
+    const result = await stream.finished;
+    assert.equal(result.status, "done");
+    assert.equal(result.text, "Hello \ud83c\udf0d\n");
+    assert.deepEqual(r.log, [["start", SID], ["token", "Hel", "1"], ["token", "lo \ud83c\udf0d\n", "2"],
+      ["done", "stop"]]);
+    const [call] = fetch.calls;
+    assert.equal(call.thisArg, undefined); // so `fetch: window.fetch` works unbound
+    assert.equal(call.url, "http://gateway.test/v1/streams");
+    assert.equal(call.method, "POST");
+    assert.equal(call.headers.get("authorization"), "Bearer sk-1");
+    assert.equal(call.headers.get("x-stream-id"), SID);
+    assert.equal(call.headers.get("content-type"), "application/json");
+    assert.deepEqual(call.body, { model: "openai/gpt", messages: [{ role: "user", content: "hi" }],
+      max_tokens: 12, temperature: 0.5, fallbacks: ["demo/echo"], resume_grace_s: 30 });
+    assert.equal(stream.streamId, SID);
+    assert.equal(stream.lastEventId, "3");
+    assert.equal(stream.retryMs, 2000);
+    assert.equal(stream.state, "done");
+    assert.equal(stream.stats.tokens, 2);
+    assert.equal(stream.stats.comments, 1);
+    assert.equal(typeof stream.stats.ttftMs, "number");
+    assert.equal(fetch.calls.length, 1);
+  });
+
+  test("prompt instead of messages; the stream id comes from X-Stream-ID", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start("srv-id-0123456789"), done(1)],
+        { headers: { "X-Stream-ID": "srv-id-0123456789" } })],
+    });
+    const stream = streamChat({ fetch, model: "demo/echo", prompt: "Hi" });
+    await stream.finished;
+    assert.deepEqual(fetch.calls[0].body, { model: "demo/echo", prompt: "Hi" });
+    assert.equal(fetch.calls[0].url, "/v1/streams");
+    assert.equal(fetch.calls[0].headers.get("authorization"), null);
+    assert.equal(stream.streamId, "srv-id-0123456789");
+  });
+
+  test("for await yields every event, then ends", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), token(1, "a"), token(2, "b"), done(3)],
+        { headers: { "X-Stream-ID": SID } })],
+    });
+    const types = [];
+    let text = "";
+    for await (const event of new GatewayStream({ fetch, model: "m/x", prompt: "p" })) {
+      types.push(event.type);
+      if (event.type === "token") text += event.payload.content;
+    }
+    assert.deepEqual(types, ["start", "token", "token", "done"]);
+    assert.equal(text, "ab");
+  });
+
+  test("a body that ends without a terminal event resumes after retry: with Last-Event-ID, "
+    + "and no token is delivered twice", async () => {
+    const sleep = recordingSleep();
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(["retry: 250\n\n", start(), token(1, "A"), token(2, "B")],
+        { headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse(
+        // A replay that (wrongly) starts too early: ids 1 and 2 must be skipped.
+        ["retry: 250\n\n", token(1, "A"), token(2, "B"), token(3, "C"), done(4)])],
+    });
+    const r = recorder();
+    const stream = streamChat({ fetch, sleep, random: () => 0.5, model: "m/x", prompt: "p",
+      streamId: SID, ...r.callbacks });
+    const result = await stream.finished;
+    assert.equal(result.status, "done");
+    assert.equal(result.text, "ABC");
+    assert.deepEqual(r.tokens(), ["A", "B", "C"]);
+    assert.deepEqual(sleep.delays, [275]); // retry: 250, +10 % jitter (0.2 * 0.5)
+    assert.deepEqual(r.log.find((l) => l[0] === "reconnecting"), ["reconnecting", 1, 275]);
+    const resume = fetch.calls[1];
+    assert.equal(resume.method, "GET");
+    assert.equal(resume.path, EVENTS_PATH);
+    assert.equal(resume.headers.get("last-event-id"), "2");
+    assert.equal(stream.stats.duplicatesSkipped, 2);
+    assert.equal(stream.stats.reconnects, 1);
+  });
+
+  test("a network error mid-body resumes; the split event is not half-delivered", async () => {
+    const sleep = recordingSleep();
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(
+        ["retry: 100\n\n", start(), token(1, "\u00e9"), "id: 2\nevent: token\ndata: {\"con"],
+        { end: "error", headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse(["retry: 100\n\n", token(2, "\ud83d\ude00"), done(3)])],
+    });
+    const stream = streamChat({ fetch, sleep, jitter: 0, model: "m/x", prompt: "p" });
+    const result = await stream.finished;
+    assert.equal(result.text, "\u00e9\ud83d\ude00");
+    assert.equal(fetch.calls[1].headers.get("last-event-id"), "1");
+    assert.deepEqual(sleep.delays, [100]);
+  });
+
+  test("a drop before any event resumes from the beginning (no Last-Event-ID)", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(["retry: 10\n\n"], { headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse([start(), token(1, "x"), done(2)])],
+    });
+    const stream = streamChat({ fetch, sleep: recordingSleep(), model: "m/x", prompt: "p" });
+    assert.equal((await stream.finished).text, "x");
+    assert.equal(fetch.calls[1].headers.get("last-event-id"), null);
+  });
+
+  test("backoff doubles from the server's retry: up to the cap, then gives up after maxRetries",
+    async () => {
+      const sleep = recordingSleep();
+      const fetch = fakeFetch({
+        "POST /v1/streams": [() => sseResponse(["retry: 100\n\n", start(), token(1, "a")],
+          { headers: { "X-Stream-ID": SID } })],
+        [`GET ${EVENTS_PATH}`]: [() => { throw new TypeError("Failed to fetch"); }],
+      });
+      const r = recorder();
+      const stream = streamChat({ fetch, sleep, jitter: 0, maxRetries: 6, maxRetryDelay: 1000,
+        model: "m/x", prompt: "p", ...r.callbacks });
+      const result = await stream.finished;
+      assert.equal(result.status, "error");
+      assert.equal(result.error.code, "reconnect_failed");
+      assert.match(result.error.message, /after 6 attempt/);
+      assert.deepEqual(sleep.delays, [100, 200, 400, 800, 1000, 1000]);
+      assert.equal(fetch.calls.filter((c) => c.method === "GET").length, 6);
+      assert.deepEqual(r.log.at(-1), ["error", "reconnect_failed"]);
+      assert.equal(result.text, "a");
+      assert.equal(stream.state, "error");
+      await assert.rejects(async () => { for await (const _ of stream) { /* drain */ } },
+        (error) => error instanceof GatewayError && error.code === "reconnect_failed");
+    });
+
+  test("maxRetries counts attempts in a row: progress resets it", async () => {
+    const sleep = recordingSleep();
+    let n = 0;
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(["retry: 10\n\n", start()], { headers: { "X-Stream-ID": SID } })],
+      // Every resume brings one new token and drops: 5 drops with maxRetries 1 still finish.
+      [`GET ${EVENTS_PATH}`]: [() => {
+        n += 1;
+        return n <= 5 ? sseResponse([token(n, String(n))], { end: "error" })
+          : sseResponse([done(6)]);
+      }],
+    });
+    const stream = streamChat({ fetch, sleep, jitter: 0, maxRetries: 1, model: "m/x", prompt: "p" });
+    const result = await stream.finished;
+    assert.equal(result.status, "done");
+    assert.equal(result.text, "12345");
+    assert.deepEqual(sleep.delays, [10, 10, 10, 10, 10, 10]);
+  });
+
+  test("without retry: the retryDelay option is the base", () => {
+    assert.equal(computeBackoff(1, { retryDelay: 500, jitter: 0 }), 500);
+    assert.equal(computeBackoff(3, { retryDelay: 500, jitter: 0 }), 2000);
+    assert.equal(computeBackoff(10, { retryDelay: 500, jitter: 0, maxRetryDelay: 3000 }), 3000);
+    // The cap never goes below the server's retry.
+    assert.equal(computeBackoff(4, { retryMs: 5000, jitter: 0, maxRetryDelay: 1000 }), 5000);
+    // Jitter only adds.
+    assert.equal(computeBackoff(1, { retryMs: 1000, jitter: 0.2, random: () => 0.999 }), 1200);
+    assert.equal(computeBackoff(1, { retryMs: 1000, retryAfterMs: 4000, jitter: 0 }), 4000);
+  });
+
+  test("a resume answered 503 with Retry-After waits at least that long, then goes on", async () => {
+    const sleep = recordingSleep();
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(["retry: 100\n\n", start(), token(1, "a")],
+        { headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [
+        () => jsonResponse(503, { error: { code: "overloaded", message: "busy" } }, { "Retry-After": "3" }),
+        () => sseResponse([token(2, "b"), done(3)]),
+      ],
+    });
+    const stream = streamChat({ fetch, sleep, jitter: 0, model: "m/x", prompt: "p" });
+    const result = await stream.finished;
+    assert.equal(result.text, "ab");
+    assert.deepEqual(sleep.delays, [100, 3000]);
+    assert.equal(fetch.calls[2].headers.get("last-event-id"), "1");
+  });
+
+  test("a resume answered 410 position_gone is final", async () => {
+    const sleep = recordingSleep();
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), token(1, "a")], { headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [() => jsonResponse(410,
+        { error: { code: "position_gone", message: "gone", param: "last_event_id" } })],
+    });
+    const stream = streamChat({ fetch, sleep, model: "m/x", prompt: "p" });
+    const result = await stream.finished;
+    assert.equal(result.status, "error");
+    assert.equal(result.error.code, "position_gone");
+    assert.equal(result.error.status, 410);
+    assert.equal(result.error.param, "last_event_id");
+    assert.equal(fetch.calls.length, 2);
+  });
+
+  test("an error event is terminal: reported with its code, no resume", async () => {
+    const sleep = recordingSleep();
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), token(1, "a"), frame(2, "error",
+        { code: "upstream_timeout", message: "slow", retryable: true, provider: "openai" })],
+      { headers: { "X-Stream-ID": SID } })],
+    });
+    const r = recorder();
+    const stream = streamChat({ fetch, sleep, model: "m/x", prompt: "p", ...r.callbacks });
+    const result = await stream.finished;
+    assert.equal(result.status, "error");
+    assert.equal(result.error.code, "upstream_timeout");
+    assert.equal(result.error.message, "slow");
+    assert.equal(result.error.retryable, true);
+    assert.equal(result.error.provider, "openai");
+    assert.equal(result.error.event.id, "2");
+    assert.deepEqual(r.log.at(-1), ["error", "upstream_timeout"]);
+    assert.equal(fetch.calls.length, 1);
+    assert.deepEqual(sleep.delays, []);
+    const types = [];
+    await assert.rejects(async () => {
+      for await (const event of stream) types.push(event.type);
+    }, (error) => error.code === "upstream_timeout");
+    assert.deepEqual(types, ["start", "token"]);
+  });
+
+  test("the id-less error event (Redis outage) is delivered, not taken for a duplicate", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), token(1, "a"),
+        frame(null, "error", { code: "internal_error", message: "broker" })],
+      { headers: { "X-Stream-ID": SID } })],
+    });
+    const stream = streamChat({ fetch, model: "m/x", prompt: "p" });
+    const result = await stream.finished;
+    assert.equal(result.error.code, "internal_error");
+    assert.equal(stream.lastEventId, "1"); // still the last event really received
+  });
+
+  test("a cancelled event ends the stream as cancelled", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), token(1, "a"), frame(2, "cancelled",
+        { reason: "shutdown" })], { headers: { "X-Stream-ID": SID } })],
+    });
+    const r = recorder();
+    const result = await streamChat({ fetch, model: "m/x", prompt: "p", ...r.callbacks }).finished;
+    assert.equal(result.status, "cancelled");
+    assert.deepEqual(result.payload, { reason: "shutdown" });
+    assert.deepEqual(r.log.at(-1), ["cancelled", "shutdown"]);
+  });
+
+  test("cancel() sends DELETE /v1/streams/<id> and ends with the server's cancelled event",
+    async () => {
+      let live;
+      const fetch = fakeFetch({
+        "POST /v1/streams": [(call) => {
+          live = sseResponse([start(), token(1, "a")],
+            { end: "hang", headers: { "X-Stream-ID": SID }, signal: call.signal });
+          return live;
+        }],
+        [`DELETE /v1/streams/${SID}`]: [() => {
+          live.controller.enqueue(encoder.encode(frame(2, "cancelled", { reason: "deleted" })));
+          return jsonResponse(202, { stream_id: SID, status: "running" });
+        }],
+      });
+      const r = recorder();
+      const stream = streamChat({ fetch, apiKey: "k", model: "m/x", prompt: "p", cancelWait: 5000,
+        ...r.callbacks });
+      await new Promise((resolve) => { stream.options.onToken = resolve; });
+      const result = await stream.cancel();
+      assert.equal(result.status, "cancelled");
+      assert.deepEqual(result.payload, { reason: "deleted" });
+      const del = fetch.calls.find((c) => c.method === "DELETE");
+      assert.equal(del.path, `/v1/streams/${SID}`);
+      assert.equal(del.headers.get("authorization"), "Bearer k");
+      assert.equal(fetch.calls.length, 2);
+      assert.equal(stream.state, "cancelled");
+    });
+
+  test("cancel() aborts the read when no cancelled event comes", async () => {
+    let postSignal;
+    const fetch = fakeFetch({
+      "POST /v1/streams": [(call) => {
+        postSignal = call.signal;
+        return sseResponse([start(), token(1, "a")],
+          { end: "hang", headers: { "X-Stream-ID": SID }, signal: call.signal });
+      }],
+      [`DELETE /v1/streams/${SID}`]: [() => jsonResponse(202, { status: "running" })],
+    });
+    const r = recorder();
+    const stream = streamChat({ fetch, model: "m/x", prompt: "p", cancelWait: 20, ...r.callbacks });
+    await new Promise((resolve) => { stream.options.onToken = resolve; });
+    const result = await stream.cancel();
+    assert.equal(result.status, "cancelled");
+    assert.deepEqual(result.payload, { reason: "deleted", local: true });
+    assert.equal(postSignal.aborted, true);
+    assert.deepEqual(r.log.at(-1), ["cancelled", "deleted"]);
+    assert.equal(await stream.cancel(), result); // idempotent
+  });
+
+  test("aborting options.signal cancels (DELETE) too", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [(call) => sseResponse([start(), token(1, "a")],
+        { end: "hang", headers: { "X-Stream-ID": SID }, signal: call.signal })],
+      [`DELETE /v1/streams/${SID}`]: [() => jsonResponse(202, { status: "running" })],
+    });
+    const controller = new AbortController();
+    const stream = streamChat({ fetch, signal: controller.signal, cancelWait: 10, model: "m/x",
+      prompt: "p" });
+    await new Promise((resolve) => { stream.options.onToken = resolve; });
+    controller.abort();
+    const result = await stream.finished;
+    assert.equal(result.status, "cancelled");
+    assert.ok(fetch.calls.some((c) => c.method === "DELETE"));
+  });
+
+  test("a non-2xx answer is an error with the JSON code, message, param and Retry-After",
+    async () => {
+      const fetch = fakeFetch({
+        "POST /v1/streams": [
+          () => jsonResponse(400, { error: { code: "unknown_model", message: "no such model",
+            param: "model" } }),
+          () => jsonResponse(429, { error: { code: "rate_limited", message: "slow down" } },
+            { "Retry-After": "7" }),
+          () => new Response("<html>bad gateway</html>", { status: 502, statusText: "Bad Gateway" }),
+        ],
+      });
+      const r = recorder();
+      const first = await streamChat({ fetch, model: "x/y", prompt: "p", ...r.callbacks }).finished;
+      assert.equal(first.status, "error");
+      assert.ok(first.error instanceof GatewayError);
+      assert.equal(first.error.code, "unknown_model");
+      assert.equal(first.error.message, "no such model");
+      assert.equal(first.error.status, 400);
+      assert.equal(first.error.param, "model");
+      assert.deepEqual(r.log, [["error", "unknown_model"]]);
+      const second = await streamChat({ fetch, model: "x/y", prompt: "p" }).finished;
+      assert.equal(second.error.code, "rate_limited");
+      assert.equal(second.error.retryAfter, 7);
+      const third = await streamChat({ fetch, model: "x/y", prompt: "p" }).finished;
+      assert.equal(third.error.code, "http_502");
+      assert.equal(third.error.status, 502);
+      assert.equal(fetch.calls.length, 3); // a refused POST is not retried
+      await assert.rejects(async () => {
+        for await (const _ of streamChat({ fetch, model: "x/y", prompt: "p" })) { /* none */ }
+      }, (error) => error.status === 502);
+    });
+
+  test("the POST failing at the network level is a network_error", async () => {
+    const fetch = fakeFetch({ "POST /v1/streams": [() => { throw new TypeError("Failed to fetch"); }] });
+    const result = await streamChat({ fetch, model: "m/x", prompt: "p" }).finished;
+    assert.equal(result.error.code, "network_error");
+  });
+
+  test("a silent connection (no bytes, not even pings) is resumed after idleTimeout", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [(call) => sseResponse([start(), token(1, "a")],
+        { end: "hang", headers: { "X-Stream-ID": SID }, signal: call.signal })],
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse([token(2, "b"), done(3)])],
+    });
+    const stream = streamChat({ fetch, sleep: recordingSleep(), idleTimeout: 30, model: "m/x",
+      prompt: "p" });
+    const result = await stream.finished;
+    assert.equal(result.text, "ab");
+    assert.equal(fetch.calls[1].headers.get("last-event-id"), "1");
+  });
+
+  test("states: connecting, streaming, reconnecting, connecting, streaming, done", async () => {
+    const states = [];
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), token(1, "a")], { headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse([done(2)])],
+    });
+    await streamChat({ fetch, sleep: recordingSleep(), model: "m/x", prompt: "p",
+      onStateChange: (s) => states.push(s) }).finished;
+    assert.deepEqual(states, ["connecting", "streaming", "reconnecting", "connecting", "streaming", "done"]);
+  });
+
+  test("a whole stream fed one byte at a time through fetch is exact", async () => {
+    const tokens = ["a\u00e9", "\ud83d\udc4b\ud83c\udffd", "\n\u4e16\r\n", " z"];
+    const text = "retry: 5\r\n\r\n" + start() + tokens.map((t, i) => token(i + 1, t)).join("")
+      + done(tokens.length + 1);
+    const bytes = encoder.encode(text);
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([...bytes].map((b) => new Uint8Array([b])),
+        { headers: { "X-Stream-ID": SID } })],
+    });
+    const seen = [];
+    const result = await streamChat({ fetch, model: "m/x", prompt: "p",
+      onToken: (t) => seen.push(t) }).finished;
+    assert.deepEqual(seen, tokens);
+    assert.equal(result.text, tokens.join(""));
+  });
+
+  test("a throwing callback does not break the stream", async () => {
+    const original = globalThis.reportError;
+    const reported = [];
+    globalThis.reportError = (e) => reported.push(e);
+    try {
+      const fetch = fakeFetch({
+        "POST /v1/streams": [() => sseResponse([start(), token(1, "a"), done(2)],
+          { headers: { "X-Stream-ID": SID } })],
+      });
+      const result = await streamChat({ fetch, model: "m/x", prompt: "p",
+        onToken: () => { throw new Error("boom"); } }).finished;
+      assert.equal(result.status, "done");
+      assert.equal(reported.length, 1);
+    } finally {
+      globalThis.reportError = original;
+    }
+  });
+
+  test("followStream() reads an existing stream from lastEventId", async () => {
+    const fetch = fakeFetch({
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse([token(5, "f"), done(6)])],
+    });
+    const stream = followStream({ fetch, streamId: SID, lastEventId: 4 });
+    const result = await stream.finished;
+    assert.equal(result.text, "f");
+    assert.equal(fetch.calls[0].headers.get("last-event-id"), "4");
+    assert.equal(fetch.calls.length, 1);
+  });
+});

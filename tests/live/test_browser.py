@@ -1,0 +1,388 @@
+"""The demo page in a real headless Chromium, against the real gunicorn and the fake provider.
+
+Debian's ``chromium`` (installed by ``ensure_chromium`` when missing) is driven by
+Playwright for Python; no browser is ever downloaded. The resume test puts a small
+TCP proxy between the page and the gateway and cuts its connections mid-answer.
+Screenshots land in ``build/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from tests.fake_provider import FakeProvider
+from tests.live.conftest import gateway_env
+from tests.live.gateway import ROOT, GatewayServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+SHOTS = ROOT / "build" / "screenshots"
+RETRY_MS = 300  # the gateway's `retry:`, so the resume test waits little
+
+# Multi-byte characters, emoji (with a skin tone and a ZWJ family), CJK, newlines, a tab,
+# a CRLF, HTML that must stay text, and JSON-looking text.
+TOKENS = ["Hello", ", wörld", " 👋🏽", "\n", "日本語の", "テキスト", " — ", "👨‍👩‍👧", "\n\n",
+          "<b>not bold</b>", " &amp;", "\tx", "\r\n", '{"content": 1}', " ça", " va", " ?",
+          " naïve", " Ω≈ç√", " 🎉🎉", "\n", "end", "."]
+LONG = [f"word{i} " for i in range(300)]
+
+
+def ensure_chromium() -> Path:
+    """Debian's chromium, installed with apt-get (as root) when missing, with emoji and
+    CJK fonts so that the screenshots show the test's text (as .ci/services.sh does)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.geteuid() != 0:
+        pytest.skip(f"{CHROMIUM} missing and not root: apt-get install -y chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium",
+                    "fonts-noto-color-emoji", "fonts-wqy-microhei"], check=True, env=env)
+    assert CHROMIUM.exists(), f"apt-get installed chromium but {CHROMIUM} is missing"
+    return CHROMIUM
+
+
+class CuttableProxy:
+    """A TCP forwarder 127.0.0.1:port -> the gateway, whose live connections can be cut
+    (the listener stays up), and which keeps what the browser sent, to see its requests."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent = bytearray()  # every byte browser -> gateway, all connections
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._forwarding = threading.Event()  # cleared: new connections wait, unanswered
+        self._forwarding.set()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+                self._forwarding.wait()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if outbound:
+                    with self._lock:
+                        self.sent += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def cut(self, hold: bool = False) -> int:
+        """Reset every live connection (both sides); new ones are still accepted, and with
+        ``hold`` left waiting (unanswered) until ``release()``."""
+        if hold:
+            self._forwarding.clear()
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for client, upstream in pairs:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the pump threads
+                sock.close()
+        return len(pairs)
+
+    def release(self) -> None:
+        self._forwarding.set()
+
+    def requests(self) -> list[tuple[str, str, dict[str, str]]]:
+        """(method, path, headers) of every request the browser sent through the proxy."""
+        with self._lock:
+            raw = bytes(self.sent)
+        found = []
+        for m in re.finditer(rb"(GET|POST|DELETE) (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", raw, re.S):
+            headers = {}
+            for line in m.group(3).decode("latin-1").split("\r\n"):
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            found.append((m.group(1).decode(), m.group(2).decode(), headers))
+        return found
+
+    def close(self) -> None:
+        self._closed = True
+        self._forwarding.set()
+        self.listener.close()
+        self.cut()
+
+
+# ------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def models(fake: FakeProvider) -> dict[str, str]:
+    """One fake model per test, made before the server starts so that MODELS can list them."""
+    return {
+        "stream": fake.scenario(tokens=TOKENS, delay=0.1, ttft=0.2),
+        "stop": fake.scenario(tokens=LONG, delay=0.05),
+        "resume": fake.scenario(tokens=TOKENS * 2, delay=0.08),
+        "error": fake.scenario(status=400),
+        "followup": fake.scenario(tokens=["Sure", "."]),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(fake: FakeProvider, models: dict[str, str]) -> Iterator[GatewayServer]:
+    env = gateway_env(fake, RESUME_GRACE_S="30", RETRY_MS=str(RETRY_MS), MODELS=",".join([
+        "demo/echo", "demo/lorem", *(f"openai/{m}" for m in models.values()),
+        "anthropic/claude-sonnet-4-5", "openai/*"]))
+    # No Anthropic key: its model must be listed as unavailable (a disabled option).
+    env.pop("ANTHROPIC_API_KEY")
+    env.pop("ANTHROPIC_BASE_URL")
+    gateway = GatewayServer(env, label="browser")
+    try:
+        yield gateway.start()
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = ensure_chromium()
+    playwright: Playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=str(executable), headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+def open_page(page: Page, url: str) -> None:
+    page.goto(url + "/")
+    page.wait_for_selector('[data-testid="app"][data-ready="true"]')
+
+
+def ask(page: Page, model: str, prompt: str) -> None:
+    page.select_option('[data-testid="model-select"]', value=model)
+    page.fill('[data-testid="prompt"]', prompt)
+    page.click('[data-testid="send"]')
+
+
+def answer_text(page: Page) -> str:
+    text = page.evaluate("""() => {
+        const all = document.querySelectorAll('[data-testid="message"][data-role="assistant"]');
+        return all.length ? all[all.length - 1].querySelector('[data-testid="message-text"]')
+            .textContent : null;
+    }""")
+    assert text is not None, "no assistant message on the page"
+    return str(text)
+
+
+def wait_state(page: Page, state: str, timeout: float = 15_000) -> None:
+    page.wait_for_selector(f'[data-testid="status"][data-state="{state}"]', timeout=timeout)
+
+
+def wait_answer_length(page: Page, n: int) -> None:
+    page.wait_for_function("""(n) => {
+        const all = document.querySelectorAll('[data-testid="message"][data-role="assistant"]');
+        return all.length && all[all.length - 1].querySelector('[data-testid="message-text"]')
+            .textContent.length >= n;
+    }""", arg=n)
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def shown(page: Page, name: str) -> str:
+    return str(page.get_by_test_id(name).text_content() or "")
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_model_picker_lists_the_models(page: Page, server: GatewayServer,
+                                       models: dict[str, str]) -> None:
+    open_page(page, server.url)
+    options = page.eval_on_selector_all(
+        '[data-testid="model-select"] option',
+        "nodes => nodes.map(o => ({value: o.value, disabled: o.disabled}))")
+    listed = server.request("GET", "/v1/models").json()["data"]
+    expected = [{"value": m["id"], "disabled": m.get("available") is False} for m in listed]
+    assert options[:-1] == expected
+    assert options[-1] == {"value": "__custom__", "disabled": False}  # "Other model..."
+    assert {"value": "anthropic/claude-sonnet-4-5", "disabled": True} in options
+    assert {"value": f"openai/{models['stream']}", "disabled": False} in options
+    assert page.get_by_test_id("model-select").input_value() == "demo/echo"
+    assert page.get_by_label("Model", exact=True).count() == 1  # the select has its label
+    assert page.get_by_label("Message").count() == 1
+
+
+def test_tokens_stream_in_and_the_text_is_exact(page: Page, server: GatewayServer,
+                                                fake: FakeProvider, models: dict[str, str]) -> None:
+    open_page(page, server.url)
+    ask(page, f"openai/{models['stream']}", "Say hello in many scripts")
+    wait_answer_length(page, 1)
+    samples = []
+    shot_taken = False
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = page.get_by_test_id("status").get_attribute("data-state")
+        samples.append(answer_text(page))
+        if state == "done":
+            break
+        if not shot_taken and len(samples[-1]) > 30:
+            shot(page, "mid-stream")
+            shot_taken = True
+        time.sleep(0.07)
+    wait_state(page, "done")
+    final = answer_text(page)
+    expected = "".join(TOKENS)
+    assert final == expected
+    # It grew over time, never all at once, and always as a prefix of the answer.
+    lengths = [len(s) for s in samples]
+    assert all(expected.startswith(s) for s in samples)
+    assert lengths == sorted(lengths)
+    assert len(set(lengths)) >= 8, lengths
+    assert 0 < lengths[0] < len(expected) // 2, lengths
+    # Rendered as text: the tag in a token is not an element.
+    assert page.locator('[data-testid="message-text"] b').count() == 0
+    # The live figures match the gateway's record of the stream.
+    stream_id = shown(page, "stream-id")
+    status = server.request("GET", f"/v1/streams/{stream_id}").json()
+    assert status["status"] == "done"
+    assert shown(page, "metric-event-id") == str(status["last_event_id"])
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", shown(page, "metric-ttft"))
+    assert re.fullmatch(r"\d+\.\d", shown(page, "metric-tps"))
+    # Token events: ids 1 .. last-1 (0 is start, the last is done).
+    assert int(shown(page, "metric-tokens")) == status["last_event_id"] - 1
+    assert page.get_by_test_id("message-state").last.text_content() == "done"
+    # The conversation goes on: the next request carries both turns.
+    assert fake.wait_closed(models["stream"]).outcome == "complete"
+    shot(page, "done")
+    ask(page, f"openai/{models['followup']}", "And again?")
+    wait_state(page, "done")
+    assert fake.calls(models["stream"])[0].body["messages"] == [
+        {"role": "user", "content": "Say hello in many scripts"}]
+    assert fake.calls(models["followup"])[0].body["messages"] == [
+        {"role": "user", "content": "Say hello in many scripts"},
+        {"role": "assistant", "content": expected},
+        {"role": "user", "content": "And again?"}]
+    assert page.locator('[data-testid="message"]').count() == 4
+
+
+def test_stop_cancels_the_stream_and_closes_the_provider(
+        page: Page, server: GatewayServer, fake: FakeProvider, models: dict[str, str]) -> None:
+    model = models["stop"]
+    open_page(page, server.url)
+    ask(page, f"openai/{model}", "Talk for a long time")
+    wait_answer_length(page, 40)
+    assert page.get_by_test_id("send").is_hidden()
+    page.click('[data-testid="stop"]')
+    call = fake.wait_closed(model)
+    assert call.outcome == "peer_closed"
+    assert call.tokens_sent < len(LONG)
+    wait_state(page, "cancelled")
+    assert page.get_by_test_id("message-state").last.text_content() == "stopped"
+    assert "deleted" in str(page.get_by_test_id("message-note").last.text_content())
+    text = answer_text(page)
+    assert text and "".join(LONG).startswith(text)
+    stream_id = shown(page, "stream-id")
+    assert server.request("GET", f"/v1/streams/{stream_id}").json()["status"] == "cancelled"
+    assert page.get_by_test_id("send").is_visible()
+    shot(page, "cancelled")
+
+
+def test_a_cut_connection_resumes_without_losing_or_repeating_a_token(
+        page: Page, server: GatewayServer, fake: FakeProvider, models: dict[str, str]) -> None:
+    model = models["resume"]
+    expected = "".join(TOKENS * 2)
+    proxy = CuttableProxy(server.port)
+    try:
+        open_page(page, proxy.url)
+        ask(page, f"openai/{model}", "Stream through a flaky network")
+        wait_answer_length(page, 25)
+        assert proxy.cut(hold=True) >= 1
+        wait_state(page, "reconnecting", timeout=5_000)  # and it stays so while held
+        shot(page, "reconnecting")
+        partial = answer_text(page)
+        assert 0 < len(partial) < len(expected) and expected.startswith(partial)
+        proxy.release()
+        wait_state(page, "done")
+        assert page.get_by_test_id("app").get_attribute("data-reconnected") == "true"
+        assert answer_text(page) == expected
+        assert fake.wait_closed(model).outcome == "complete"  # generation went on meanwhile
+        resumes = [(path, headers) for method, path, headers in proxy.requests()
+                   if method == "GET" and path.endswith("/events")]
+        assert resumes, proxy.requests()
+        stream_id = shown(page, "stream-id")
+        path, headers = resumes[0]
+        assert path == f"/v1/streams/{stream_id}/events"
+        assert int(headers["last-event-id"]) >= 1
+    finally:
+        proxy.close()
+
+
+def test_an_error_event_and_an_error_answer_are_shown(
+        page: Page, server: GatewayServer, models: dict[str, str]) -> None:
+    open_page(page, server.url)
+    ask(page, f"openai/{models['error']}", "This one fails")
+    wait_state(page, "error")
+    note = str(page.get_by_test_id("message-note").last.text_content())
+    assert note.startswith("upstream_bad_request:"), note
+    assert page.get_by_test_id("message-state").last.text_content() == "error"
+    assert answer_text(page) == ""
+    shot(page, "error")
+    # An HTTP error (400 unknown_model) from a custom model name is shown the same way.
+    page.select_option('[data-testid="model-select"]', value="__custom__")
+    page.fill('[data-testid="model-custom"]', "nowhere/model")
+    page.fill('[data-testid="prompt"]', "and this one is refused")
+    page.keyboard.press("Enter")
+    page.wait_for_function("""() => document.querySelectorAll(
+        '[data-testid="message"][data-role="assistant"][data-state="error"]').length === 2""")
+    note = str(page.get_by_test_id("message-note").last.text_content())
+    assert note.startswith("unknown_model:"), note
+    assert shown(page, "status-label") == "Error"
