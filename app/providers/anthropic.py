@@ -7,7 +7,7 @@ configured default.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import anthropic
@@ -20,7 +20,7 @@ from app.providers.base import (
     UpstreamError,
     Usage,
 )
-from app.providers.sdk import http_options, sdk_errors, translate
+from app.providers.sdk import guarded, http_options
 
 # Anthropic's stop reasons, in the OpenAI vocabulary the gateway reports.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -55,40 +55,34 @@ class AnthropicProvider:
             options["system"] = system
         if request.temperature is not None:
             options["temperature"] = request.temperature
-        try:
-            create: Any = self._client.messages.create  # typed per model; ours are plain
-            sdk_stream = create(
-                model=request.model,
-                max_tokens=request.max_tokens or self._default_max_tokens,
-                messages=[{"role": m.role, "content": m.content}
-                          for m in request.messages if m.role != "system"],
-                stream=True,
-                **options,
-            )
-        except sdk_errors(anthropic) as exc:
-            raise translate(exc, provider=self.name, sdk=anthropic) from None
-        try:
-            stop_reason = None
-            input_tokens = output_tokens = None
-            for event in sdk_stream:
-                if event.type == "content_block_delta":
-                    if event.delta.type == "text_delta" and event.delta.text:
-                        yield TextDelta(event.delta.text)
-                elif event.type == "message_start":
-                    input_tokens = event.message.usage.input_tokens
-                elif event.type == "message_delta":
-                    stop_reason = event.delta.stop_reason
-                    output_tokens = event.usage.output_tokens
-                elif event.type == "message_stop":
-                    yield Usage(input_tokens, output_tokens)
-                    yield Finished(STOP_REASONS.get(stop_reason or "", stop_reason or "stop"))
-                    return
-            raise UpstreamError("anthropic ended the stream before the model finished",
-                                provider=self.name)
-        except sdk_errors(anthropic) as exc:
-            raise translate(exc, provider=self.name, sdk=anthropic) from None
-        finally:
-            sdk_stream.close()
+        create: Any = self._client.messages.create  # typed per model; ours are plain
+        return guarded(self.name, anthropic, lambda: create(
+            model=request.model,
+            max_tokens=request.max_tokens or self._default_max_tokens,
+            messages=[{"role": m.role, "content": m.content}
+                      for m in request.messages if m.role != "system"],
+            stream=True,
+            **options,
+        ), self._deltas)
+
+    def _deltas(self, sdk_stream: Any) -> Iterator[Delta]:
+        stop_reason = None
+        input_tokens = output_tokens = None
+        for event in sdk_stream:
+            if event.type == "content_block_delta":
+                if event.delta.type == "text_delta" and event.delta.text:
+                    yield TextDelta(event.delta.text)
+            elif event.type == "message_start":
+                input_tokens = event.message.usage.input_tokens
+            elif event.type == "message_delta":
+                stop_reason = event.delta.stop_reason
+                output_tokens = event.usage.output_tokens
+            elif event.type == "message_stop":
+                yield Usage(input_tokens, output_tokens)
+                yield Finished(STOP_REASONS.get(stop_reason or "", stop_reason or "stop"))
+                return
+        raise UpstreamError("anthropic ended the stream before the model finished",
+                            provider=self.name)
 
     def close(self) -> None:
         self._client.close()

@@ -7,7 +7,7 @@ reached through ``OPENAI_BASE_URL``. Usage is asked for in the stream
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import openai
@@ -20,7 +20,7 @@ from app.providers.base import (
     UpstreamError,
     Usage,
 )
-from app.providers.sdk import http_options, sdk_errors, translate
+from app.providers.sdk import guarded, http_options
 
 
 class OpenAIProvider:
@@ -51,37 +51,31 @@ class OpenAIProvider:
             options["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             options["temperature"] = request.temperature
-        try:
-            create: Any = self._client.chat.completions.create  # typed per model; ours are plain
-            sdk_stream = create(
-                model=request.model,
-                messages=[{"role": m.role, "content": m.content} for m in request.messages],
-                stream=True,
-                stream_options={"include_usage": True},
-                **options,
-            )
-        except sdk_errors(openai) as exc:
-            raise translate(exc, provider=self.name, sdk=openai) from None
-        try:
-            finish_reason = None
-            for chunk in sdk_stream:
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue
-                    if choice.delta.content:
-                        yield TextDelta(choice.delta.content)
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-                if chunk.usage is not None:
-                    yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-            if finish_reason is None:
-                raise UpstreamError("openai ended the stream before the model finished",
-                                    provider=self.name)
-            yield Finished(finish_reason)
-        except sdk_errors(openai) as exc:
-            raise translate(exc, provider=self.name, sdk=openai) from None
-        finally:
-            sdk_stream.close()
+        create: Any = self._client.chat.completions.create  # typed per model; ours are plain
+        return guarded(self.name, openai, lambda: create(
+            model=request.model,
+            messages=[{"role": m.role, "content": m.content} for m in request.messages],
+            stream=True,
+            stream_options={"include_usage": True},
+            **options,
+        ), self._deltas)
+
+    def _deltas(self, sdk_stream: Any) -> Iterator[Delta]:
+        finish_reason = None
+        for chunk in sdk_stream:
+            for choice in chunk.choices:
+                if choice.index != 0:
+                    continue
+                if choice.delta.content:
+                    yield TextDelta(choice.delta.content)
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+            if chunk.usage is not None:
+                yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        if finish_reason is None:
+            raise UpstreamError("openai ended the stream before the model finished",
+                                provider=self.name)
+        yield Finished(finish_reason)
 
     def close(self) -> None:
         self._client.close()

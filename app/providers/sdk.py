@@ -9,13 +9,14 @@ Their exception trees have the same shape, so one function maps both.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from types import ModuleType
 from typing import Any
 
 import httpx2
 
 from app.providers.base import (
+    Delta,
     ProviderError,
     UpstreamError,
     UpstreamTimeout,
@@ -28,10 +29,26 @@ from app.providers.base import (
 )
 
 
-def sdk_errors(sdk: ModuleType) -> tuple[type[Exception], ...]:
-    """What an adapter catches around its SDK: the SDK's own errors, and transport
-    errors, which anthropic lets through unwrapped while a stream is read."""
-    return (sdk.APIError, httpx2.TransportError)
+def guarded(provider: str, sdk: ModuleType, open_stream: Callable[[], Any],
+            read: Callable[[Any], Iterator[Delta]]) -> Generator[Delta, None, None]:
+    """Open an SDK stream on first use, read its deltas, always close it.
+
+    The SDK's errors, and transport errors (which anthropic lets through
+    unwrapped while a stream is read), become ProviderErrors here. Closing in
+    ``finally`` matters: the openai ``Stream`` keeps its response open until
+    the garbage collector finds it otherwise, and the model keeps generating.
+    """
+    errors = (sdk.APIError, httpx2.TransportError)
+    try:
+        sdk_stream = open_stream()
+    except errors as exc:
+        raise translate(exc, provider=provider, sdk=sdk) from None
+    try:
+        yield from read(sdk_stream)
+    except errors as exc:
+        raise translate(exc, provider=provider, sdk=sdk) from None
+    finally:
+        sdk_stream.close()
 
 
 def translate(exc: Exception, *, provider: str, sdk: ModuleType) -> ProviderError:
