@@ -50,3 +50,11 @@ lint: $(VENV)/.dev ## ruff and mypy
 
 clean: ## Remove the virtualenv and build artefacts
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .hypothesis
+
+.PHONY: bench
+$(VENV)/.bench: requirements.txt requirements-dev.txt requirements-bench.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@ $(VENV)/.dev $(VENV)/.runtime
+
+bench: $(VENV)/.bench ## Benchmark against the alternatives (~15 min); writes bench/results/
+	$(BIN)/python -m bench.run

@@ -53,7 +53,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     broker = open_broker(settings.broker_url, BrokerOptions(
-        ttl=settings.stream_ttl_s, lease_ttl=3 * settings.heartbeat_s,
+        ttl=settings.stream_ttl_s,
+        # A feed renews its lease at each heartbeat, but not while a write to a
+        # slow client blocks (up to the write timeout).
+        lease_ttl=max(3 * settings.heartbeat_s,
+                      settings.write_timeout_s + 2 * settings.heartbeat_s),
         producer_timeout=settings.producer_timeout_s,
         max_events=settings.max_events_per_stream,
         max_connections=settings.redis_max_connections, lost_frame=lost_frame))

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # How long to look away when the client sent bytes we must not consume
 # (a pipelined request); a peek would see them again at once.
 _PIPELINED_BACKOFF_S = 0.5
+# The write timeout bounds each write as a whole, so writes are kept this
+# small: a client that reads slowly but steadily is never cut off.
+_WRITE_CHUNK = 64 * 1024
 
 
 class Feed:
@@ -75,7 +78,7 @@ class Feed:
                         return
                 if batch.frames:
                     position = batch.last_id
-                    yield b"".join(batch.frames)
+                    yield from _chunks(batch.frames)
                     sent_at = time.monotonic()
                 elif not batch.ended and time.monotonic() >= sent_at + heartbeat:
                     yield sse.PING
@@ -128,3 +131,10 @@ class Feed:
             gevent.sleep(_PIPELINED_BACKOFF_S)
         self.client_gone = True
         self._release()
+
+
+def _chunks(frames: list[bytes]) -> Iterator[bytes]:
+    """The frames as writes of at most _WRITE_CHUNK bytes (a big frame is split)."""
+    data = b"".join(frames)
+    for start in range(0, len(data), _WRITE_CHUNK):
+        yield data[start:start + _WRITE_CHUNK]

@@ -39,6 +39,8 @@ from app.upstream import Answering, Candidate, Retrying, RetryPolicy, stream_del
 log = logging.getLogger(__name__)
 
 _END = object()  # the provider's iterator is exhausted
+_FAIR_SHARE_S = 0.005  # the longest a busy greenlet runs before letting others in
+_MERGE_LIMIT = 16 * 1024  # characters of waiting deltas merged into one token event
 _STOP = "stop"  # a local request to end the stream (shutdown)
 
 
@@ -135,8 +137,14 @@ class Pump:
 
     def _read_provider(self) -> None:
         try:
+            yielded_at = time.monotonic()
             for item in stream_deltas(self._candidates, self._policy):
                 self._inbox.put(item)
+                if time.monotonic() - yielded_at > _FAIR_SHARE_S:
+                    # A socket that always has data never makes gevent switch:
+                    # without this one fast provider would starve the worker.
+                    gevent.sleep(0)
+                    yielded_at = time.monotonic()
             self._inbox.put(_END)
         except ProviderError as exc:
             self._inbox.put(exc)
@@ -148,6 +156,7 @@ class Pump:
         grace_ends: float | None = None  # set while no reader is attached
         next_tick = time.monotonic() + self._tick_s
         gives_up = self._started + self._stream_timeout_s
+        yielded_at = time.monotonic()
         while True:
             now = time.monotonic()
             if grace_ends is not None and now >= grace_ends:
@@ -166,6 +175,9 @@ class Pump:
                 grace_ends = self._grace(grace_ends, readers)
                 continue
             wake = min(next_tick, gives_up, grace_ends or gives_up)
+            if now - yielded_at > _FAIR_SHARE_S:
+                gevent.sleep(0)  # a full inbox never blocks: let the others in
+                yielded_at = time.monotonic()
             try:
                 item = self._inbox.get(timeout=wake - now)
             except gevent.queue.Empty:
@@ -216,8 +228,11 @@ class Pump:
     def _relay_text(self, text: str) -> None:
         """Append one ``token`` event, merging the text deltas already waiting."""
         parts = [text]
-        while not self._inbox.empty() and isinstance(self._inbox.peek_nowait(), TextDelta):
+        size = len(text)
+        while (size < _MERGE_LIMIT and not self._inbox.empty()
+               and isinstance(self._inbox.peek_nowait(), TextDelta)):
             parts.append(self._inbox.get_nowait().text)
+            size += len(parts[-1])
         self._text_deltas += len(parts)
         metrics.TOKENS.labels(self._provider_name).inc(len(parts))
         if self._first_token_at is None:

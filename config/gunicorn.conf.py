@@ -16,7 +16,8 @@ import sys
 import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-worker_class = "gevent"
+# gevent's worker, answering gunicorn's own refusals as JSON (config/worker.py).
+worker_class = "config.worker.GatewayWorker"
 workers = int(os.environ.get("WORKERS", "1"))
 # Each stream holds one client connection; idle keep-alive ones count too.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
