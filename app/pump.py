@@ -82,6 +82,7 @@ class Pump:
         self._retries = 0
         self._usage = Usage()
         self._finish_reason = "stop"
+        self._tokens_metric = metrics.TOKENS.labels(self._provider_name)
         self.greenlet: gevent.Greenlet[Any, None] | None = None
 
     def start(self) -> None:
@@ -156,11 +157,16 @@ class Pump:
         grace_ends: float | None = None  # set while no reader is attached
         next_tick = time.monotonic() + self._tick_s
         gives_up = self._started + self._stream_timeout_s
+        silence_ends: float | None = None  # after the first token: the next one is due
         yielded_at = time.monotonic()
         while True:
             now = time.monotonic()
             if grace_ends is not None and now >= grace_ends:
                 return self._cancelled("client_disconnected")
+            if silence_ends is not None and now >= silence_ends:
+                timeout = self._policy.token_timeout_s
+                return self._error("upstream_timeout", f"{self._provider_name} sent no token "
+                                   f"within {timeout:g} s", retryable=True)
             if now >= gives_up:
                 return self._error("upstream_timeout", f"the stream ran longer than "
                                    f"{self._stream_timeout_s:g} s", retryable=True)
@@ -174,7 +180,7 @@ class Pump:
                     return self._cancelled(cancel_reason)
                 grace_ends = self._grace(grace_ends, readers)
                 continue
-            wake = min(next_tick, gives_up, grace_ends or gives_up)
+            wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends or gives_up)
             if now - yielded_at > _FAIR_SHARE_S:
                 gevent.sleep(0)  # a full inbox never blocks: let the others in
                 yielded_at = time.monotonic()
@@ -184,6 +190,7 @@ class Pump:
                 continue
             if isinstance(item, TextDelta):
                 self._relay_text(item.text)
+                silence_ends = time.monotonic() + self._policy.token_timeout_s
             elif isinstance(item, Usage):
                 self._usage = Usage(item.input_tokens if item.input_tokens is not None
                                     else self._usage.input_tokens,
@@ -196,6 +203,7 @@ class Pump:
                     metrics.FALLBACKS.labels(self._provider_of(item.model)).inc()
                 self._model = item.model
                 self._provider_name = self._provider_of(item.model)
+                self._tokens_metric = metrics.TOKENS.labels(self._provider_name)
             elif isinstance(item, Retrying):
                 self._retries += 1
                 metrics.RETRIES.labels(item.error.provider).inc()
@@ -234,7 +242,7 @@ class Pump:
             parts.append(self._inbox.get_nowait().text)
             size += len(parts[-1])
         self._text_deltas += len(parts)
-        metrics.TOKENS.labels(self._provider_name).inc(len(parts))
+        self._tokens_metric.inc(len(parts))
         if self._first_token_at is None:
             self._first_token_at = time.monotonic()
             metrics.TIME_TO_FIRST_TOKEN.labels(self._provider_name).observe(

@@ -111,23 +111,22 @@ def stream_deltas(candidates: Sequence[Candidate], policy: RetryPolicy,
 
 
 def _timed(candidate: Candidate, policy: RetryPolicy) -> Iterator[Delta]:
-    """The candidate's deltas, with the first-token and between-token timeouts."""
+    """The candidate's deltas, with the time-to-first-token timeout.
+
+    The silence between later tokens is the pump's to watch (one deadline it
+    checks anyway), which spares a timer per token on the hot path.
+    """
     deltas = candidate.provider.stream(candidate.request)
     name = candidate.provider.name
+    timeout = policy.ttft_timeout_s
+    timer = gevent.Timeout(timeout, UpstreamTimeout(
+        f"{name} sent no first token within {timeout:g} s", provider=name))
+    timer.start()
     try:
-        timeout, what = policy.ttft_timeout_s, "first token"
-        while True:
-            timer = gevent.Timeout(timeout, UpstreamTimeout(
-                f"{name} sent no {what} within {timeout:g} s", provider=name))
-            timer.start()
-            try:
-                delta = next(deltas)
-            except StopIteration:
-                return
-            finally:
-                timer.close()
+        for delta in deltas:
             if isinstance(delta, TextDelta):
-                timeout, what = policy.token_timeout_s, "token"
+                timer.close()
             yield delta
     finally:
+        timer.close()
         deltas.close()  # closes the provider's HTTP response, whatever happened

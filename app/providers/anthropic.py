@@ -19,8 +19,10 @@ from app.providers.base import (
     TextDelta,
     UpstreamError,
     Usage,
+    error_for_event,
+    error_type_of,
 )
-from app.providers.sdk import guarded, http_options
+from app.providers.sdk import guarded, http_options, payload, sse_events
 
 # Anthropic's stop reasons, in the OpenAI vocabulary the gateway reports.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -55,7 +57,7 @@ class AnthropicProvider:
             options["system"] = system
         if request.temperature is not None:
             options["temperature"] = request.temperature
-        create: Any = self._client.messages.create  # typed per model; ours are plain
+        create: Any = self._client.messages.with_streaming_response.create
         return guarded(self.name, anthropic, lambda: create(
             model=request.model,
             max_tokens=request.max_tokens or self._default_max_tokens,
@@ -63,24 +65,30 @@ class AnthropicProvider:
                       for m in request.messages if m.role != "system"],
             stream=True,
             **options,
-        ), self._deltas)
+        ).__enter__(), self._deltas)
 
-    def _deltas(self, sdk_stream: Any) -> Iterator[Delta]:
+    def _deltas(self, response: Any) -> Iterator[Delta]:
         stop_reason = None
         input_tokens = output_tokens = None
-        for event in sdk_stream:
-            if event.type == "content_block_delta":
-                if event.delta.type == "text_delta" and event.delta.text:
-                    yield TextDelta(event.delta.text)
-            elif event.type == "message_start":
-                input_tokens = event.message.usage.input_tokens
-            elif event.type == "message_delta":
-                stop_reason = event.delta.stop_reason
-                output_tokens = event.usage.output_tokens
-            elif event.type == "message_stop":
+        for _, data in sse_events(response.iter_bytes()):
+            event = payload(self.name, data)
+            kind = event.get("type")
+            if kind == "content_block_delta":
+                delta = event.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    yield TextDelta(delta["text"])
+            elif kind == "message_start":
+                input_tokens = ((event.get("message") or {}).get("usage") or {}).get(
+                    "input_tokens")
+            elif kind == "message_delta":
+                stop_reason = (event.get("delta") or {}).get("stop_reason")
+                output_tokens = (event.get("usage") or {}).get("output_tokens")
+            elif kind == "message_stop":
                 yield Usage(input_tokens, output_tokens)
                 yield Finished(STOP_REASONS.get(stop_reason or "", stop_reason or "stop"))
                 return
+            elif kind == "error":
+                raise error_for_event(self.name, error_type_of(event))
         raise UpstreamError("anthropic ended the stream before the model finished",
                             provider=self.name)
 

@@ -2,7 +2,8 @@
 
 Serves OpenAI itself and every OpenAI-compatible server (vLLM, Ollama, ...)
 reached through ``OPENAI_BASE_URL``. Usage is asked for in the stream
-(``stream_options.include_usage``) so ``done`` can report it.
+(``stream_options.include_usage``) so ``done`` can report it. The body is read
+raw (see ``providers.sdk``): chat-completion chunks, then ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from app.providers.base import (
     TextDelta,
     UpstreamError,
     Usage,
+    error_for_event,
+    error_type_of,
 )
-from app.providers.sdk import guarded, http_options
+from app.providers.sdk import guarded, http_options, payload, sse_events
 
 
 class OpenAIProvider:
@@ -51,27 +54,34 @@ class OpenAIProvider:
             options["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             options["temperature"] = request.temperature
-        create: Any = self._client.chat.completions.create  # typed per model; ours are plain
+        create: Any = self._client.chat.completions.with_streaming_response.create
         return guarded(self.name, openai, lambda: create(
             model=request.model,
             messages=[{"role": m.role, "content": m.content} for m in request.messages],
             stream=True,
             stream_options={"include_usage": True},
             **options,
-        ), self._deltas)
+        ).__enter__(), self._deltas)
 
-    def _deltas(self, sdk_stream: Any) -> Iterator[Delta]:
+    def _deltas(self, response: Any) -> Iterator[Delta]:
         finish_reason = None
-        for chunk in sdk_stream:
-            for choice in chunk.choices:
-                if choice.index != 0:
+        for _, data in sse_events(response.iter_bytes()):
+            if data.startswith("[DONE]"):
+                break
+            chunk = payload(self.name, data)
+            if chunk.get("error"):  # an error inside the stream
+                raise error_for_event(self.name, error_type_of(chunk))
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:
                     continue
-                if choice.delta.content:
-                    yield TextDelta(choice.delta.content)
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
-            if chunk.usage is not None:
-                yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield TextDelta(text)
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+            usage = chunk.get("usage")
+            if usage:
+                yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
         if finish_reason is None:
             raise UpstreamError("openai ended the stream before the model finished",
                                 provider=self.name)
