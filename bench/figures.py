@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import servers
-from bench.client import Conn, StreamResult, Target, connect, http_request, result, run_streams
+from bench.client import (
+    Conn,
+    Parser,
+    StreamResult,
+    Target,
+    connect,
+    http_request,
+    result,
+    run_streams,
+    tokens_of,
+)
 from bench.stats import peak_overlap, summary
 from tests.fake_provider.__main__ import lorem_tokens
 
@@ -34,38 +44,50 @@ class Settings:
     burst_tokens: int = 50
     burst_delay: float = 0.02
     burst_deadline_s: float = 50
-    step_ns: tuple[int, ...] = (250, 500, 1000, 2000, 4000)
+    step_ns: tuple[int, ...] = (250, 350, 500, 700, 1000, 1400, 2000, 2800, 4000)
     step_tokens: int = 100  # at 10 tokens/s: a 10 s stream
     step_ramp_s: float = 5.0  # streams open evenly over this; all are open after it
     step_slack_s: float = 6.0
     step_restart: bool = True  # a fresh server for every step
     gap_limit_s: float = 0.25
+    ttft_limit_s: float = 1.0  # a stream that waits longer than this to start is not held
     mem_ns: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
         "gateway": (1000, 5000), "starlette": (1000, 5000), "flask-gthread": (200,),
         "flask-sync": (5,), "provider": (1000, 5000)})
+    # The same, but the provider sends one token and then nothing: memory of held, idle
+    # streams, whatever the server's CPU could keep up with.
+    mem_silent_ns: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
+        "gateway": (5000,), "starlette": (5000,), "provider": (5000,)})
     mem_rate: float = 400.0  # streams opened per second
     mem_settle_s: float = 3.0
     mem_sample_gap_s: float = 0.3
-    cpu_streams: int = 100
-    cpu_streams_sync: int = 25
-    cpu_tokens: tuple[int, int] = (200, 20)  # the workload, and the short one for the margin
-    cpu_delay: float = 0.01
+    # 50 streams at 20 tokens/s: 1,000 tokens/s, below what any server saturates at, so
+    # that no server merges tokens into fewer events because it fell behind.
+    cpu_streams: int = 50
+    cpu_streams_sync: int = 10
+    cpu_tokens: tuple[int, int] = (100, 20)  # the workload, and the short one for the margin
+    cpu_delay: float = 0.05
     cpu_pause_s: float = 0.3  # before and after each workload
     cancel_n: int = 30
     drop_n: int = 10
     drop_cap_s: float = 5.0
+    drop_servers: tuple[str, ...] | None = None  # None: all
     resume_n: int = 20
     restart_per_group: bool = True
+    scenario_wait_s: float = 60.0  # before each scenario, wait this long at most for quiet
+    total_wait_s: float = 300.0  # ... and this long in all
 
 
 SMOKE = Settings(
     lone_n=8, lone_warmup=2, burst_n=20, burst_reps=1, burst_tokens=10, burst_deadline_s=10,
-    step_ns=(20,), step_tokens=8, step_ramp_s=0.3, step_slack_s=3.0, step_restart=False,
+    step_ns=(20,), step_tokens=8, step_ramp_s=0.3, step_slack_s=6.0, step_restart=False,
     mem_ns={"gateway": (20,), "starlette": (20,), "flask-gthread": (20,), "flask-sync": (4,),
             "provider": (20,)},
-    mem_rate=200.0, mem_settle_s=0.3, mem_sample_gap_s=0.05, cpu_streams=10, cpu_streams_sync=4,
+    mem_silent_ns={"gateway": (20,)}, mem_rate=200.0, mem_settle_s=0.3, mem_sample_gap_s=0.05,
+    cpu_streams=10, cpu_streams_sync=4,
     cpu_tokens=(20, 5), cpu_delay=0.005, cpu_pause_s=0.05, cancel_n=3, drop_n=2,
-    drop_cap_s=0.5, resume_n=3, restart_per_group=False)
+    drop_cap_s=2.0, drop_servers=("gateway", "provider"), resume_n=3, restart_per_group=False,
+    scenario_wait_s=0.0)
 
 
 class Bench:
@@ -127,7 +149,11 @@ class Session:
             self.target = provider.target
         else:
             self.server = servers.Server(spec, provider.url)
-            self.server.wait_ready()
+            try:
+                self.server.wait_ready()
+            except BaseException:
+                self.server.stop(timeout=3)
+                raise
             self.target = self.server.target
 
     def pids(self) -> list[int]:
@@ -145,8 +171,6 @@ class Session:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(timeout=8 if self.spec.name == "gateway" else 3)
-            if self.server.popen.returncode in (0, -15):
-                self.server.cleanup_log()
 
     def request(self, model: str, **kw: Any) -> bytes:
         return self.target.stream_request(model, **kw)
@@ -252,8 +276,10 @@ async def step(bench: Bench, session: Session, n: int) -> dict[str, Any]:
     ttfts = [r.ttft for r in res if r.ttft is not None]
     ok = sum(r.ok for r in res)
     gap = summary(gaps, MS)
-    holds = ok == n and gap["p99"] is not None and gap["p99"] < s.gap_limit_s * MS
-    return {"n": n, "ok": ok, "holds": holds, "gap_ms": gap, "ttft_ms": summary(ttfts, MS),
+    ttft = summary(ttfts, MS)
+    holds = (ok == n and gap["p99"] is not None and gap["p99"] < s.gap_limit_s * MS
+             and ttft["p99"] is not None and ttft["p99"] < s.ttft_limit_s * MS)
+    return {"n": n, "ok": ok, "holds": holds, "gap_ms": gap, "ttft_ms": ttft,
             "errors": errors_of(res), "wall_s": wall, "server_cpu_s": cpu,
             "provider_cpu_s": fake_cpu, "loadgen_cpu_s": lg_cpu,
             "peak_open": peak_overlap([(c.t_start, c.t_end or c.t_start) for c in conns]),
@@ -263,22 +289,43 @@ async def step(bench: Bench, session: Session, n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 4. memory
 
 
-async def memory(bench: Bench, session: Session, n: int) -> dict[str, Any]:
-    """RSS with ``n`` streams held at 1 token/s, minus the RSS before them."""
+def _has_token(target: Target, conn: Conn) -> bool:
+    parser = Parser()  # a fresh one: the stream goes on, nothing is cached
+    for t, data in list(conn.chunks):
+        parser.feed(t, data)
+    try:
+        return bool(tokens_of(target.kind, parser.events)[0])
+    except ValueError:
+        return False
+
+
+async def memory(bench: Bench, session: Session, n: int, silent: bool = False
+                 ) -> dict[str, Any]:
+    """RSS with ``n`` streams held at 1 token/s (``silent``: one token, then nothing),
+    minus the RSS before them."""
     s = bench.s
     ramp_s = n / s.mem_rate
     tokens = int(ramp_s + s.mem_settle_s + 60)
-    model = (await bench.scenario(tokens, delay=1.0, record=False))[0]
+    behaviour: dict[str, Any] = {"delay": 1.0}
+    if silent:
+        behaviour.update(stall_after=1, stall_s=600)
+    model = (await bench.scenario(tokens, record=False, **behaviour))[0]
     await asyncio.sleep(s.mem_settle_s)
     base_rss, base_pss = session.rss(), session.pss()
     sample: dict[str, Any] = {}
 
     async def hold(conns: list[Conn]) -> None:
         deadline = now() + ramp_s + 60
-        while now() < deadline:  # until every stream has had its first token
-            await asyncio.sleep(0.05)
-            if now() > t0 + ramp_s and all(c.chunks or c.closed.done() for c in conns):
+        waiting = set(range(n))
+        while now() < deadline:  # until every stream has had its first token (or ended)
+            await asyncio.sleep(0.05 if len(waiting) < 100 else 0.5)
+            if now() < t0 + ramp_s:
+                continue
+            waiting = {i for i in waiting if not conns[i].closed.done()
+                       and not (conns[i].chunks and _has_token(session.target, conns[i]))}
+            if not waiting:
                 break
+        sample["first_token_waiting"] = len(waiting)
         await asyncio.sleep(s.mem_settle_s)
         rss, pss = [], []
         for _ in range(3):
@@ -288,9 +335,12 @@ async def memory(bench: Bench, session: Session, n: int) -> dict[str, Any]:
         t = now()
         sample["rss"] = sorted(rss)[1]
         sample["pss"] = sorted(pss)[1]
-        # Alive: open, and data came in the last 2.5 s (tokens come every second).
-        sample["alive"] = sum(1 for c in conns if not c.closed.done() and c.chunks
-                              and t - c.chunks[-1][0] < 2.5)
+        if silent:  # alive: open, and had its token
+            sample["alive"] = sum(1 for c in conns if not c.closed.done()
+                                  and _has_token(session.target, c))
+        else:  # alive: open, and data came in the last 2.5 s (tokens come every second)
+            sample["alive"] = sum(1 for c in conns if not c.closed.done() and c.chunks
+                                  and t - c.chunks[-1][0] < 2.5)
         sample["errors"] = sum(1 for c in conns if c.error)
 
     t0 = now()
@@ -299,7 +349,9 @@ async def memory(bench: Bench, session: Session, n: int) -> dict[str, Any]:
                                   rate=s.mem_rate, deadline_s=ramp_s + 70, hold=hold)
     alive = sample.get("alive", 0)
     rss, pss = sample.get("rss", 0), sample.get("pss", 0)
-    return {"n": n, "alive": alive, "errors": sample.get("errors"), "base_rss_kib": base_rss, "rss_kib": rss,
+    return {"n": n, "alive": alive, "errors": sample.get("errors"),
+            "no_token_after_60_s": sample.get("first_token_waiting"), "base_rss_kib": base_rss,
+            "rss_kib": rss,
             "base_pss_kib": base_pss, "pss_kib": pss,
             "rss_per_stream_kib": (rss - base_rss) / n if rss else None,
             "pss_per_stream_kib": (pss - base_pss) / n if pss else None,
@@ -327,8 +379,9 @@ async def cpu(bench: Bench, session: Session) -> dict[str, Any]:
         used, fake = session.cpu() - cpu0, bench.provider.cpu() - fake0
         res = results_of(session, conns, tokens)
         relayed = tokens * sum(r.ok for r in res)
+        events = sum(len(r.token_times) for r in res if r.ok)
         runs.append({"tokens_per_stream": tokens, "streams": streams, "ok": sum(r.ok for r in res),
-                     "tokens": relayed, "cpu_s": used, "provider_cpu_s": fake,
+                     "tokens": relayed, "token_events": events, "cpu_s": used, "provider_cpu_s": fake,
                      "loadgen_cpu_s": lg_cpu, "wall_s": wall, "errors": errors_of(res)})
     long, short = runs
     per_token = long["cpu_s"] / long["tokens"] if long["tokens"] else None

@@ -75,7 +75,7 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
     out.append(f"{m.get('date', '')}, `{results.get('mode')}` run, "
                f"{results.get('duration_s')} s. Written by `make bench` "
                "(`python -m bench.run`); every full run overwrites this file and the plots.\n")
-    out += [_machine(results), _how(results), _targets(results)]
+    out += [_glance(results), _machine(results), _how(results), _targets(results)]
     sections = [
         ("1", "## 1. Added time to first token, one stream at a time\n", _fig1),
         ("2", "## 2. 200 concurrent streams (50 tokens, 20 ms apart)\n", _fig2),
@@ -92,6 +92,10 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
             out.append("Not measured in this run.\n")
             continue
         out.append(render(results, figs[key]))
+    out.append("## Profile\n\nNot part of this run: `python -m bench.profile` samples the "
+               "gateway's worker with py-spy while it relays tokens and writes "
+               "`bench/results/profile/profile.md` (where the time goes per token) and "
+               "`stacks.txt` (collapsed stacks).\n")
     if plots:
         out.append("## Plots\n")
         out += [f"![{p}]({p})\n" for p in plots]
@@ -105,6 +109,46 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         out += [f"- {e}" for e in results["errors"]]
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _glance(results: dict[str, Any]) -> str:
+    f = results.get("figures", {})
+    lb1 = _get(f, "1", "provider", "ttft_ms")
+    lb2 = _get(f, "2", "provider", "ttft_ms")
+    rows = []
+    names = [n for n in ORDER if any(n in (f.get(k) or {}) for k in f)]
+    for name in names:
+        steps = _get(f, "3", name) or {}
+        held = max((int(n) for n, st in steps.items() if st.get("holds")), default=0)
+        broke = [int(n) for n, st in steps.items() if not st.get("holds")]
+        mem = [v for k, v in (_get(f, "4", name) or {}).items()
+               if not _failed(v) and "silent" not in k]
+        drop = _get(f, "7", name, "streaming")
+        drop_text = "–"
+        if drop and not _failed(drop):
+            drop_text = (_f(drop["ms"]["p99"], 2) if drop["closed"] == drop["n"]
+                         else f"{drop['closed']}/{drop['n']} closed by the {drop['cap_s']:g} s cap")
+        rows.append([
+            _label(results, name),
+            _f(_diff(_get(f, "1", name, "ttft_ms"), lb1, "p50"), 2) + " / "
+            + _f(_diff(_get(f, "1", name, "ttft_ms"), lb1, "p99"), 2),
+            _f(_diff(_get(f, "2", name, "ttft_ms"), lb2, "p50")) + " / "
+            + _f(_diff(_get(f, "2", name, "ttft_ms"), lb2, "p99")),
+            _f(_get(f, "2", name, "gap_ms", "p99")),
+            "–" if not steps else (f"{held:,}" if held else
+                                   f"< {min(int(n) for n in steps):,}") + (
+                f" (broke at {min(broke):,})" if broke else " (no step broke)"),
+            " / ".join(f"{_f(m['rss_per_stream_kib'])} (n={int(m['n']):,})" for m in mem
+                       if m["n"] >= 100) or ("– (holds 5 streams)" if mem else "–"),
+            _f(_get(f, "5", name, "us_per_token")),
+            drop_text,
+        ])
+    return "## Results at a glance\n\n" + _table(
+        ["server", "1. added TTFT, lone, p50 / p99 ms", "2. added TTFT at 200, p50 / p99 ms",
+         "2. gap p99 at 200, ms", "3. streams held at 10 tok/s", "4. KiB per stream",
+         "5. CPU µs per token", "7. drop → provider closed, p99 ms"], rows) + (
+        "\nThe lower bound's own row is 0 for added times by definition; details, ratios "
+        "and definitions below.\n")
 
 
 def _machine(results: dict[str, Any]) -> str:
@@ -233,9 +277,12 @@ def _targets(results: dict[str, Any]) -> str:
         rows.append(["1,000 streams at 10 tokens/s", "not reached" if steps else "–",
                      "**no**" if steps else "–"])
     mem = _get(f, "4", "gateway") or {}
-    big = mem.get(str(max((int(k) for k in mem), default=0)))
-    if big and not _failed(big):
-        add(f"{int(big['n']):,} streams at 1 token/s < 32 KiB each", big.get("rss_per_stream_kib"),
+    for key in sorted(mem, key=lambda k: (int(k.split()[0]), k)):
+        big = mem[key]
+        if _failed(big) or int(key.split()[0]) < max(int(k.split()[0]) for k in mem):
+            continue
+        what = "held, then silent" if "silent" in key else "at 1 token/s"
+        add(f"{int(big['n']):,} streams {what} < 32 KiB each", big.get("rss_per_stream_kib"),
             32, " KiB", f" ({big['alive']:,} of {big['n']:,} alive when sampled)")
     for key, what in (("7", "client drop"), ("6", "DELETE")):
         for mode in ("streaming", "silent"):
@@ -318,19 +365,22 @@ def _fig3(results: dict[str, Any], fig: dict[str, Any]) -> str:
                 why = f"{_failed(broke)}"
             else:
                 why = (f"{broke['n']:,}: {broke['ok']:,} complete & exact, gap p99 "
-                       f"{_f(broke['gap_ms']['p99'])} ms" + (
+                       f"{_f(broke['gap_ms']['p99'])} ms, TTFT p99 "
+                       f"{_f(broke['ttft_ms']['p99'])} ms" + (
                            "; " + "; ".join(f"{k} ×{c}" for k, c in broke["errors"].items())
                            if broke.get("errors") else ""))
         h = held[name]
-        rows.append([_label(results, name), f"{int(h or 0):,}" if h else "none tried held",
+        first = min((int(n) for n in steps), default=0)
+        rows.append([_label(results, name), f"{int(h or 0):,}" if h else f"< {first:,}",
                      why, _ratio(h, best_held) if name != "provider" and h else "–"])
     text = _table(["server", "most streams held", "first step that broke", "× best alternative"],
                   rows)
     text += (f"\nBest alternative: {_label(results, best)}.\n" if best else "")
     text += ("\n*Holds*: every stream answers 200, ends with its terminal event, its text is "
-             "exactly the provider's, and the p99 of all inter-token gaps (ramp included) "
-             "is under 250 ms. Steps stop at the first that breaks; the lower bound is run "
-             "one step past the best server.\n\nEvery step:\n\n")
+             "exactly the provider's, the p99 of all inter-token gaps (ramp included) is under "
+             "250 ms, and the p99 time to first token is under 1 s (a stream kept waiting "
+             "for a worker is not held). Steps stop at the first that breaks; the lower bound "
+             "is run one step past the best server.\n\nEvery step:\n\n")
     rows = []
     for name in _servers(results, fig):
         for n, st in fig[name].items():
@@ -349,32 +399,47 @@ def _fig3(results: dict[str, Any], fig: dict[str, Any]) -> str:
 
 
 def _fig4(results: dict[str, Any], fig: dict[str, Any]) -> str:
+    # Compared: rows of at least 100 streams (the sync workers' 5 streams say nothing per
+    # stream: their memory is allocated before any), the largest size each server ran.
     per: dict[str, float | None] = {}
     for name, sizes in fig.items():
-        ok = [v for v in sizes.values() if not _failed(v) and v.get("rss_per_stream_kib")]
+        ok = [v for k, v in sizes.items() if not _failed(v) and v.get("rss_per_stream_kib")
+              and "silent" not in k and v["n"] >= 100]
         per[name] = ok[-1]["rss_per_stream_kib"] if ok else None
     best, best_value = _best(per)
+    quiet = {name: next((v.get("rss_per_stream_kib") for k, v in sizes.items()
+                         if "silent" in k and not _failed(v)), None)
+             for name, sizes in fig.items()}
+    best_quiet = _best(quiet)[1]
     rows = []
     for name in _servers(results, fig):
         for n, v in fig[name].items():
             if _failed(v):
                 rows.append([_label(results, name), n, f"failed: {_failed(v)}"] + ["–"] * 7)
                 continue
-            rows.append([_label(results, name), f"{int(n):,}", f"{v['alive']:,}",
+            size, _, silent = n.partition(" ")
+            rows.append([_label(results, name), f"{int(size):,}" + (
+                " (one token, then silent)" if silent else ""), f"{v['alive']:,}",
                          _f(v["base_rss_kib"] / 1024), _f(v["rss_kib"] / 1024),
                          _f(v["rss_per_stream_kib"]), _f(v["pss_per_stream_kib"]),
                          _f(v["total_rss_per_stream_kib"]),
-                         _ratio(v["rss_per_stream_kib"], best_value)
-                         if name != "provider" else "–"])
+                         _ratio(v["rss_per_stream_kib"], best_quiet if silent else best_value)
+                         if name != "provider" and v["n"] >= 100 else "–"])
     fd = _get(results, "machine", "nofile_soft")
     return _table(["server", "streams", "alive when sampled", "RSS before MiB", "RSS with them MiB",
                    "KiB per stream (RSS delta)", "KiB per stream (PSS delta)",
                    "all RSS / streams KiB", "× best alternative"], rows) + \
         (f"\nBest alternative: {_label(results, best)}.\n" if best else "") + \
-        (f"\nRan with `ulimit -n` {fd}. *Alive*: open and received data in the last 2.5 s. "
+        (f"\nRan with `ulimit -n` {fd}. Memory is sampled once every stream has had its "
+         "first token (or after 60 s more at most). *Alive*: open and received data in the "
+         "last 2.5 s (for the silent rows: open and had its one token). "
          "The sync and gthread servers hold at most 5 and 256 streams (their workers/threads), "
          "so they were measured at that size; their memory is mostly allocated before any "
-         "stream (last column). The lower bound's row is the fake provider's own process.\n")
+         "stream (last column); the 5-stream row is left out of the comparison. The lower "
+         "bound's "
+         "row is the fake provider's own process. The Starlette app uses `AsyncOpenAI()` as "
+         "a blog post does, with the SDK's default pool of 1,000 connections: past 1,000 "
+         "streams the others wait for a connection (its *alive* column).\n")
 
 
 def _fig5(results: dict[str, Any], fig: dict[str, Any]) -> str:
@@ -406,26 +471,34 @@ def _fig5(results: dict[str, Any], fig: dict[str, Any]) -> str:
 
 
 def _close_rows(results: dict[str, Any], fig: dict[str, Any]) -> list[list[str]]:
+    best: dict[str, float | None] = {}
+    for mode in ("streaming", "silent"):
+        values = {n: (_get(v, mode, "ms", "p99") if _get(v, mode, "closed") == _get(v, mode, "n")
+                      else None) for n, v in fig.items()}
+        best[mode] = _best(values)[1]
     rows = []
     for name in _servers(results, fig):
         v = fig[name]
         for mode in ("streaming", "silent"):
             m = v.get(mode) if isinstance(v, dict) else None
             if _failed(v) or not m:
-                rows.append([_label(results, name), mode, f"failed: {_failed(v)}"] + ["–"] * 4)
+                rows.append([_label(results, name), mode, f"failed: {_failed(v)}"] + ["–"] * 5)
                 continue
             if _failed(m):
-                rows.append([_label(results, name), mode, f"failed: {_failed(m)}"] + ["–"] * 4)
+                rows.append([_label(results, name), mode, f"failed: {_failed(m)}"] + ["–"] * 5)
                 continue
             outcomes = "; ".join(f"{k} ×{c}" for k, c in m["outcomes"].items())
             rows.append([_label(results, name), mode, f"{m['closed']}/{m['n']}",
-                         _f(m["ms"]["p50"], 2), _f(m["ms"]["p99"], 2), outcomes,
+                         _f(m["ms"]["p50"], 2), _f(m["ms"]["p99"], 2),
+                         _ratio(m["ms"]["p99"], best[mode])
+                         if m["closed"] == m["n"] and name != "provider" else "–", outcomes,
                          _f(_get(m, "tokens_sent_after", "p50"), 0)])
     return rows
 
 
 HEAD_CLOSE = ["server", "provider", "closed within cap", "p50 ms", "p99 ms",
-              "provider's record", "tokens the provider sent after, p50"]
+              "p99 × best alternative", "provider's record",
+              "tokens the provider sent after, p50"]
 
 
 def _fig6(results: dict[str, Any], fig: dict[str, Any]) -> str:
@@ -441,7 +514,18 @@ def _fig7(results: dict[str, Any], fig: dict[str, Any]) -> str:
         "\nFrom the client closing its socket (FIN) after its first token to the fake provider "
         "seeing its connection closed; `complete` means the provider was never hung up on "
         "and sent its whole answer. The gateway's streams ask for `resume_grace_s: 0`. "
-        "The lower bound is the provider seeing its own client leave.\n")
+        "The lower bound is the provider seeing its own client leave.\n" + (
+        "\nWhy the Flask pattern does not close it: when the WSGI server's write fails it "
+        "closes the view's generator, but the openai SDK's `Stream` sits in a reference "
+        "cycle with its own `__stream__` generator (`self._iterator = self.__stream__()`), "
+        "so the `finally: response.close()` inside it runs only when the cyclic garbage "
+        "collector next visits that object: the provider connection stays open, and the "
+        "answer keeps being generated (and billed), for an unbounded time. With a silent "
+        "provider the worker does not even notice the client left: nothing is written. "
+        "The async version closes because the cancellation is raised inside the SDK's "
+        "generator.\n" if any(_get(fig, n, m, "closed") != _get(fig, n, m, "n")
+                                for n in ("flask-sync", "flask-gthread") if n in fig
+                                for m in ("streaming", "silent")) else ""))
 
 
 def _fig8(results: dict[str, Any], fig: dict[str, Any]) -> str:
@@ -471,14 +555,24 @@ def _load(results: dict[str, Any]) -> str:
             1e-9, sum(x["wall_s"] for x in loads))
         rows.append([key, _f(sum(x["wall_s"] for x in loads)), f"{mean:.2f}",
                      f"{worst['other_cores']:.2f} ({worst['server']}"
-                     f"{' ' + worst['slot'] if worst.get('slot') else ''})"])
+                     f"{' ' + worst['slot'] if worst.get('slot') else ''})",
+                     _f(float(sum(x.get("waited_s", 0) for x in loads)), 0)])
     return "## Load from other processes during the run\n\n" + _table(
-        ["figure", "seconds", "other processes, mean cores", "worst scenario"], rows) + (
+        ["figure", "seconds", "other processes, mean cores", "worst scenario",
+         "seconds waited for quiet before its scenarios"], rows) + (
         "\nAll CPU time on the machine (/proc/stat) minus this run's own processes "
-        "(harness, fake provider, server), over each scenario: 0 means nothing else ran.\n")
+        "(harness, fake provider, server), over each scenario: 0 means nothing else ran. "
+        "Before each scenario the run waits (up to 60 s, 5 min in all) until other processes "
+        "use less than 0.1 core over a second.\n")
 
 
 # --------------------------------------------------------------------------- plots
+
+
+def _plot_memory(sizes: dict[str, Any]) -> float | None:
+    rows = [v for k, v in sizes.items() if not _failed(v) and "silent" not in k
+            and v.get("n", 0) >= 100 and v.get("rss_per_stream_kib") is not None]
+    return float(rows[-1]["rss_per_stream_kib"]) if rows else None
 
 
 def plots(results: dict[str, Any], out: Path) -> list[str]:
@@ -508,9 +602,10 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         ax.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
-        if log:
+        if log and names:
             ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if names:
+            ax.legend(fontsize=8)
 
     if "1" in figs or "2" in figs:
         fig, axes = plt.subplots(1, 3, figsize=(13, 4))
@@ -547,9 +642,8 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     if "4" in figs or "5" in figs:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, key, title, unit, get in (
-                (axes[0], "4", "4. memory per held stream (RSS delta)", "KiB",
-                 lambda v: [x for x in v.values() if not _failed(x)][-1]["rss_per_stream_kib"]
-                 if [x for x in v.values() if not _failed(x)] else None),
+                (axes[0], "4", "4. memory per held stream (RSS delta, largest n >= 100)",
+                 "KiB", _plot_memory),
                 (axes[1], "5", "5. CPU per token relayed (all in)", "µs",
                  lambda v: v.get("us_per_token") if not _failed(v) else None)):
             data = figs.get(key, {})

@@ -60,6 +60,7 @@ class Runner:
         self.results: dict[str, Any] = {"figures": {}, "errors": [], "load": {}, "skipped": {}}
         self.provider: servers.Provider | None = None
         self.bench: Bench | None = None
+        self.waited_s = 0.0
 
     def fig(self, key: str) -> dict[str, Any]:
         figures_: dict[str, Any] = self.results["figures"]
@@ -74,9 +75,25 @@ class Runner:
         await figures.warm_up(self.bench, session)
         return session
 
+    async def settle(self) -> float:
+        """Before a scenario: wait while other processes load the machine (0.1 core or
+        more over a second), up to ``scenario_wait_s``, and ``total_wait_s`` in all."""
+        waited = 0.0
+        while self.waited_s < self.s.total_wait_s and waited < self.s.scenario_wait_s:
+            meter = machine.Meter().start()
+            await asyncio.sleep(1.0)
+            if meter.stop()["other_cores"] < 0.1:
+                break
+            waited += 1.0
+            self.waited_s += 1.0
+        if waited:
+            log(f"waited {waited:.0f} s for other processes to calm down")
+        return waited
+
     async def measure(self, key: str, name: str, what: Callable[[], Awaitable[Any]],
                       slot: str | None = None) -> None:
         """Run one scenario, keep its result (or its failure) and the machine's load."""
+        waited = await self.settle() if self.s.scenario_wait_s else 0.0
         meter = machine.Meter().start()
         started = time.monotonic()
         try:
@@ -92,7 +109,7 @@ class Runner:
             self.fig(key).setdefault(name, {})[slot] = value
         loads = self.results["load"].setdefault(key, [])
         loads.append({"server": name, **({"slot": slot} if slot else {}),
-                      **{k: round(v, 3) for k, v in load.items()}})
+                      **{k: round(v, 3) for k, v in load.items()}, "waited_s": waited})
         log(f"figure {key} on {name}{' ' + slot if slot else ''}: "
             f"{time.monotonic() - started:.1f} s, other processes used "
             f"{load['other_cores']:.2f} cores")
@@ -116,7 +133,9 @@ class Runner:
                 await self.measure("6", name, lambda: figures.cancel(bench, session))
             if name == "gateway" and self.wanted("8"):
                 await self.measure("8", name, lambda: figures.resume(bench, session))
-            if self.wanted("7"):  # last: the naive servers may keep orphaned streams going
+            drops = self.s.drop_servers
+            if self.wanted("7") and (drops is None or name in drops):
+                # Last: the naive servers may keep orphaned streams going.
                 await self.measure("7", name, lambda: figures.drop(bench, session))
         finally:
             if own:
@@ -151,11 +170,14 @@ class Runner:
             return
         assert self.bench is not None
         bench = self.bench
-        for n in self.s.mem_ns.get(name, ()):
+        runs = [(n, False) for n in self.s.mem_ns.get(name, ())]
+        runs += [(n, True) for n in self.s.mem_silent_ns.get(name, ())]
+        for n, silent in runs:
             current = session or await self.session(name)
             try:
-                await self.measure("4", name, lambda c=current, n=n: figures.memory(bench, c, n),
-                                   slot=str(n))
+                await self.measure(
+                    "4", name, lambda c=current, n=n, q=silent: figures.memory(bench, c, n, q),
+                    slot=f"{n} silent" if silent else str(n))
             finally:
                 if session is None:
                     current.stop()
@@ -220,7 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=None,
                         help="seconds to wait at most for a quiet machine (default 600; smoke 0)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: write results.md and the plots again from "
+                             "the results.json in --out")
     args = parser.parse_args(argv)
+    if args.report_only:
+        results = json.loads((args.out / "results.json").read_text())
+        plots = [] if args.no_plots else report.plots(results, args.out)
+        (args.out / "results.md").write_text(report.markdown(results, plots))
+        log(f"written: {args.out / 'results.md'}")
+        return 0
 
     settings = figures.SMOKE if args.smoke else Settings()
     names = (args.servers.split(",") if args.servers

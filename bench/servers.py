@@ -121,7 +121,9 @@ class Process:
         return [self.pid, *children_of(self.pid)]
 
     def stop(self, timeout: float = 10) -> None:
-        if self.popen.poll() is None:
+        """SIGTERM by pid, then SIGKILL; its log is kept only if it had exited by itself."""
+        exited_by_itself = self.popen.poll() is not None
+        if not exited_by_itself:
             descendants = children_of(self.pid)
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -137,6 +139,8 @@ class Process:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
         self.log.close()
+        if not exited_by_itself:
+            self.cleanup_log()
         with contextlib.suppress(ValueError):
             RUNNING.remove(self)
 
