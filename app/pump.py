@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _END = object()  # the provider's iterator is exhausted
 _FAIR_SHARE_S = 0.005  # the longest a busy greenlet runs before letting others in
+_WAITED_S = 0.001  # a pause this long between two items means the reader blocked
 _MERGE_LIMIT = 16 * 1024  # characters of waiting deltas merged into one token event
 _STOP = "stop"  # a local request to end the stream (shutdown)
 
@@ -138,14 +139,18 @@ class Pump:
 
     def _read_provider(self) -> None:
         try:
-            yielded_at = time.monotonic()
+            busy_since = last = time.monotonic()
             for item in stream_deltas(self._candidates, self._policy):
+                now = time.monotonic()
+                if now - last > _WAITED_S:
+                    busy_since = now  # this item was waited for: others ran meanwhile
+                last = now
                 self._inbox.put(item)
-                if time.monotonic() - yielded_at > _FAIR_SHARE_S:
+                if now - busy_since > _FAIR_SHARE_S:
                     # A socket that always has data never makes gevent switch:
                     # without this one fast provider would starve the worker.
                     gevent.sleep(0)
-                    yielded_at = time.monotonic()
+                    busy_since = time.monotonic()
             self._inbox.put(_END)
         except ProviderError as exc:
             self._inbox.put(exc)
@@ -184,10 +189,13 @@ class Pump:
             if now - yielded_at > _FAIR_SHARE_S:
                 gevent.sleep(0)  # a full inbox never blocks: let the others in
                 yielded_at = time.monotonic()
+            waits = self._inbox.empty()
             try:
                 item = self._inbox.get(timeout=wake - now)
             except gevent.queue.Empty:
                 continue
+            if waits:
+                yielded_at = time.monotonic()  # it blocked: the others ran
             if isinstance(item, TextDelta):
                 self._relay_text(item.text)
                 silence_ends = time.monotonic() + self._policy.token_timeout_s
