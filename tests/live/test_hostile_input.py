@@ -46,7 +46,7 @@ from app.sse import Decoder, Event
 from tests.conftest import record
 from tests.fake_provider import FakeProvider
 from tests.live.conftest import gateway_env
-from tests.live.gateway import GatewayServer
+from tests.live.gateway import ROOT, GatewayServer
 
 KEY = "sk-fuzz-key-1"
 RIGHT_AUTH = f"Bearer {KEY}"
@@ -67,7 +67,7 @@ CODES = {
 ALLOWED = {200, *CODES}
 TERMINAL = {"done", "error", "cancelled"}
 # Never in an answer unless the request itself carried it (an echoed model name).
-FORBIDDEN = ("Traceback", 'File "', "/work/", KEY, "sk-test-openai", "sk-ant-test")
+FORBIDDEN = ("Traceback", 'File "', str(ROOT), KEY, "sk-test-openai", "sk-ant-test")
 HEALTH_EVERY = 25  # examples between two liveness checks
 
 
