@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flask import current_app
 from flask_limiter import Limiter
 
+from app.api import current_gateway
 from app.api.caller import caller
-from app.gateway import Gateway
 
 # swallow_errors: with Redis down the limiter lets requests through, and the
 # broker, which needs Redis too, refuses them with a clear 503.
@@ -41,8 +40,7 @@ def rate(setting: str) -> Callable[[], str]:
     """The limit string of one route, from the running app's settings."""
 
     def value() -> str:
-        gateway: Gateway = current_app.extensions["gateway"]
-        limit: str = getattr(gateway.settings, setting)
+        limit: str = getattr(current_gateway().settings, setting)
         return limit
 
     return value

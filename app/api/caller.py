@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from flask import g, request
 
+from app.api import current_gateway
 from app.errors import Unauthorized
-from app.gateway import Gateway
 
 
 def key_id() -> str | None:
     """The request's API key id, or None (no key, a wrong key, or the gateway is open)."""
     if "key_id" not in g:
-        gateway: Gateway = current_app.extensions["gateway"]
-        g.key_id = gateway.keys.identify(request.headers.get("Authorization"))
+        g.key_id = current_gateway().keys.identify(request.headers.get("Authorization"))
     found: str | None = g.key_id
     return found
 
@@ -31,6 +30,5 @@ def authenticate() -> None:
     """Refuse a ``/v1`` request without a valid key, unless the gateway runs open."""
     if not request.path.startswith("/v1/") or request.method == "OPTIONS":
         return
-    gateway: Gateway = current_app.extensions["gateway"]
-    if not gateway.keys.open and key_id() is None:
+    if not current_gateway().keys.open and key_id() is None:
         raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")

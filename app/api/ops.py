@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from app import metrics
+from app.api import current_gateway
 from app.broker import BrokerError
-from app.gateway import Gateway
 from app.limits import limiter, rate, unlimited
 
 bp = Blueprint("ops", __name__)
-
-
-def _gateway() -> Gateway:
-    gateway: Gateway = current_app.extensions["gateway"]
-    return gateway
 
 
 @bp.get("/healthz")
@@ -25,7 +20,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """Can this worker serve: its broker answers, it is not draining; and with what."""
-    gateway = _gateway()
+    gateway = current_gateway()
     providers = {name: provider.available for name, provider in gateway.catalog.providers.items()}
     body = {"status": "ok", "broker": gateway.settings.broker_url.split("://")[0],
             "providers": providers}
@@ -47,4 +42,4 @@ def metrics_() -> Response:
 @bp.get("/v1/models")
 @limiter.limit(rate("ratelimit_models"), exempt_when=unlimited("ratelimit_models"))
 def models() -> Response:
-    return jsonify({"data": _gateway().catalog.listing()})
+    return jsonify({"data": current_gateway().catalog.listing()})

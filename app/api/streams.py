@@ -12,8 +12,9 @@ import re
 import secrets
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from app.api import current_gateway
 from app.api.caller import caller, key_id, owner
 from app.broker import RUNNING, Batch, PositionGone, StreamInfo, StreamNotFound
 from app.errors import (
@@ -42,15 +43,10 @@ log = logging.getLogger(__name__)
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
-def _gateway() -> Gateway:
-    gateway: Gateway = current_app.extensions["gateway"]
-    return gateway
-
-
 @bp.post("/streams")
 @limiter.limit(rate("ratelimit_create"), exempt_when=unlimited("ratelimit_create"))
 def create_stream() -> Response:
-    gateway = _gateway()
+    gateway = current_gateway()
     settings = gateway.settings
     body = _read_body(settings)
     candidates = [_candidate(gateway, model, body, "model" if i == 0 else f"fallbacks.{i - 1}")
@@ -118,7 +114,7 @@ def _candidate(gateway: Gateway, model: str, body: StreamRequest, param: str) ->
 @bp.get("/streams/<stream_id>/events")
 @limiter.limit(rate("ratelimit_events"), exempt_when=unlimited("ratelimit_events"))
 def stream_events(stream_id: str) -> Response:
-    gateway = _gateway()
+    gateway = current_gateway()
     info = _info_or_404(gateway, stream_id)
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or ""
     try:
@@ -143,13 +139,13 @@ def stream_events(stream_id: str) -> Response:
 @bp.get("/streams/<stream_id>")
 @limiter.limit(rate("ratelimit_status"), exempt_when=unlimited("ratelimit_status"))
 def stream_status(stream_id: str) -> Response:
-    return jsonify(_info_or_404(_gateway(), stream_id).public())
+    return jsonify(_info_or_404(current_gateway(), stream_id).public())
 
 
 @bp.delete("/streams/<stream_id>")
 @limiter.limit(rate("ratelimit_cancel"), exempt_when=unlimited("ratelimit_cancel"))
 def cancel_stream(stream_id: str) -> tuple[Response, int]:
-    gateway = _gateway()
+    gateway = current_gateway()
     info = _info_or_404(gateway, stream_id)
     if info.status != RUNNING:
         return jsonify(info.public()), 200

@@ -83,18 +83,28 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def open_stuck_client(server: GatewayServer, stream_id: str, model: str) -> socket.socket:
-    """POST a stream over a raw socket with a tiny window; the caller never reads it."""
-    body = json.dumps({"model": f"openai/{model}", "prompt": "x", "resume_grace_s": 0}).encode()
-    head = (f"POST /v1/streams HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
-            f"Content-Type: application/json\r\nX-Stream-ID: {stream_id}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+def small_window_socket(server: GatewayServer) -> socket.socket:
+    """A connection to the server whose receive window fills after a few KiB."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, MSS)
         sock.settimeout(10)
         sock.connect((server.host, server.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_stuck_client(server: GatewayServer, stream_id: str, model: str) -> socket.socket:
+    """POST a stream over a raw socket with a tiny window; the caller never reads it."""
+    body = json.dumps({"model": f"openai/{model}", "prompt": "x", "resume_grace_s": 0}).encode()
+    head = (f"POST /v1/streams HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
+            f"Content-Type: application/json\r\nX-Stream-ID: {stream_id}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    sock = small_window_socket(server)
+    try:
         sock.sendall(head + body)
     except BaseException:
         sock.close()
@@ -288,12 +298,8 @@ def test_a_slow_but_steady_reader_is_not_dropped(fake: FakeProvider) -> None:
         assert events[-1].event == "done"
         produced = len(first.raw)
         token_events = sum(e.event == "token" for e in events)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = small_window_socket(server)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, MSS)
-            sock.settimeout(10)
-            sock.connect((server.host, server.port))
             sock.sendall(f"GET /v1/streams/{stream_id}/events HTTP/1.1\r\n"
                          f"Host: {server.host}:{server.port}\r\n\r\n".encode())
             received = bytearray()
