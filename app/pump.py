@@ -1,14 +1,18 @@
 """Run one provider stream in a greenlet and append its events to the broker.
 
-Two greenlets per stream. The *reader* iterates the provider adapter and
-puts each delta into the pump's inbox; it does nothing else, so it can be
-killed at any moment: the kill lands in the socket read and the adapter's
-``finally`` closes the provider's HTTP response. The *pump* takes deltas,
-cancel requests, reader changes and shutdown from that one inbox, numbers
-the events, appends them to the broker, and ends the stream with exactly one
-terminal event. Whatever ends it (done, provider error, DELETE, the last
-reader gone past its grace, shutdown), the reader is killed first, so the
-provider connection is closed before readers learn the outcome.
+Two greenlets per stream. The *producer* is the hot path: it iterates the
+provider adapter and appends each text delta to the broker as a numbered,
+once-encoded ``token`` event itself, so a token costs one greenlet wake-up
+(the provider's socket) and no hand-off. The *pump* does everything else: it
+sleeps until a control message (cancel, readers changed, shutdown, the
+producer's end) or one of its deadlines (the producer tick, resume grace,
+silence between tokens, the stream's length), and ends the stream with exactly
+one terminal event. To end a stream early it interrupts the producer only
+while it is inside the provider read (never inside an append, so no event is
+half written): the interruption lands in the socket read and the adapter's
+``finally`` closes the provider's HTTP response. The producer is dead before
+the terminal event is appended, so the provider connection is closed before
+readers learn the outcome.
 """
 
 from __future__ import annotations
@@ -40,9 +44,12 @@ log = logging.getLogger(__name__)
 
 _END = object()  # the provider's iterator is exhausted
 _FAIR_SHARE_S = 0.005  # the longest a busy greenlet runs before letting others in
-_WAITED_S = 0.001  # a pause this long between two items means the reader blocked
-_MERGE_LIMIT = 16 * 1024  # characters of waiting deltas merged into one token event
+_WAITED_S = 0.001  # a pause this long between two items means the producer blocked
 _STOP = "stop"  # a local request to end the stream (shutdown)
+
+
+class _Interrupted(BaseException):
+    """Thrown into the producer's provider read when the pump ends the stream."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +82,19 @@ class Pump:
         self._caller = caller
         self._on_exit = on_exit
         self._stop_noticed: float | None = None  # when a cancel/disconnect/shutdown was seen
-        self._inbox: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self._inbox: gevent.queue.Queue[Any] = gevent.queue.Queue()  # control, not tokens
         self._next_id = 0
         self._started = 0.0
         self._first_token_at: float | None = None
+        self._last_token_at: float | None = None
         self._text_deltas = 0
+        self._counted = 0  # text deltas already added to the tokens metric
         self._retries = 0
         self._usage = Usage()
         self._finish_reason = "stop"
-        self._tokens_metric = metrics.TOKENS.labels(self._provider_name)
+        self._ending = False  # set by the pump: the producer must stop
+        self._reading = False  # the producer is inside the provider read
+        self._producer: gevent.Greenlet[Any, None] | None = None
         self.greenlet: gevent.Greenlet[Any, None] | None = None
 
     def start(self) -> None:
@@ -101,7 +112,7 @@ class Pump:
         self._inbox.put((_STOP, reason))
 
     def _run(self) -> None:
-        reader = gevent.spawn(self._read_provider)
+        self._producer = gevent.spawn(self._produce)
         outcome = None
         try:
             outcome = self._relay()
@@ -111,7 +122,7 @@ class Pump:
         except Exception:
             log.exception("stream %s: pump failed", self.stream_id)
         finally:
-            reader.kill(block=True, timeout=5)  # closes the provider connection
+            self._stop_producer()  # closes the provider connection
             if self._stop_noticed is not None and outcome is not None:
                 metrics.CANCEL_TO_CLOSED.labels(outcome.data["reason"]).observe(
                     time.monotonic() - self._stop_noticed)
@@ -128,6 +139,24 @@ class Pump:
             self._release_slot()
             self._on_exit(self)
 
+    def _stop_producer(self) -> None:
+        """Make the producer stop and wait until it has (and closed the provider)."""
+        producer = self._producer
+        if producer is None:
+            return
+        self._ending = True
+        if not producer.dead:
+            gevent.get_hub().loop.run_callback(self._interrupt_reading)
+            producer.join(timeout=5)
+            if not producer.dead:  # stuck in an append: the broker is wedged
+                producer.kill(block=True, timeout=5)
+
+    def _interrupt_reading(self) -> None:
+        """Runs in the hub, where the producer is parked: throw only into a provider read."""
+        producer = self._producer
+        if self._reading and producer is not None and not producer.dead:
+            producer.throw(_Interrupted)
+
     def _release_slot(self) -> None:
         if self._slot_owner is None:
             return
@@ -137,38 +166,79 @@ class Pump:
             log.warning("stream %s: could not release its slot; it lapses by itself",
                         self.stream_id)
 
-    def _read_provider(self) -> None:
+    def _produce(self) -> None:
+        """The producer: provider deltas straight into the broker, until the end or told."""
+        items = stream_deltas(self._candidates, self._policy)
         try:
             busy_since = last = time.monotonic()
-            for item in stream_deltas(self._candidates, self._policy):
+            while not self._ending:
+                self._reading = True
+                try:
+                    item = next(items, _END)
+                finally:
+                    self._reading = False
+                if self._ending:
+                    return
                 now = time.monotonic()
                 if now - last > _WAITED_S:
                     busy_since = now  # this item was waited for: others ran meanwhile
                 last = now
-                self._inbox.put(item)
+                if isinstance(item, TextDelta):
+                    self._relay_text(item.text, now)
+                elif item is _END:
+                    self._inbox.put(_END)
+                    return
+                else:
+                    self._note(item)
                 if now - busy_since > _FAIR_SHARE_S:
                     # A socket that always has data never makes gevent switch:
                     # without this one fast provider would starve the worker.
                     gevent.sleep(0)
                     busy_since = time.monotonic()
-            self._inbox.put(_END)
-        except ProviderError as exc:
+        except _Interrupted:
+            pass
+        except (ProviderError, BrokerUnavailable) as exc:
             self._inbox.put(exc)
         except Exception:
             log.exception("stream %s: provider adapter failed", self.stream_id)
             self._inbox.put(RuntimeError("adapter failed"))
+        finally:
+            items.close()  # closes the provider's HTTP response, whatever happened
+
+    def _note(self, item: Any) -> None:
+        """What the producer keeps of the items that are not text."""
+        if isinstance(item, Usage):
+            self._usage = Usage(item.input_tokens if item.input_tokens is not None
+                                else self._usage.input_tokens,
+                                item.output_tokens if item.output_tokens is not None
+                                else self._usage.output_tokens)
+        elif isinstance(item, Finished):
+            self._finish_reason = item.reason
+        elif isinstance(item, Answering):
+            if item.model != self._model:
+                metrics.FALLBACKS.labels(self._provider_of(item.model)).inc()
+            self._model = item.model
+            self._provider_name = self._provider_of(item.model)
+        elif isinstance(item, Retrying):
+            self._retries += 1
+            metrics.RETRIES.labels(item.error.provider).inc()
+            metrics.PROVIDER_ERRORS.labels(item.error.provider, item.error.code).inc()
+            log.info("stream %s: %s failed before its first token (%s); retrying in "
+                     "%.2f s", self.stream_id, item.model, item.error.code, item.delay)
 
     def _relay(self) -> Outcome:
+        """The pump: wait for control messages and deadlines; return how the stream ends."""
         grace_ends: float | None = None  # set while no reader is attached
         next_tick = time.monotonic() + self._tick_s
         gives_up = self._started + self._stream_timeout_s
-        silence_ends: float | None = None  # after the first token: the next one is due
-        yielded_at = time.monotonic()
         while True:
             now = time.monotonic()
             if grace_ends is not None and now >= grace_ends:
                 return self._cancelled("client_disconnected")
-            if silence_ends is not None and now >= silence_ends:
+            # After the first token the next one is due within the token timeout.
+            silence_ends = (self._last_token_at + self._policy.token_timeout_s
+                            if self._last_token_at is not None else gives_up)
+            if now >= silence_ends:
                 timeout = self._policy.token_timeout_s
                 return self._error("upstream_timeout", f"{self._provider_name} sent no token "
                                    f"within {timeout:g} s", retryable=True)
@@ -179,51 +249,26 @@ class Pump:
                 # Say we are alive, and catch a cancel or reader change whose
                 # notification was lost (pub/sub delivers at most once).
                 next_tick = now + self._tick_s
+                self._count_tokens()
                 cancel_reason, readers = self._broker.producer_tick(self.stream_id,
                                                                     self._slot_owner)
                 if cancel_reason:
                     return self._cancelled(cancel_reason)
                 grace_ends = self._grace(grace_ends, readers)
                 continue
-            wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends or gives_up)
-            if now - yielded_at > _FAIR_SHARE_S:
-                gevent.sleep(0)  # a full inbox never blocks: let the others in
-                yielded_at = time.monotonic()
-            waits = self._inbox.empty()
+            wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends)
             try:
                 item = self._inbox.get(timeout=wake - now)
             except gevent.queue.Empty:
                 continue
-            if waits:
-                yielded_at = time.monotonic()  # it blocked: the others ran
-            if isinstance(item, TextDelta):
-                self._relay_text(item.text)
-                silence_ends = time.monotonic() + self._policy.token_timeout_s
-            elif isinstance(item, Usage):
-                self._usage = Usage(item.input_tokens if item.input_tokens is not None
-                                    else self._usage.input_tokens,
-                                    item.output_tokens if item.output_tokens is not None
-                                    else self._usage.output_tokens)
-            elif isinstance(item, Finished):
-                self._finish_reason = item.reason
-            elif isinstance(item, Answering):
-                if item.model != self._model:
-                    metrics.FALLBACKS.labels(self._provider_of(item.model)).inc()
-                self._model = item.model
-                self._provider_name = self._provider_of(item.model)
-                self._tokens_metric = metrics.TOKENS.labels(self._provider_name)
-            elif isinstance(item, Retrying):
-                self._retries += 1
-                metrics.RETRIES.labels(item.error.provider).inc()
-                metrics.PROVIDER_ERRORS.labels(item.error.provider, item.error.code).inc()
-                log.info("stream %s: %s failed before its first token (%s); retrying in "
-                         "%.2f s", self.stream_id, item.model, item.error.code, item.delay)
-            elif item is _END:
+            if item is _END:
                 return self._done()
             elif isinstance(item, ProviderError):
                 self._provider_name = item.provider
                 metrics.PROVIDER_ERRORS.labels(item.provider, item.code).inc()
                 return self._error(item.code, item.message, item.retryable)
+            elif isinstance(item, BrokerUnavailable):
+                raise item
             elif isinstance(item, Exception):
                 return self._internal_error()
             elif item == CANCEL:
@@ -241,21 +286,26 @@ class Pump:
             return None
         return grace_ends if grace_ends is not None else time.monotonic() + self._grace_s
 
-    def _relay_text(self, text: str) -> None:
-        """Append one ``token`` event, merging the text deltas already waiting."""
-        parts = [text]
-        size = len(text)
-        while (size < _MERGE_LIMIT and not self._inbox.empty()
-               and isinstance(self._inbox.peek_nowait(), TextDelta)):
-            parts.append(self._inbox.get_nowait().text)
-            size += len(parts[-1])
-        self._text_deltas += len(parts)
-        self._tokens_metric.inc(len(parts))
+    def _relay_text(self, text: str, now: float) -> None:
+        """Append one ``token`` event (the producer's hot path)."""
+        self._text_deltas += 1
+        self._last_token_at = now
         if self._first_token_at is None:
-            self._first_token_at = time.monotonic()
+            self._first_token_at = now
             metrics.TIME_TO_FIRST_TOKEN.labels(self._provider_name).observe(
-                self._first_token_at - self._started)
-        self._append("token", {"content": "".join(parts)})
+                now - self._started)
+        self._append("token", {"content": text})
+
+    def _count_tokens(self) -> None:
+        """Add the text deltas relayed since the last call to the tokens metric.
+
+        Counted at each tick and at the end, not per token: the metric lags by
+        at most one tick, and the hot path does no shared-memory write.
+        """
+        relayed = self._text_deltas
+        if relayed > self._counted:
+            metrics.TOKENS.labels(self._provider_name).inc(relayed - self._counted)
+            self._counted = relayed
 
     def _append(self, event: str, data: dict[str, Any]) -> None:
         frame = sse.encode_event(self._next_id, event, data)
@@ -309,6 +359,7 @@ class Pump:
     def _account(self, outcome: Outcome) -> None:
         """Metrics and the one structured log line of a stream's end."""
         duration = time.monotonic() - self._started
+        self._count_tokens()
         reason = outcome.data.get("reason") or outcome.data.get("code") or outcome.data.get(
             "finish_reason", "")
         metrics.STREAMS_ACTIVE.dec()

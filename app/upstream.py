@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 import gevent
@@ -75,7 +75,7 @@ Item = Delta | Answering | Retrying
 
 
 def stream_deltas(candidates: Sequence[Candidate], policy: RetryPolicy,
-                  clock: Callable[[], float] = time.monotonic) -> Iterator[Item]:
+                  clock: Callable[[], float] = time.monotonic) -> Generator[Item, None, None]:
     """Yield the deltas of the first candidate that answers; raise the last error if none does.
 
     The time budget bounds the waiting between retries; every fallback still

@@ -1,8 +1,11 @@
 """The in-process broker (``memory://``): one worker, nothing shared.
 
-Under gunicorn's gevent worker ``threading`` is patched, so the conditions
-below are cooperative; the same code is thread-safe when used unpatched.
-Ended streams are forgotten ``ttl`` seconds after they end.
+Readers wait on an event that the next change sets and replaces: an append
+costs a list append and, only when someone waits, one wake-up (no lock, no
+condition). Under gunicorn's gevent worker ``threading`` is patched, so the
+events are gevent's; the same code works with real threads when unpatched
+(one writer per stream, as the pump is). Ended streams are forgotten ``ttl``
+seconds after they end.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class _Record:
     info: StreamInfo
     frames: list[bytes] = field(default_factory=list)
     offset: int = 0  # event id of frames[0]; older frames were dropped
-    changed: threading.Condition = field(default_factory=threading.Condition)
+    # Set, and replaced by a fresh one, on every change: readers wait on it.
+    changed: threading.Event = field(default_factory=lambda: threading.Event())
     leases: set[str] = field(default_factory=set)
     watchers: list[Watcher] = field(default_factory=list)
 
@@ -59,38 +63,34 @@ class MemoryBroker(Broker):
 
     def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
         record = self._get(stream_id)
-        with record.changed:
-            if event_id != record.info.last_event_id + 1:
-                raise ValueError(f"event {event_id} appended after {record.info.last_event_id}")
-            record.frames.append(frame)
-            if len(record.frames) >= 2 * self._max_events:  # drop in bulk: O(1) amortized
-                drop = len(record.frames) - self._max_events
-                del record.frames[:drop]
-                record.offset += drop
-            record.info.last_event_id = event_id
-            record.changed.notify_all()
+        self._add(record, event_id, frame)
+        self._changed(record)
 
     def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
                usage: dict[str, Any] | None = None) -> None:
         record = self._get(stream_id)
-        with record.changed:
-            self.append(stream_id, event_id, frame)
-            record.info.status = status
-            record.info.usage = usage
+        self._add(record, event_id, frame)
+        record.info.status = status
+        record.info.usage = usage
+        self._changed(record)
         self._expiry.append((time.monotonic() + self._ttl, stream_id))
 
     def read(self, stream_id: str, after: int, timeout: float) -> Batch:
         record = self._get(stream_id)
-        with record.changed:
-            record.changed.wait_for(
-                lambda: record.info.last_event_id > after or record.info.status in ENDED,
-                timeout)
-            last_id = record.info.last_event_id
-            first_kept = max(record.offset, last_id - self._max_events + 1)
-            if after + 1 < first_kept:
-                raise PositionGone(stream_id)
-            frames = record.frames[after + 1 - record.offset:] if last_id > after else []
-            return Batch(frames, max(after, last_id), record.info.status in ENDED)
+        deadline = time.monotonic() + timeout
+        while True:
+            changed = record.changed  # taken before looking: a change after sets it
+            if record.info.last_event_id > after or record.info.status in ENDED:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not changed.wait(remaining):
+                break
+        last_id = record.info.last_event_id
+        first_kept = max(record.offset, last_id - self._max_events + 1)
+        if after + 1 < first_kept:
+            raise PositionGone(stream_id)
+        frames = record.frames[after + 1 - record.offset:] if last_id > after else []
+        return Batch(frames, max(after, last_id), record.info.status in ENDED)
 
     def info(self, stream_id: str) -> StreamInfo | None:
         self._expire()
@@ -163,6 +163,22 @@ class MemoryBroker(Broker):
         if record is None:
             raise StreamNotFound(stream_id)
         return record
+
+    def _add(self, record: _Record, event_id: int, frame: bytes) -> None:
+        if event_id != record.info.last_event_id + 1:
+            raise ValueError(f"event {event_id} appended after {record.info.last_event_id}")
+        record.frames.append(frame)
+        if len(record.frames) >= 2 * self._max_events:  # drop in bulk: O(1) amortized
+            drop = len(record.frames) - self._max_events
+            del record.frames[:drop]
+            record.offset += drop
+        record.info.last_event_id = event_id
+
+    @staticmethod
+    def _changed(record: _Record) -> None:
+        """Wake the readers waiting on this record; later readers wait on a fresh event."""
+        changed, record.changed = record.changed, threading.Event()
+        changed.set()
 
     @staticmethod
     def _tell(record: _Record, what: str) -> None:
