@@ -11,6 +11,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import anthropic
+import httpx2
 
 from app.providers.base import (
     ChatRequest,
@@ -22,7 +23,7 @@ from app.providers.base import (
     error_for_event,
     error_type_of,
 )
-from app.providers.sdk import guarded, http_options, payload, sse_events
+from app.providers.sdk import drain, guarded, http_options, payload, sse_events
 
 # Anthropic's stop reasons, in the OpenAI vocabulary the gateway reports.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -51,26 +52,25 @@ class AnthropicProvider:
         return self._configured
 
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens or self._default_max_tokens,
+            "messages": [{"role": m.role, "content": m.content}
+                         for m in request.messages if m.role != "system"],
+            "stream": True,
+        }
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-        options: dict[str, Any] = {}
         if system:
-            options["system"] = system
+            body["system"] = system
         if request.temperature is not None:
-            options["temperature"] = request.temperature
-        create: Any = self._client.messages.with_streaming_response.create
-        return guarded(self.name, anthropic, lambda: create(
-            model=request.model,
-            max_tokens=request.max_tokens or self._default_max_tokens,
-            messages=[{"role": m.role, "content": m.content}
-                      for m in request.messages if m.role != "system"],
-            stream=True,
-            **options,
-        ).__enter__(), self._deltas)
+            body["temperature"] = request.temperature
+        return guarded(self.name, anthropic, self._client, "/v1/messages", body, self._deltas)
 
-    def _deltas(self, response: Any) -> Iterator[Delta]:
+    def _deltas(self, response: httpx2.Response) -> Iterator[Delta]:
         stop_reason = None
         input_tokens = output_tokens = None
-        for _, data in sse_events(response.iter_bytes()):
+        chunks = response.iter_bytes()
+        for _, data in sse_events(chunks):
             event = payload(self.name, data)
             kind = event.get("type")
             if kind == "content_block_delta":
@@ -84,6 +84,7 @@ class AnthropicProvider:
                 stop_reason = (event.get("delta") or {}).get("stop_reason")
                 output_tokens = (event.get("usage") or {}).get("output_tokens")
             elif kind == "message_stop":
+                drain(chunks)
                 yield Usage(input_tokens, output_tokens)
                 yield Finished(STOP_REASONS.get(stop_reason or "", stop_reason or "stop"))
                 return

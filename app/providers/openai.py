@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from typing import Any
 
+import httpx2
 import openai
 
 from app.providers.base import (
@@ -23,7 +24,7 @@ from app.providers.base import (
     error_for_event,
     error_type_of,
 )
-from app.providers.sdk import guarded, http_options, payload, sse_events
+from app.providers.sdk import drain, guarded, http_options, payload, sse_events
 
 
 class OpenAIProvider:
@@ -49,24 +50,24 @@ class OpenAIProvider:
         return self._configured
 
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
-        options: dict[str, Any] = {}
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if request.max_tokens is not None:
-            options["max_tokens"] = request.max_tokens
+            body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
-            options["temperature"] = request.temperature
-        create: Any = self._client.chat.completions.with_streaming_response.create
-        return guarded(self.name, openai, lambda: create(
-            model=request.model,
-            messages=[{"role": m.role, "content": m.content} for m in request.messages],
-            stream=True,
-            stream_options={"include_usage": True},
-            **options,
-        ).__enter__(), self._deltas)
+            body["temperature"] = request.temperature
+        return guarded(self.name, openai, self._client, "/chat/completions", body, self._deltas)
 
-    def _deltas(self, response: Any) -> Iterator[Delta]:
+    def _deltas(self, response: httpx2.Response) -> Iterator[Delta]:
         finish_reason = None
-        for _, data in sse_events(response.iter_bytes()):
+        chunks = response.iter_bytes()
+        for _, data in sse_events(chunks):
             if data.startswith("[DONE]"):
+                drain(chunks)
                 break
             chunk = payload(self.name, data)
             if chunk.get("error"):  # an error inside the stream

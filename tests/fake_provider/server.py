@@ -103,6 +103,7 @@ class Call:
     body: JSON
     headers: dict[str, str]  # lower-cased names
     opened_at: float  # time.monotonic() when the request had been read
+    peer: tuple[str, int] | None = None  # the client's address: one per connection
     tokens_sent: int = 0
     outcome: Outcome | None = None
     closed_at: float | None = None  # time.monotonic() when the outcome was reached
@@ -517,7 +518,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = str(body.get("model", ""))
         headers = {name.lower(): value for name, value in self.headers.items()}
-        call, behaviour = self.server.provider._open_call(model, path, body, headers)
+        call, behaviour = self.server.provider._open_call(model, path, body, headers,
+                                                          peer=self.client_address[:2])
         _Exchange(self, call, dialect_type(model, body)).run(behaviour)
 
     def _read_body(self) -> bytes:
@@ -765,7 +767,8 @@ class FakeProvider:
         return call
 
     def _open_call(
-        self, model: str, path: str, body: JSON, headers: dict[str, str]
+        self, model: str, path: str, body: JSON, headers: dict[str, str],
+        peer: tuple[str, int] | None = None,
     ) -> tuple[Call, Behaviour | None]:
         call = Call(
             model=model,
@@ -773,6 +776,7 @@ class FakeProvider:
             body=body,
             headers=headers,
             opened_at=time.monotonic(),
+            peer=peer,
         )
         with self._cond:
             index = self._counts.get(model, 0)

@@ -50,6 +50,21 @@ def test_tokens_relay_exactly_with_ids_and_one_terminal_event(
                       "usage": {"input_tokens": 11, "output_tokens": 13}}
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_finished_streams_reuse_the_provider_connection(
+        gateway: GatewayServer, fake: FakeProvider, provider: str) -> None:
+    """The body is read to its end after the last event, so the connection goes back
+    to the pool: the next stream skips the TCP (and, for real providers, TLS) handshake."""
+    model = fake.scenario(tokens=["a", "b"])
+    for _ in range(3):
+        events = gateway.stream("POST", "/v1/streams",
+                                {"model": f"{provider}/{model}", "prompt": "hi"}).read_all()
+        assert [e.event for e in events] == ["start", "token", "token", "done"]
+    calls = fake.calls(model)
+    assert [c.outcome for c in calls] == ["complete"] * 3
+    assert len({c.peer for c in calls}) == 1, [c.peer for c in calls]
+
+
 def test_openai_request_asks_for_usage_and_passes_options(
         gateway: GatewayServer, fake: FakeProvider) -> None:
     model = fake.scenario(tokens=["ok"])
