@@ -136,5 +136,8 @@ class Feed:
 def _chunks(frames: list[bytes]) -> Iterator[bytes]:
     """The frames as writes of at most _WRITE_CHUNK bytes (a big frame is split)."""
     data = b"".join(frames)
+    if len(data) <= _WRITE_CHUNK:
+        yield data  # the usual case: no slice, no copy
+        return
     for start in range(0, len(data), _WRITE_CHUNK):
         yield data[start:start + _WRITE_CHUNK]

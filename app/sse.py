@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PING = b": ping\n\n"
 
@@ -38,9 +37,8 @@ def encode_comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
-@dataclass(frozen=True)
-class Event:
-    """One dispatched event as a WHATWG client sees it."""
+class Event(NamedTuple):
+    """One dispatched event as a WHATWG client sees it (a tuple: cheap to build)."""
 
     event: str
     data: str
@@ -84,6 +82,11 @@ class Decoder:
         if self._pending_cr and buffer.startswith(b"\n"):
             buffer = buffer[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
+        if b"\r" not in buffer:  # the usual case, LF only: one split
+            *lines, self._buffer = buffer.split(b"\n")
+            for line in lines:
+                yield self._text(line)
+            return
         start = 0
         length = len(buffer)
         while start < length:
@@ -102,12 +105,15 @@ class Decoder:
                     self._pending_cr = True
             else:
                 start = end + 1
-            text = line.decode("utf-8", errors="replace")
-            if not self._started:
-                self._started = True
-                text = text.removeprefix("\ufeff")
-            yield text
+            yield self._text(line)
         self._buffer = buffer[start:]
+
+    def _text(self, line: bytes) -> str:
+        text = line.decode("utf-8", errors="replace")
+        if not self._started:
+            self._started = True
+            text = text.removeprefix("\ufeff")  # a byte order mark only at the very start
+        return text
 
     def _process(self, line: str) -> Event | None:
         if line == "":

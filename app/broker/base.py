@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 RUNNING, DONE, ERROR, CANCELLED = "running", "done", "error", "cancelled"
 ENDED = (DONE, ERROR, CANCELLED)
@@ -74,13 +74,12 @@ class BrokerOptions:
     lost_frame: Callable[[int, StreamInfo], bytes] | None = None
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     """The result of one read: frames after a position, and whether the stream ended."""
 
-    frames: list[bytes] = field(default_factory=list)
-    last_id: int = -1  # id of the last frame returned, or the position asked for
-    ended: bool = False  # nothing will follow these frames
+    frames: list[bytes]
+    last_id: int  # id of the last frame returned, or the position asked for
+    ended: bool  # nothing will follow these frames
 
 
 class Broker(ABC):
