@@ -16,6 +16,7 @@ from flask_limiter import Limiter
 
 from app.api import current_gateway
 from app.api.caller import caller
+from app.settings import RATE_SETTINGS
 
 # swallow_errors: with Redis down the limiter lets requests through, and the
 # broker, which needs Redis too, refuses them with a clear 503.
@@ -34,6 +35,13 @@ class _WithoutTraceback(logging.Filter):
 
 
 logging.getLogger("flask-limiter").addFilter(_WithoutTraceback())
+
+
+@limiter.request_filter
+def _no_rates() -> bool:
+    """With every rate empty, skip flask-limiter's work altogether (~0.3 ms a request)."""
+    settings = current_gateway().settings
+    return not any(getattr(settings, name) for name in RATE_SETTINGS)
 
 
 def rate(setting: str) -> Callable[[], str]:

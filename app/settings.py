@@ -20,6 +20,9 @@ import limits
 import config
 
 BROKER_SCHEMES = ("memory", "redis", "rediss")
+# The per-route request rates, flask-limiter's notation; empty means no limit.
+RATE_SETTINGS = ("ratelimit_create", "ratelimit_events", "ratelimit_status",
+                 "ratelimit_cancel", "ratelimit_models")
 
 
 class SettingsError(ValueError):
@@ -142,8 +145,7 @@ class Settings:
             provider, _, name = model.partition("/")
             if not provider or not name:
                 raise SettingsError(f"MODELS entry {model!r} is not 'provider/model'")
-        for name in ("ratelimit_create", "ratelimit_events", "ratelimit_status",
-                     "ratelimit_cancel", "ratelimit_models"):
+        for name in RATE_SETTINGS:
             value = getattr(self, name)
             try:
                 if value:
