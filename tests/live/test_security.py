@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import re
 import secrets
 from collections.abc import Iterator
 
@@ -145,21 +144,24 @@ def test_open_gateway_says_so_and_limits_by_address(fake: FakeProvider) -> None:
         assert statuses == [200, 200, 429, 200, 200]
 
 
-def test_rate_limits_are_shared_by_workers_through_redis(fake: FakeProvider) -> None:
+def test_rate_limits_are_shared_by_processes_through_redis(fake: FakeProvider) -> None:
+    """Two gateway processes (as two workers or two hosts would be) count one rate.
+
+    Which worker of one instance accepts a connection is the kernel's choice
+    (sequential requests often all reach the same one), so the requests
+    alternate between two instances instead: each would allow 6 on its own."""
     key = f"sk-shared-{secrets.token_hex(6)}"
-    env = gateway_env(fake, REDIS_URL=REDIS_URL, WORKERS="2", RATELIMIT_CREATE="6/minute",
-                      API_KEYS=key, ACCESS_LOG="-")
-    with GatewayServer(env) as server:
+    env = gateway_env(fake, REDIS_URL=REDIS_URL, RATELIMIT_CREATE="6/minute", API_KEYS=key)
+    with GatewayServer(env) as first, GatewayServer(env) as second:
         statuses = []
-        for _ in range(14):  # a new connection each time: they spread over both workers
+        for index in range(14):
+            server = (first, second)[index % 2]
             stream = server.stream("POST", "/v1/streams", {"model": "demo/echo", "prompt": "x"},
                                    headers=bearer(key))
             statuses.append(stream.status)
             stream.read_all()
         assert statuses.count(200) == 6 and statuses.count(429) == 8
-        served_by = re.findall(r'"POST /v1/streams HTTP/1.1" (\d+) .* pid=<(\d+)>', server.log())
-        assert len(served_by) == 14
-        assert len({pid for _, pid in served_by}) == 2  # both workers answered: one count
+        assert statuses[:6] == [200] * 6  # both instances served, then both refused
 
 
 def test_cors_allow_list_preflight_and_exposed_headers(fake: FakeProvider) -> None:
