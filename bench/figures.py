@@ -53,11 +53,11 @@ class Settings:
     ttft_limit_s: float = 1.0  # a stream that waits longer than this to start is not held
     mem_ns: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
         "gateway": (1000, 5000), "starlette": (1000, 5000), "flask-gthread": (200,),
-        "flask-sync": (5,), "provider": (1000, 5000)})
+        "flask-sync": (5,), "floor": (1000, 5000), "provider": (1000, 5000)})
     # The same, but the provider sends one token and then nothing: memory of held, idle
     # streams, whatever the server's CPU could keep up with.
     mem_silent_ns: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
-        "gateway": (5000,), "starlette": (5000,), "provider": (5000,)})
+        "gateway": (5000,), "starlette": (5000,), "floor": (5000,), "provider": (5000,)})
     mem_rate: float = 400.0  # streams opened per second
     mem_settle_s: float = 3.0
     mem_sample_gap_s: float = 0.3
@@ -71,7 +71,9 @@ class Settings:
     cancel_n: int = 30
     drop_n: int = 10
     drop_cap_s: float = 5.0
-    drop_servers: tuple[str, ...] | None = None  # None: all
+    # The floor watches no disconnects: like the Flask pattern, it would close nothing.
+    drop_servers: tuple[str, ...] | None = ("gateway", "starlette", "flask-gthread",
+                                            "flask-sync", "provider")
     resume_n: int = 20
     restart_per_group: bool = True
     scenario_wait_s: float = 60.0  # before each scenario, wait this long at most for quiet

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 ALTERNATIVES = ("starlette", "flask-gthread", "flask-sync")
-ORDER = ("gateway", "starlette", "flask-gthread", "flask-sync", "provider")
+ORDER = ("gateway", "starlette", "flask-gthread", "flask-sync", "floor", "provider")
 
 
 def _f(value: Any, digits: int = 1, unit: str = "") -> str:
@@ -588,7 +588,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     figs = results.get("figures", {})
     written = []
     colors = {"gateway": "#1f77b4", "starlette": "#2ca02c", "flask-gthread": "#ff7f0e",
-              "flask-sync": "#d62728", "provider": "#7f7f7f"}
+              "flask-sync": "#d62728", "floor": "#9467bd", "provider": "#7f7f7f"}
 
     def bars(ax: Any, key: str, metric: str, title: str, unit: str, log: bool = True) -> None:
         fig = figs.get(key, {})

@@ -30,7 +30,7 @@ from bench import figures, machine, report, servers
 from bench.figures import Bench, Session, Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FULL_SERVERS = ("gateway", "starlette", "flask-gthread", "flask-sync", "provider")
+FULL_SERVERS = ("gateway", "starlette", "flask-gthread", "flask-sync", "floor", "provider")
 SMOKE_SERVERS = ("gateway", "flask-gthread", "starlette", "provider")
 
 

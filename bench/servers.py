@@ -229,6 +229,8 @@ class Spec:
             return [*py, "gunicorn", "--no-control-socket", "--worker-class", "gthread",
                     "--workers", "2", "--threads", "128", "--bind", f"fd://{fd}",
                     "bench.alternatives.flask_naive:app"]
+        if self.name == "floor":
+            return [*py, "bench.alternatives.gevent_floor", "--fd", str(fd)]
         if self.name == "starlette":
             return [*py, "uvicorn", "--fd", str(fd), "bench.alternatives.starlette_sse:app"]
         raise ValueError(self.name)
@@ -264,6 +266,9 @@ SPECS = {
     "starlette": Spec("starlette", "Starlette + sse-starlette + AsyncOpenAI, uvicorn", "alt",
                       "uvicorn, 1 process (uvloop + httptools), sse-starlette "
                       "EventSourceResponse, AsyncOpenAI", "sse_starlette"),
+    "floor": Spec("floor", "bare gevent relay, no framework (a floor, not deployable)", "alt",
+                  "bench/alternatives/gevent_floor.py: one gevent process, raw sockets, "
+                  "hand-parsed HTTP, json; no timeouts, errors or disconnect watch", "gevent"),
     "provider": Spec("provider", "fake provider directly (lower bound)", "openai",
                      "the client reads the fake provider's OpenAI stream itself"),
 }
