@@ -67,7 +67,6 @@ class Settings:
     stream_timeout_s: float
     write_timeout_s: float
     provider_connect_timeout_s: float
-    provider_read_timeout_s: float
     shutdown_margin_s: float
     demo_ttft_s: float
     demo_token_delay_s: float
@@ -124,7 +123,7 @@ class Settings:
         positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens",
                     "max_content_length", "max_messages", "max_events_per_stream",
                     "producer_timeout_s", "redis_max_connections", "max_active_streams",
-                    "provider_connect_timeout_s", "provider_read_timeout_s", "retry_ms",
+                    "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
                     "stream_timeout_s", "write_timeout_s")
         for name in positive:

@@ -78,9 +78,9 @@ class Default:
     STREAM_TIMEOUT_S = 1800.0
     # A client that accepts no bytes for this long is dropped.
     WRITE_TIMEOUT_S = 30.0
-    # Provider HTTP timeouts: connecting, and the longest silence while reading.
+    # Connecting to a provider. Silence on its connection is bounded by
+    # TTFT_TIMEOUT_S and TOKEN_TIMEOUT_S, not by a socket read timeout.
     PROVIDER_CONNECT_TIMEOUT_S = 5.0
-    PROVIDER_READ_TIMEOUT_S = 120.0
     # Seconds before the graceful timeout at which streams still running on a
     # stopping worker are ended with 'cancelled'/'shutdown'.
     SHUTDOWN_MARGIN_S = 3.0

@@ -22,8 +22,7 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     from app.providers.openai import OpenAIProvider
 
     http: dict[str, Any] = {"max_connections": settings.max_active_streams,
-                            "connect_timeout": settings.provider_connect_timeout_s,
-                            "read_timeout": settings.provider_read_timeout_s}
+                            "connect_timeout": settings.provider_connect_timeout_s}
     providers: list[Provider] = [
         DemoProvider(ttft_s=settings.demo_ttft_s, token_delay_s=settings.demo_token_delay_s),
         OpenAIProvider(api_key=settings.openai_api_key, base_url=settings.openai_base_url, **http),

@@ -36,7 +36,7 @@ class AnthropicProvider:
     name = "anthropic"
 
     def __init__(self, *, api_key: str, base_url: str, max_connections: int,
-                 connect_timeout: float, read_timeout: float, default_max_tokens: int) -> None:
+                 connect_timeout: float, default_max_tokens: int) -> None:
         self._configured = bool(api_key)
         self._default_max_tokens = default_max_tokens
         self._client = anthropic.Anthropic(
@@ -44,7 +44,7 @@ class AnthropicProvider:
             base_url=base_url or None,
             max_retries=0,
             **http_options(anthropic.DefaultHttpxClient, max_connections,
-                           connect_timeout, read_timeout),
+                           connect_timeout),
         )
 
     @property

@@ -33,7 +33,7 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, *, api_key: str, base_url: str, max_connections: int,
-                 connect_timeout: float, read_timeout: float) -> None:
+                 connect_timeout: float) -> None:
         self._configured = bool(api_key or base_url)
         # A local OpenAI-compatible server usually needs no key, but the SDK
         # refuses to start without one.
@@ -42,7 +42,7 @@ class OpenAIProvider:
             base_url=base_url or None,
             max_retries=0,  # retries are the gateway's, before the first token only
             **http_options(openai.DefaultHttpxClient, max_connections,
-                           connect_timeout, read_timeout),
+                           connect_timeout),
         )
 
     @property

@@ -126,9 +126,15 @@ def translate(exc: Exception, *, provider: str, sdk: ModuleType) -> ProviderErro
 
 
 def http_options(client_factory: Callable[..., httpx2.Client], max_connections: int,
-                 connect_timeout: float, read_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for an SDK client: timeouts and a pool sized for the worker."""
-    timeout = httpx2.Timeout(connect=connect_timeout, read=read_timeout, write=10.0,
+                 connect_timeout: float) -> dict[str, Any]:
+    """Keyword arguments for an SDK client: timeouts and a pool sized for the worker.
+
+    No read timeout: silence is bounded by the gateway itself, ``TTFT_TIMEOUT_S``
+    before the first token (``upstream``) and ``TOKEN_TIMEOUT_S`` after it (the
+    pump), and either closes the connection. A socket timeout would start and
+    cancel a timer on every read, about 12 µs of CPU per token.
+    """
+    timeout = httpx2.Timeout(connect=connect_timeout, read=None, write=10.0,
                              pool=connect_timeout)
     limits = httpx2.Limits(max_connections=max_connections,
                            max_keepalive_connections=min(max_connections, 100))

@@ -71,14 +71,3 @@ def test_unreachable_provider(fake: FakeProvider) -> None:
         assert events[-1].json() == {"code": "upstream_unavailable",
                                      "message": "the connection to openai failed",
                                      "retryable": True, "provider": "openai"}
-
-
-def test_provider_read_timeout(fake: FakeProvider) -> None:
-    from tests.live.conftest import gateway_env
-
-    with GatewayServer(gateway_env(fake, PROVIDER_READ_TIMEOUT_S="0.5")) as server:
-        model = fake.scenario(tokens=["a", "b"], stall_after=1, stall_s=30)
-        events = run(server, f"openai/{model}")
-        assert tokens_text(events) == "a"
-        assert events[-1].json()["code"] == "upstream_timeout"
-        assert fake.wait_closed(model, timeout=5).outcome == "peer_closed"
