@@ -25,6 +25,7 @@ from app.providers.base import (
 )
 from app.providers.demo import DemoProvider
 from app.providers.openai import OpenAIProvider
+from app.providers.sdk import POOL_STREAMS
 from tests.fake_provider import FakeProvider
 
 HTTP: dict[str, Any] = {"max_connections": 10, "connect_timeout": 2.0}
@@ -54,6 +55,27 @@ def test_deltas_in_order(fake: FakeProvider, providers: dict[str, Any], name: st
     assert texts == ["a", "b\n", "😀"]
     assert Usage(3, 4) in deltas
     assert deltas[-1] == Finished("stop")
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_streams_take_the_pools_in_turn_and_reuse_their_connections(
+        fake: FakeProvider, name: str) -> None:
+    """Room for 2 x POOL_STREAMS streams: two pools; each finished stream leaves its
+    connection in its pool for that pool's next stream."""
+    http = {"max_connections": 2 * POOL_STREAMS, "connect_timeout": 2.0}
+    provider = (OpenAIProvider(api_key="sk-x", base_url=f"{fake.url}/v1", **http)
+                if name == "openai" else
+                AnthropicProvider(api_key="sk-ant-x", base_url=fake.url,
+                                  default_max_tokens=100, **http))
+    try:
+        model = fake.scenario(tokens=["a"])
+        for _ in range(4):
+            assert TextDelta("a") in list(provider.stream(request(model)))
+        peers = [call.peer for call in fake.calls(model)]
+        assert [call.outcome for call in fake.calls(model)] == ["complete"] * 4
+        assert peers[0] == peers[2] and peers[1] == peers[3] and peers[0] != peers[1], peers
+    finally:
+        provider.close()
 
 
 @pytest.mark.parametrize("name", ["openai", "anthropic"])

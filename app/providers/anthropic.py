@@ -23,7 +23,7 @@ from app.providers.base import (
     error_for_event,
     error_type_of,
 )
-from app.providers.sdk import drain, guarded, http_options, payload, sse_events
+from app.providers.sdk import ClientPools, drain, guarded, payload, sse_events
 
 # Anthropic's stop reasons, in the OpenAI vocabulary the gateway reports.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -31,7 +31,7 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 
 
 class AnthropicProvider:
-    """The ``anthropic/<model>`` provider; one SDK client per process, reused."""
+    """The ``anthropic/<model>`` provider; SDK clients built once per process, reused."""
 
     name = "anthropic"
 
@@ -39,13 +39,13 @@ class AnthropicProvider:
                  connect_timeout: float, default_max_tokens: int) -> None:
         self._configured = bool(api_key)
         self._default_max_tokens = default_max_tokens
-        self._client = anthropic.Anthropic(
+        self._clients = ClientPools(lambda http: anthropic.Anthropic(
             api_key=api_key or "unset",
             base_url=base_url or None,
-            max_retries=0,
-            **http_options(anthropic.DefaultHttpxClient, max_connections,
-                           connect_timeout),
-        )
+            max_retries=0,  # retries are the gateway's, before the first token only
+            **http,
+        ), anthropic.DefaultHttpxClient, max_connections=max_connections,
+            connect_timeout=connect_timeout)
 
     @property
     def available(self) -> bool:
@@ -64,7 +64,8 @@ class AnthropicProvider:
             body["system"] = system
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        return guarded(self.name, anthropic, self._client, "/v1/messages", body, self._deltas)
+        return guarded(self.name, anthropic, self._clients.next(), "/v1/messages", body,
+                       self._deltas)
 
     def _deltas(self, response: httpx2.Response) -> Iterator[Delta]:
         stop_reason = None
@@ -94,5 +95,5 @@ class AnthropicProvider:
                             provider=self.name)
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
 

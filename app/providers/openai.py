@@ -24,11 +24,11 @@ from app.providers.base import (
     error_for_event,
     error_type_of,
 )
-from app.providers.sdk import drain, guarded, http_options, payload, sse_events
+from app.providers.sdk import ClientPools, drain, guarded, payload, sse_events
 
 
 class OpenAIProvider:
-    """The ``openai/<model>`` provider; one SDK client per process, reused."""
+    """The ``openai/<model>`` provider; SDK clients built once per process, reused."""
 
     name = "openai"
 
@@ -37,13 +37,13 @@ class OpenAIProvider:
         self._configured = bool(api_key or base_url)
         # A local OpenAI-compatible server usually needs no key, but the SDK
         # refuses to start without one.
-        self._client = openai.OpenAI(
+        self._clients = ClientPools(lambda http: openai.OpenAI(
             api_key=api_key or "unused",
             base_url=base_url or None,
             max_retries=0,  # retries are the gateway's, before the first token only
-            **http_options(openai.DefaultHttpxClient, max_connections,
-                           connect_timeout),
-        )
+            **http,
+        ), openai.DefaultHttpxClient, max_connections=max_connections,
+            connect_timeout=connect_timeout)
 
     @property
     def available(self) -> bool:
@@ -60,7 +60,8 @@ class OpenAIProvider:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        return guarded(self.name, openai, self._client, "/chat/completions", body, self._deltas)
+        return guarded(self.name, openai, self._clients.next(), "/chat/completions", body,
+                       self._deltas)
 
     def _deltas(self, response: httpx2.Response) -> Iterator[Delta]:
         finish_reason = None
@@ -89,5 +90,5 @@ class OpenAIProvider:
         yield Finished(finish_reason)
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
 

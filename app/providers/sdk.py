@@ -25,11 +25,13 @@ TCP and TLS handshake.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import ssl
 from collections.abc import Callable, Generator, Iterable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import gevent
 import httpx2
@@ -47,6 +49,10 @@ from app.providers.base import (
 )
 
 DRAIN_S = 0.1  # the longest a finished stream's body end is waited for (as the async SDKs do)
+POOL_STREAMS = 64  # streams per connection pool (see ClientPools)
+MAX_POOLS = 64
+KEEPALIVE_PER_POOL = 8  # idle connections kept per pool for the next streams
+Client = TypeVar("Client", bound=Any)
 
 
 def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
@@ -125,9 +131,40 @@ def translate(exc: Exception, *, provider: str, sdk: ModuleType) -> ProviderErro
     return UpstreamError(f"{provider} failed", provider=provider)
 
 
-def http_options(client_factory: Callable[..., httpx2.Client], max_connections: int,
-                 connect_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for an SDK client: timeouts and a pool sized for the worker.
+class ClientPools(Generic[Client]):
+    """Several SDK clients, each with its own connection pool, taken in turn.
+
+    httpcore's pool walks every connection it holds (several Python calls each,
+    and a socket probe per idle one) whenever a request starts and whenever a
+    response closes. With one pool for the worker that walk grows with the
+    streams: at 400 streams it was half of the worker's CPU (bench/profile.py).
+    Pools of about ``POOL_STREAMS`` connections keep each walk short, and each
+    still reuses its own idle connections.
+    """
+
+    def __init__(self, build: Callable[[dict[str, Any]], Client],
+                 http_client: Callable[..., httpx2.Client], *, max_connections: int,
+                 connect_timeout: float) -> None:
+        count = min(MAX_POOLS, max(1, math.ceil(max_connections / POOL_STREAMS)))
+        # Built here, after gevent patched ssl: a stdlib context gevent can wrap,
+        # one for all the pools (loading the CA store is not free).
+        verify = ssl.create_default_context()
+        self.clients = [build(http_options(http_client, max_connections, connect_timeout,
+                                           verify)) for _ in range(count)]
+        self._turn = itertools.cycle(self.clients)
+
+    def next(self) -> Client:
+        """The client (and pool) for the next stream."""
+        return next(self._turn)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def http_options(http_client: Callable[..., httpx2.Client], max_connections: int,
+                 connect_timeout: float, verify: ssl.SSLContext) -> dict[str, Any]:
+    """Keyword arguments for an SDK client: timeouts and a connection pool.
 
     No read timeout: silence is bounded by the gateway itself, ``TTFT_TIMEOUT_S``
     before the first token (``upstream``) and ``TOKEN_TIMEOUT_S`` after it (the
@@ -137,8 +174,6 @@ def http_options(client_factory: Callable[..., httpx2.Client], max_connections: 
     timeout = httpx2.Timeout(connect=connect_timeout, read=None, write=10.0,
                              pool=connect_timeout)
     limits = httpx2.Limits(max_connections=max_connections,
-                           max_keepalive_connections=min(max_connections, 100))
-    # Created here, after gevent patched ssl: a stdlib context gevent can wrap.
-    http_client = client_factory(timeout=timeout, limits=limits,
-                                 verify=ssl.create_default_context())
-    return {"timeout": timeout, "http_client": http_client}
+                           max_keepalive_connections=min(max_connections, KEEPALIVE_PER_POOL))
+    return {"timeout": timeout,
+            "http_client": http_client(timeout=timeout, limits=limits, verify=verify)}
