@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +116,35 @@ def test_client_drop_is_noticed_while_the_provider_is_silent(
     call = fake.wait_closed(model, timeout=5)
     assert call.outcome == "peer_closed"
     assert call.closed_at - dropped < 0.5  # type: ignore[operator]
+
+
+def test_bytes_the_client_sends_while_streaming_are_not_a_disconnect(
+        gateway: GatewayServer, fake: FakeProvider) -> None:
+    """A pipelined request makes the client socket readable for good: the watch must
+    leave the bytes alone, keep the stream going, and not spin on them."""
+    tokens = [f"t{i} " for i in range(40)]
+    model = fake.scenario(tokens=tokens, delay=0.03)
+    stream, _ = start(gateway, f"openai/{model}")
+    stream.read_until(lambda e: e.event == "token")
+    worker = Path(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children"
+                  ).read_text().split()  # type: ignore[union-attr]
+    assert len(worker) == 1
+    cpu_before = _cpu_seconds(int(worker[0]))
+    sock = stream.connection.sock
+    assert sock is not None
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    events = stream.read_all()
+    assert tokens_text(events) == "".join(tokens)
+    assert events[-1].event == "done"
+    assert fake.wait_closed(model).outcome == "complete"
+    # The rest of the stream took ~1.2 s; a watch woken by the bytes at every turn
+    # of the event loop would have kept the worker busy all along.
+    assert _cpu_seconds(int(worker[0])) - cpu_before < 0.5
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_client_drop_keeps_generating_for_the_grace_then_closes(
