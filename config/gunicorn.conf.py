@@ -43,6 +43,9 @@ _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-gateway-metrics-")
 errorlog = "-"
+# gevent records where each greenlet was spawned (for debugging tools): ~4 KiB
+# of every held stream. Workers inherit this before they import gevent.
+os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "0")
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
