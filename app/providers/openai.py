@@ -70,24 +70,31 @@ class OpenAIProvider:
             if data.startswith("[DONE]"):
                 drain(chunks)
                 break
-            chunk = payload(self.name, data)
-            if chunk.get("error"):  # an error inside the stream
-                raise error_for_event(self.name, error_type_of(chunk))
-            for choice in chunk.get("choices") or ():
-                if choice.get("index", 0) != 0:
-                    continue
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield TextDelta(text)
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
-            usage = chunk.get("usage")
+            text, finished, usage = self._parse(data)
+            if text:
+                yield TextDelta(text)
+            finish_reason = finished or finish_reason
             if usage:
-                yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                yield usage
         if finish_reason is None:
             raise UpstreamError("openai ended the stream before the model finished",
                                 provider=self.name)
         yield Finished(finish_reason)
+
+    def _parse(self, data: str) -> tuple[str | None, str | None, Usage | None]:
+        """One chunk's text, finish reason and usage (the parsed JSON is not kept
+        while the next event is awaited)."""
+        chunk = payload(self.name, data)
+        if chunk.get("error"):  # an error inside the stream
+            raise error_for_event(self.name, error_type_of(chunk))
+        text = finished = None
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) == 0:
+                text = (choice.get("delta") or {}).get("content")
+                finished = choice.get("finish_reason")
+        usage = chunk.get("usage")
+        return (text, finished, Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                if usage else None)
 
     def close(self) -> None:
         self._clients.close()
