@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from app.providers.sdk import POOL_STREAMS
 from tests.fake_provider import FakeProvider
-from tests.live.conftest import HEARTBEAT_S
+from tests.live.conftest import HEARTBEAT_S, gateway_env
 from tests.live.gateway import GatewayServer, tokens_text
 
 HOSTILE = ["Hel", "lo", " wörld", " 😀", "\n", "data: not an event\n\n", "\"quoted\"",
@@ -51,18 +52,19 @@ def test_tokens_relay_exactly_with_ids_and_one_terminal_event(
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-def test_finished_streams_reuse_the_provider_connection(
-        gateway: GatewayServer, fake: FakeProvider, provider: str) -> None:
+def test_finished_streams_reuse_the_provider_connection(fake: FakeProvider, provider: str) -> None:
     """The body is read to its end after the last event, so the connection goes back
-    to the pool: the next stream skips the TCP (and, for real providers, TLS) handshake."""
-    model = fake.scenario(tokens=["a", "b"])
-    for _ in range(3):
-        events = gateway.stream("POST", "/v1/streams",
-                                {"model": f"{provider}/{model}", "prompt": "hi"}).read_all()
-        assert [e.event for e in events] == ["start", "token", "token", "done"]
-    calls = fake.calls(model)
-    assert [c.outcome for c in calls] == ["complete"] * 3
-    assert len({c.peer for c in calls}) == 1, [c.peer for c in calls]
+    to the pool: the next stream skips the TCP (and, for real providers, TLS) handshake.
+    (Up to POOL_STREAMS streams a worker has one pool; beyond, streams take pools in turn.)"""
+    with GatewayServer(gateway_env(fake, MAX_ACTIVE_STREAMS=str(POOL_STREAMS))) as server:
+        model = fake.scenario(tokens=["a", "b"])
+        for _ in range(3):
+            events = server.stream("POST", "/v1/streams",
+                                   {"model": f"{provider}/{model}", "prompt": "hi"}).read_all()
+            assert [e.event for e in events] == ["start", "token", "token", "done"]
+        calls = fake.calls(model)
+        assert [c.outcome for c in calls] == ["complete"] * 3
+        assert len({c.peer for c in calls}) == 1, [c.peer for c in calls]
 
 
 def test_openai_request_asks_for_usage_and_passes_options(
