@@ -84,7 +84,7 @@ SMOKE = Settings(
     lone_n=8, lone_warmup=2, burst_n=20, burst_reps=1, burst_tokens=10, burst_deadline_s=10,
     step_ns=(20,), step_tokens=8, step_ramp_s=0.3, step_slack_s=6.0, step_restart=False,
     mem_ns={"gateway": (20,), "starlette": (20,), "flask-gthread": (20,), "flask-sync": (4,),
-            "provider": (20,)},
+            "floor": (20,), "provider": (20,)},
     mem_silent_ns={"gateway": (20,)}, mem_rate=200.0, mem_settle_s=0.3, mem_sample_gap_s=0.05,
     cpu_streams=10, cpu_streams_sync=4,
     cpu_tokens=(20, 5), cpu_delay=0.005, cpu_pause_s=0.05, cancel_n=3, drop_n=2,

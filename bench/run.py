@@ -31,7 +31,7 @@ from bench.figures import Bench, Session, Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_SERVERS = ("gateway", "starlette", "flask-gthread", "flask-sync", "floor", "provider")
-SMOKE_SERVERS = ("gateway", "flask-gthread", "starlette", "provider")
+SMOKE_SERVERS = ("gateway", "flask-gthread", "starlette", "floor", "provider")
 
 
 def log(message: str) -> None:
