@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import figures, servers
-from bench.client import Conn
+from bench.client import Conn, run_loop
 from bench.figures import Bench, Session
 
 ROOT = servers.ROOT
@@ -317,12 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait before the baseline and after the last token")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        out = asyncio.run(measure(args))
-    else:
-        out = uvloop.run(measure(args))
+    out = run_loop(measure(args))
     text = report(out)
     (args.out / "memory.md").write_text(text)
     print(text)

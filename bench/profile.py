@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench import figures, servers
-from bench.client import Conn, connect, tokens_of
+from bench.client import Conn, connect, run_loop, tokens_of
 from bench.figures import Bench, Session
 
 OUT = Path(__file__).resolve().parent / "results" / "profile"
@@ -198,12 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the worker down a lot)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        text = asyncio.run(profile(args))
-    else:
-        text = uvloop.run(profile(args))
+    text = run_loop(profile(args))
     print(text)
     return 0
 

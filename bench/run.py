@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import figures, machine, report, servers
+from bench.client import loop_name, run_loop
 from bench.figures import Bench, Session, Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -283,14 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
     try:
-        try:
-            import uvloop
-        except ImportError:
-            results["loop"] = "asyncio"
-            asyncio.run(runner.run())
-        else:
-            results["loop"] = f"uvloop {uvloop.__version__}"
-            uvloop.run(runner.run())
+        results["loop"] = loop_name()
+        run_loop(runner.run())
     except KeyboardInterrupt:
         results["errors"].append("interrupted")
         log("interrupted: stopping every process")
