@@ -1,8 +1,8 @@
 """The in-process broker (``memory://``): one worker, nothing shared.
 
 Readers wait on an event that the next change sets and replaces: an append
-costs a list append and, only when someone waits, one wake-up (no lock, no
-condition). Under gunicorn's gevent worker ``threading`` is patched, so the
+costs a list append, a fresh event, and a wake-up only when someone waits
+(no lock, no condition). Under gunicorn's gevent worker ``threading`` is patched, so the
 events are gevent's; the same code works with real threads when unpatched
 (one writer per stream, as the pump is). Ended streams are forgotten ``ttl``
 seconds after they end.
