@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench.client import run_loop
 from tests.fake_provider import Behaviour
 from tests.fake_provider.__main__ import lorem_tokens
 from tests.fake_provider.server import _OpenAI  # the test fake's wire format, reused as is
@@ -292,12 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(args.host, args.port))
-    else:
-        uvloop.run(serve(args.host, args.port))
+    run_loop(serve(args.host, args.port))
 
 
 if __name__ == "__main__":
