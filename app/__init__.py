@@ -99,12 +99,25 @@ def _configure_logging(level: str, form: str) -> None:
             "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger", "process": "pid"}))
     else:
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(_TextFormatter(
             "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
     app_log = logging.getLogger("app")
     app_log.handlers[:] = [handler]
     app_log.propagate = False
     app_log.setLevel(level.upper())
+
+
+# C0 and C1 control characters (and DEL), as the escapes a reader can see.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+class _TextFormatter(logging.Formatter):
+    """One line per record: control characters in a message (a client's value
+    that slipped through) are escaped, so nothing can forge or colour a line.
+    A traceback, appended after this, keeps its line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_CONTROLS)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -8,6 +8,7 @@ and one clear message naming the first offending field.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -78,6 +79,10 @@ def parse_stream_request(raw: bytes, *, max_tokens_limit: int, max_messages: int
         body = _Body.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc) from None
+    for param, model in (("model", body.model),
+                         *((f"fallbacks.{i}", m) for i, m in enumerate(body.fallbacks))):
+        if _has_control(model):
+            raise InvalidBody(f"{param}: must not contain control characters", param)
     if body.messages is not None:
         if not body.messages:
             raise InvalidBody("messages: must be a non-empty list", "messages")
@@ -93,6 +98,12 @@ def parse_stream_request(raw: bytes, *, max_tokens_limit: int, max_messages: int
                           "resume_grace_s")
     return StreamRequest(body.model, messages, body.max_tokens, body.temperature,
                          tuple(body.fallbacks), body.resume_grace_s)
+
+
+def _has_control(text: str) -> bool:
+    """True if ``text`` has a C0/C1 control character (CR, LF, ESC, NEL...): a model
+    name is logged and sent on, and such characters forge log lines."""
+    return any(unicodedata.category(char) == "Cc" for char in text)
 
 
 def _reject_constant(name: str) -> Any:

@@ -165,3 +165,15 @@ def test_settings_layers() -> None:
     assert settings.broker_url == "memory://"
     with pytest.raises(SettingsError, match="unknown setting"):
         Settings.load({}, {"NOPE": 1})
+
+
+def test_text_log_lines_escape_control_characters() -> None:
+    import logging
+
+    from app import _TextFormatter
+
+    formatter = _TextFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "model %s",
+                               ("a\r\nINFO forged \x1b[31mred\x85\x7f",), None)
+    assert formatter.format(record) == (
+        "INFO model a\\x0d\\x0aINFO forged \\x1b[31mred\\x85\\x7f")

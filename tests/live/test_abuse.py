@@ -164,3 +164,24 @@ def test_wrong_keys_are_counted_per_address_and_lock_it_out(capped: GatewayServe
     assert request_from(capped, bystander, "GET", "/v1/models", bearer(KEY)).status == 200
     assert request_from(capped, bystander, "GET", "/v1/models", bearer("sk-x")).status == 401
     assert request_from(capped, bystander, "GET", "/healthz").status == 200
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model", "openai/x\r\n2026-01-01 00:00:00,000 [1] INFO app: forged line"),
+    ("model", "openai/\x1b[31mred"),
+    ("model", "openai/x\u0085next"),
+    ("fallbacks", ["openai/ok-model", "openai/x\ny"]),
+])
+def test_control_characters_in_model_names_are_refused_and_never_logged(
+        capped: GatewayServer, fake: FakeProvider, field: str, value: object) -> None:
+    model = fake.scenario(tokens=["x"])
+    body = {"model": f"openai/{model}", "prompt": "x", field: value}
+    reply = capped.request("POST", "/v1/streams", body, headers=bearer(KEY))
+    assert reply.status == 400
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["param"] == ("model" if field == "model" else "fallbacks.1")
+    assert error["message"].endswith("must not contain control characters")
+    assert fake.calls(model) == []
+    log = capped.log()
+    assert "forged line" not in log and "\x1b" not in log and "\u0085" not in log
