@@ -168,10 +168,13 @@ _ERROR_TYPES: dict[str, type[ProviderError]] = {
 
 
 def error_for_event(provider: str, error_type: str | None) -> ProviderError:
-    """The error for an error event a provider sent in the middle of a stream."""
+    """The error for an error event a provider sent in the middle of a stream.
+
+    The provider's type picks the class (and so the code); its text is not
+    repeated to the client: it is the provider's to choose, any length or content.
+    """
     cls = _ERROR_TYPES.get(error_type or "", UpstreamError)
-    label = f" ({error_type})" if error_type else ""
-    return cls(f"{provider} reported an error during the stream{label}", provider=provider)
+    return cls(f"{provider} reported an error during the stream", provider=provider)
 
 
 def error_type_of(body: object) -> str | None:

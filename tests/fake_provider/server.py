@@ -82,6 +82,7 @@ class Behaviour:
     stall_after: int | None = None  # after K tokens go silent for stall_s seconds, then go on
     stall_s: float = 0.0
     error_event_after: int | None = None  # after K tokens send an in-stream error event, then end
+    error_event_type: str | None = None  # that event's error type (default: the dialect's usual)
     finish_reason: str = (
         "stop"  # OpenAI's; Anthropic gets "stop"->"end_turn", "length"->"max_tokens"
     )
@@ -148,7 +149,7 @@ class _Dialect:
     def token(self, text: str) -> bytes:
         raise NotImplementedError
 
-    def error_event(self) -> bytes:
+    def error_event(self, b: Behaviour) -> bytes:
         raise NotImplementedError
 
     def epilogue(self, b: Behaviour) -> list[bytes]:
@@ -220,9 +221,12 @@ class _OpenAI(_Dialect):
     def token(self, text: str) -> bytes:
         return self._chunk([self._choice({"content": text})])
 
-    def error_event(self) -> bytes:
+    def error_event(self, b: Behaviour) -> bytes:
         message = "The server had an error while processing your request. Sorry about that!"
-        return b"data: " + _json_bytes(self.error_body(500, message)) + b"\n\n"
+        body = self.error_body(500, message)
+        if b.error_event_type is not None:
+            body["error"]["type"] = b.error_event_type
+        return b"data: " + _json_bytes(body) + b"\n\n"
 
     def epilogue(self, b: Behaviour) -> list[bytes]:
         events = [self._chunk([self._choice({}, b.finish_reason)])]
@@ -334,13 +338,9 @@ class _Anthropic(_Dialect):
             }
         )
 
-    def error_event(self) -> bytes:
-        return self._event(
-            {
-                "type": "error",
-                "error": {"type": "overloaded_error", "message": "Overloaded"},
-            }
-        )
+    def error_event(self, b: Behaviour) -> bytes:
+        kind = b.error_event_type or "overloaded_error"
+        return self._event({"type": "error", "error": {"type": kind, "message": "Overloaded"}})
 
     def epilogue(self, b: Behaviour) -> list[bytes]:
         return [
@@ -586,7 +586,7 @@ class _Exchange:
             if k == b.stall_after and not self._pause(b.stall_s):
                 return
             if k == b.error_event_after:
-                if self._emit(self.dialect.error_event()):
+                if self._emit(self.dialect.error_event(b)):
                     self._end("error_event")
                 return
             if k == b.drop_after:

@@ -61,7 +61,18 @@ def test_error_event_inside_the_stream(gateway: GatewayServer, fake: FakeProvide
     assert tokens_text(events) == "a"
     assert events[-1].event == "error"
     assert events[-1].json()["code"] == code
-    assert events[-1].json()["message"].startswith(f"{provider} reported an error during the stream")
+    assert events[-1].json()["message"] == f"{provider} reported an error during the stream"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_the_providers_error_type_text_is_not_relayed(gateway: GatewayServer, fake: FakeProvider,
+                                                      provider: str) -> None:
+    model = fake.scenario(tokens=["a", "b"], error_event_after=1,
+                          error_event_type="weird\n<script>alert(1)</script> " + "x" * 5000)
+    events = run(gateway, f"{provider}/{model}")
+    assert events[-1].json() == {"code": "upstream_error", "retryable": True,
+                                 "message": f"{provider} reported an error during the stream",
+                                 "provider": provider}
 
 
 def test_unreachable_provider(fake: FakeProvider) -> None:
