@@ -67,6 +67,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                          settings.retry_base_delay_s, settings.retry_max_delay_s,
                          settings.ttft_timeout_s, settings.token_timeout_s)
     app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup(), keys, policy)
+    # Registered before the limiter's and CORS's own, so it runs after them.
+    app.after_request(_response_headers)
     # Rates are counted where streams live: in Redis when there is one.
     app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
     limiter.init_app(app)  # route limits; refused keys are counted by authenticate
@@ -88,6 +90,23 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     log.info("gateway ready: broker %s, models %s", settings.broker_url.split("://")[0],
              ", ".join(m["id"] for m in catalog.listing() if m.get("available", True)))
     return app
+
+
+def _response_headers(response: Response) -> Response:
+    """Headers every answer gets right, whatever produced it.
+
+    flask-limiter sends ``Retry-After`` with every response when its headers
+    are on; it means "wait" and belongs only to 429 and 503. With CORS on, an
+    answer differs by ``Origin`` (allowed or not), so caches must key on it.
+    """
+    from app.api import current_gateway
+
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    if current_gateway().settings.cors_origins:
+        response.vary.add("Origin")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def _configure_logging(level: str, form: str) -> None:

@@ -46,7 +46,8 @@ class GatewayWorker(GeventWorker):
         try:
             super().handle_request(listener_name, req, sock, addr)
         except TimeoutError:
-            self.log.info("dropped a client that took no bytes for %s s: %s %s",
-                          sock.gettimeout(), req.method, req.path)
+            # The feed has put the socket's own timeout back by now: name the setting.
+            self.log.info("dropped a client that accepted no bytes within WRITE_TIMEOUT_S: "
+                          "%s %s", req.method, req.path)
             # Ends the connection like a client that went away, without a traceback.
             raise BrokenPipeError(errno.EPIPE, "client too slow") from None

@@ -192,3 +192,37 @@ def test_no_cors_by_default(fake: FakeProvider, keyed: GatewayServer) -> None:
     reply = keyed.request("OPTIONS", "/v1/streams", headers={
         "Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in reply.headers
+
+
+def test_retry_after_only_on_refusals_and_vary_origin_with_cors(fake: FakeProvider) -> None:
+    origin = "https://chat.example.com"
+    with GatewayServer(gateway_env(fake, CORS_ORIGINS=origin, RATELIMIT_MODELS="3/minute")
+                       ) as server:
+        replies = [server.request("GET", "/v1/models", headers={"Origin": origin})
+                   for _ in range(4)]
+        assert [r.status for r in replies] == [200, 200, 200, 429]
+        for reply in replies[:3]:
+            assert "retry-after" not in reply.headers  # a 200 asks nobody to wait
+            assert reply.headers["x-ratelimit-limit"] == "3"
+        assert int(replies[3].headers["retry-after"]) > 0
+        stranger = server.request("GET", "/v1/models", headers={"Origin": "https://evil.example"})
+        preflight = server.request("OPTIONS", "/v1/streams", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST"})
+        stream = server.stream("POST", "/v1/streams", {"model": "demo/echo", "prompt": "x"},
+                               headers={"Origin": origin})
+        stream.read_all()
+        for headers in (*(r.headers for r in (*replies, stranger, preflight)),
+                        {k.lower(): v for k, v in stream.response.getheaders()}):
+            assert "Origin" in [v.strip() for v in headers.get("vary", "").split(",")], headers
+        assert "retry-after" not in {k.lower() for k, _ in stream.response.getheaders()}
+
+
+def test_the_demo_page_sends_a_content_security_policy(keyed: GatewayServer) -> None:
+    page = keyed.request("GET", "/")
+    assert page.status == 200
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "'unsafe-inline'" not in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
