@@ -265,11 +265,11 @@ def test_eventsource_follows_a_stream_to_its_end_then_stops(
             "url": f"{server.url}{path}", "windowMs": WINDOW_MS}) as driver:
         lines = driver.finish()
     post.read_all()
-    got = [(line["id"], line["event"], line["data"]) for line in lines if line["kind"] == "event"]
-    assert got == replayed(server, stream_id)
     requests_made = [line for line in lines if line["kind"] == "request"]
     logged = wait_access_lines(server, path, len(requests_made))
     record("eventsource requests following a stream", len(logged))
+    got = [(line["id"], line["event"], line["data"]) for line in lines if line["kind"] == "event"]
+    assert got == replayed(server, stream_id)
     assert [r["lastEventId"] for r in requests_made] == [None, got[-1][0]], lines
     assert lines[-1] == {"kind": "final", "readyState": 2, "requests": 2}, lines
     assert len(logged) == 2 and '" 204 ' in logged[-1], logged
