@@ -67,8 +67,10 @@ class Pump:
     def __init__(self, *, broker: Broker, candidates: Sequence[Candidate], policy: RetryPolicy,
                  stream_id: str, created: float, grace_s: float, tick_s: float,
                  stream_timeout_s: float, slot_owner: str | None = None, caller: str = "",
-                 on_exit: Callable[[Pump], None] = lambda pump: None) -> None:
-        self.stream_id = stream_id
+                 on_exit: Callable[[Pump], None] = lambda pump: None,
+                 public_id: str | None = None) -> None:
+        self.stream_id = stream_id  # the broker's key
+        self.public_id = public_id or stream_id  # the id its client knows
         self._broker = broker
         self._candidates = candidates
         self._policy = policy
@@ -100,7 +102,7 @@ class Pump:
     def start(self) -> None:
         """Append the ``start`` event, then produce in the background."""
         self._started = time.monotonic()
-        self._append("start", {"stream_id": self.stream_id, "model": self._model,
+        self._append("start", {"stream_id": self.public_id, "model": self._model,
                                "created": self._created})
         self._unwatch = self._broker.watch(self.stream_id, self._inbox.put)
         self.greenlet = gevent.spawn(self._run)
@@ -367,8 +369,8 @@ class Pump:
         metrics.STREAM_DURATION.labels(self._provider_name, outcome.status).observe(duration)
         ttft = (None if self._first_token_at is None
                 else round((self._first_token_at - self._started) * 1000, 1))
-        log.info("stream %s ended: %s (%s)", self.stream_id, outcome.status, reason, extra={
-            "stream_id": self.stream_id, "caller": self._caller, "model": self._model,
+        log.info("stream %s ended: %s (%s)", self.public_id, outcome.status, reason, extra={
+            "stream_id": self.public_id, "caller": self._caller, "model": self._model,
             "outcome": outcome.status, "reason": reason, "ttft_ms": ttft,
             "tokens": self._text_deltas, "duration_ms": round(duration * 1000, 1),
             "retries": self._retries})

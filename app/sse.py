@@ -12,7 +12,10 @@ import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-PING = b": ping\n\n"
+# A heartbeat is a comment line with no blank line after it: a blank line ends
+# a block, and httpx-sse and fetch-event-source dispatch even a block without
+# ``data`` as an empty event (whose ``json()`` fails). Browsers ignore both.
+PING = b": ping\n"
 
 
 def encode_event(event_id: int | None, event: str, data: Any) -> bytes:
@@ -26,15 +29,20 @@ def encode_event(event_id: int | None, event: str, data: Any) -> bytes:
 
 
 def encode_retry(milliseconds: int) -> bytes:
-    """Tell the client how long to wait before reconnecting."""
-    return f"retry: {milliseconds}\n\n".encode()
+    """Tell the client how long to wait before reconnecting.
+
+    No blank line follows: the field travels in the block of the first event
+    that comes after it, so no client sees an event without data.
+    """
+    return f"retry: {milliseconds}\n".encode()
 
 
 def encode_comment(text: str) -> bytes:
-    """Frame a comment; a newline in ``text`` would end it, so it is refused."""
+    """Frame a comment line (no blank line after it, as ``PING``); a newline in
+    ``text`` would end it, so it is refused."""
     if "\n" in text or "\r" in text:
         raise ValueError("an SSE comment cannot contain a line break")
-    return f": {text}\n\n".encode()
+    return f": {text}\n".encode()
 
 
 class Event(NamedTuple):

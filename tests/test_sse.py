@@ -29,9 +29,9 @@ def test_encode_event_bytes(args: tuple[int, str, dict[str, str]], expected: byt
 
 
 def test_retry_ping_and_comment_bytes() -> None:
-    assert sse.encode_retry(2000) == b"retry: 2000\n\n"
-    assert sse.PING == b": ping\n\n"
-    assert sse.encode_comment("hi") == b": hi\n\n"
+    assert sse.encode_retry(2000) == b"retry: 2000\n"
+    assert sse.PING == b": ping\n"
+    assert sse.encode_comment("hi") == b": hi\n"
     with pytest.raises(ValueError):
         sse.encode_comment("a\nb")
 

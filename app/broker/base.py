@@ -53,6 +53,9 @@ class StreamInfo:
     last_event_id: int = -1
     usage: dict[str, Any] | None = None
     cancel_reason: str | None = None
+    # A digest of the request that created it: a retried POST of the same
+    # request resumes this stream instead of being refused as a duplicate.
+    request_digest: str = ""
 
     def public(self) -> dict[str, Any]:
         """The status body of the HTTP contract."""

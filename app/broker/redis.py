@@ -172,7 +172,8 @@ class RedisBroker(Broker):
         meta, _, _, alive = _keys(info.stream_id)
         fields = [b for k, v in (("owner", info.owner), ("model", info.model),
                                  ("created", repr(info.created)), ("status", RUNNING),
-                                 ("last_event_id", "-1")) for b in (k, v)]
+                                 ("last_event_id", "-1"),
+                                 ("request_digest", info.request_digest)) for b in (k, v)]
         with _reachable():
             return bool(self._create(keys=[meta, alive],
                                      args=[self._running_ttl_ms, self._producer_ms, *fields]))
@@ -376,4 +377,5 @@ def _info(stream_id: str, fields: dict[bytes, bytes]) -> StreamInfo | None:
     usage = json.loads(text["usage"]) if text.get("usage") else None
     return StreamInfo(stream_id, text.get("owner", ""), text.get("model", ""),
                       float(text.get("created", "0")), text.get("status", ERROR),
-                      int(text.get("last_event_id", "-1")), usage, text.get("cancel_reason"))
+                      int(text.get("last_event_id", "-1")), usage, text.get("cancel_reason"),
+                      text.get("request_digest", ""))

@@ -180,7 +180,7 @@ def test_resume_after_a_drop_gets_every_token_exactly_once(
     assert resumed.status == 200
     assert resumed.header("X-Stream-ID") == stream_id
     rest = resumed.read_all()
-    assert bytes(resumed.raw).startswith(b"retry: 2000\n\n")
+    assert bytes(resumed.raw).startswith(b"retry: 2000\nid: ")
     assert rest[0].id == str(int(last_id) + 1)
     assert tokens_text(seen) + tokens_text(rest) == "".join(tokens)
     assert rest[-1].event == "done"
@@ -196,12 +196,12 @@ def test_replay_is_byte_identical_and_query_position_works(
     original = bytes(stream.raw)
     replay = gateway.stream("GET", f"/v1/streams/{stream_id}/events")
     replay.read_all()
-    strip = lambda raw: raw.replace(b": ping\n\n", b"")  # noqa: E731 - heartbeats may differ
+    strip = lambda raw: raw.replace(b": ping\n", b"")  # noqa: E731 - heartbeats may differ
     assert strip(bytes(replay.raw)) == strip(original)
     tail = gateway.stream("GET", f"/v1/streams/{stream_id}/events?last_event_id=3")
     assert [e.id for e in tail.read_all()] == ["4", "5"]
     whole = strip(original)
-    assert strip(bytes(tail.raw)) == b"retry: 2000\n\n" + whole[whole.index(b"id: 4\n"):]
+    assert strip(bytes(tail.raw)) == b"retry: 2000\n" + whole[whole.index(b"id: 4\n"):]
 
 
 def test_reattaching_within_the_grace_keeps_the_stream_alive(
@@ -236,14 +236,10 @@ def test_events_of_unknown_stream_and_bad_position(gateway: GatewayServer) -> No
     stream = gateway.stream("POST", "/v1/streams", {"model": "demo/echo", "prompt": "x"})
     stream_id = stream.header("X-Stream-ID")
     stream.read_all()
-    for bad in ("abc", "-5", "1.5"):
+    for bad in ("abc", "-5", "1.5", "+3", "1_0", "18446744073709551616"):
         reply = gateway.request("GET", f"/v1/streams/{stream_id}/events",
                                 headers={"Last-Event-ID": bad})
         assert reply.status == 400, bad
         assert reply.json()["error"] == {"code": "invalid_request", "param": "last_event_id",
                                          "message": "last_event_id: must be an event id "
-                                                    "(an integer >= 0)"}
-    past_the_end = gateway.stream("GET", f"/v1/streams/{stream_id}/events",
-                                  headers={"Last-Event-ID": "999"})
-    assert past_the_end.read_all() == []
-    assert bytes(past_the_end.raw) == b"retry: 2000\n\n"
+                                                    "(ASCII digits, at most 18)"}

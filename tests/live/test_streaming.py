@@ -31,7 +31,7 @@ def test_tokens_relay_exactly_with_ids_and_one_terminal_event(
     assert stream_id and len(stream_id) >= 22
     assert stream.header("Location") == f"/v1/streams/{stream_id}"
     events = stream.read_all()
-    assert bytes(stream.raw).startswith(b"retry: 2000\n\nid: 0\nevent: start\n")
+    assert bytes(stream.raw).startswith(b"retry: 2000\nid: 0\nevent: start\n")
     assert [e.id for e in events] == [str(i) for i in range(len(events))]
     assert events[0].event == "start"
     assert events[0].json() == {"stream_id": stream_id, "model": f"{provider}/{model}",
@@ -121,7 +121,7 @@ def test_heartbeats_while_waiting_for_the_first_token(
     pings_before_token = stream.decoder.comments.count("ping")
     assert token.at - start.at >= 3 * HEARTBEAT_S
     assert pings_before_token >= 3
-    assert b": ping\n\n" in bytes(stream.raw)
+    assert b": ping\n" in bytes(stream.raw)
     assert stream.read_all()[-1].event == "done"
 
 
@@ -157,10 +157,13 @@ def test_client_supplied_stream_id_and_duplicates(gateway: GatewayServer, fake: 
                             headers={"X-Stream-ID": stream_id})
     assert stream.header("X-Stream-ID") == stream_id
     assert stream.read_all()[0].json()["stream_id"] == stream_id
-    again = gateway.request("POST", "/v1/streams", {"model": f"openai/{model}", "prompt": "x"},
+    # Another request under the same id is a conflict (the same request is a
+    # retry, which resumes: tests/live/test_conventions.py).
+    again = gateway.request("POST", "/v1/streams", {"model": f"openai/{model}", "prompt": "y"},
                             headers={"X-Stream-ID": stream_id})
     assert again.status == 409
     assert again.json()["error"]["code"] == "stream_exists"
+    assert len(fake.calls(model)) == 1
 
 
 def test_generated_ids_are_unique_and_url_safe(gateway: GatewayServer) -> None:
