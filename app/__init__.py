@@ -69,7 +69,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup(), keys, policy)
     # Rates are counted where streams live: in Redis when there is one.
     app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
-    limiter.init_app(app)  # its check runs first, so wrong keys are counted per address
+    limiter.init_app(app)  # route limits; refused keys are counted by authenticate
     app.before_request(authenticate)
     if settings.cors_origins:
         CORS(app, resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
@@ -113,7 +113,7 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> tuple[Response, int, dict[str, str]]:
-        if exc.code in ("rate_limited", "too_many_streams", "overloaded"):
+        if exc.code in ("rate_limited", "too_many_streams", "too_many_readers", "overloaded"):
             metrics.REJECTIONS.labels(exc.code).inc()
         return jsonify(exc.body()), exc.status, exc.headers()
 

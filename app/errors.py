@@ -12,6 +12,7 @@
      ├── UnsupportedMediaType      415    unsupported_media_type
      ├── RateLimited               429    rate_limited        (Retry-After)
      ├── TooManyStreams            429    too_many_streams    (Retry-After)
+     ├── TooManyReaders            429    too_many_readers    (Retry-After)
      ├── InternalError             500    internal_error
      └── Overloaded                503    overloaded          (Retry-After)
 
@@ -91,6 +92,10 @@ class RateLimited(ApiError):
 
 class TooManyStreams(ApiError):
     status, code = 429, "too_many_streams"
+
+
+class TooManyReaders(ApiError):
+    status, code = 429, "too_many_readers"
 
 
 class InternalError(ApiError):

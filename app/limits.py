@@ -9,9 +9,12 @@ are read from the settings per request, so each route has its own.
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Callable
 
+import limits
 from flask_limiter import Limiter
 
 from app.api import current_gateway
@@ -35,6 +38,7 @@ class _WithoutTraceback(logging.Filter):
 
 
 logging.getLogger("flask-limiter").addFilter(_WithoutTraceback())
+log = logging.getLogger(__name__)
 
 
 @limiter.request_filter
@@ -42,6 +46,41 @@ def _no_rates() -> bool:
     """With every rate empty, skip flask-limiter's work altogether (~0.3 ms a request)."""
     settings = current_gateway().settings
     return not any(getattr(settings, name) for name in RATE_SETTINGS)
+
+
+def auth_lockout(address: str) -> float | None:
+    """Seconds until ``address`` may present a key again, or None if it may now.
+
+    Failed authentications are counted per address (``RATELIMIT_AUTH_FAILURES``)
+    in the limiter's storage, before any key is looked at: flask-limiter's own
+    route limits run inside the view, after authentication has answered.
+    """
+    try:
+        for item in _parsed(current_gateway().settings.ratelimit_auth_failures):
+            if not limiter.limiter.test(item, *_auth_key(address)):
+                reset = limiter.limiter.get_window_stats(item, *_auth_key(address)).reset_time
+                return max(1.0, reset - time.time())
+    except Exception as exc:  # the storage is down: fail open, as the route limits do
+        log.warning("could not check failed authentications (%s)", type(exc).__name__)
+    return None
+
+
+def count_auth_failure(address: str) -> None:
+    """Count one request refused for its key against ``address``."""
+    try:
+        for item in _parsed(current_gateway().settings.ratelimit_auth_failures):
+            limiter.limiter.hit(item, *_auth_key(address))
+    except Exception as exc:
+        log.warning("could not count a failed authentication (%s)", type(exc).__name__)
+
+
+def _auth_key(address: str) -> tuple[str, str, str]:
+    return "sse-rl", "auth-failures", address
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(value: str) -> list[limits.RateLimitItem]:
+    return limits.parse_many(value) if value else []
 
 
 def rate(setting: str) -> Callable[[], str]:

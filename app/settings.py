@@ -22,7 +22,7 @@ import config
 BROKER_SCHEMES = ("memory", "redis", "rediss")
 # The per-route request rates, flask-limiter's notation; empty means no limit.
 RATE_SETTINGS = ("ratelimit_create", "ratelimit_events", "ratelimit_status",
-                 "ratelimit_cancel", "ratelimit_models")
+                 "ratelimit_cancel", "ratelimit_models", "ratelimit_auth_failures")
 
 
 class SettingsError(ValueError):
@@ -50,6 +50,8 @@ class Settings:
     max_messages: int
     max_active_streams: int
     max_streams_per_key: int
+    max_readers_per_stream: int
+    max_readers_per_key: int
     api_keys: tuple[str, ...] = dataclasses.field(repr=False)
     api_keys_file: str
     ratelimit_create: str
@@ -57,6 +59,7 @@ class Settings:
     ratelimit_status: str
     ratelimit_cancel: str
     ratelimit_models: str
+    ratelimit_auth_failures: str
     cors_origins: tuple[str, ...]
     retry_max_attempts: int
     retry_budget_s: float
@@ -129,7 +132,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
-        non_negative = ("trusted_proxies", "max_streams_per_key", "retry_budget_s",
+        non_negative = ("trusted_proxies", "max_streams_per_key", "max_readers_per_stream",
+                        "max_readers_per_key", "retry_budget_s",
                         "retry_base_delay_s", "retry_max_delay_s", "resume_grace_s", "max_resume_grace_s",
                         "shutdown_margin_s", "demo_ttft_s", "demo_token_delay_s")
         for name in non_negative:

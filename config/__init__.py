@@ -49,6 +49,11 @@ class Default:
     # Running streams one API key (or, when open, one client address) may hold,
     # counted across every worker and host when REDIS_URL is set; 0 = no limit.
     MAX_STREAMS_PER_KEY = 20
+    # Readers (open SSE responses: the POST's own, and each GET .../events) of
+    # one stream, and of one key (per client address when open) on all its
+    # streams at once; then 429 too_many_readers. 0 = no limit.
+    MAX_READERS_PER_STREAM = 10
+    MAX_READERS_PER_KEY = 50
 
     # API keys clients send as "Authorization: Bearer <key>": comma-separated,
     # and/or a file with one key a line. None configured = open (development).
@@ -62,6 +67,10 @@ class Default:
     RATELIMIT_STATUS = "600/minute"
     RATELIMIT_CANCEL = "120/minute"
     RATELIMIT_MODELS = "120/minute"
+    # Requests refused for a missing or wrong API key, per client address; past
+    # it, every request from that address (whatever its key) answers 429 until
+    # the window passes, so keys cannot be guessed quickly. Empty = no limit.
+    RATELIMIT_AUTH_FAILURES = "20/minute"
     # Browser origins allowed to call the API (comma-separated); none by default.
     CORS_ORIGINS = ""
 

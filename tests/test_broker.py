@@ -21,6 +21,7 @@ from app.broker import (
     PositionGone,
     StreamInfo,
     StreamNotFound,
+    TooManyReaders,
     open_broker,
 )
 
@@ -151,6 +152,26 @@ def test_reader_leases(broker: Broker) -> None:
     broker.release_reader(sid, second)
     assert broker.readers(sid) == 0
     assert eventually(lambda: seen == [READERS] * 4)
+
+
+def test_reader_caps_per_stream_and_per_holder(broker: Broker) -> None:
+    one, two = make(broker), make(broker)
+    holder, other = f"key_{secrets.token_hex(4)}", f"key_{secrets.token_hex(4)}"
+    taken = [broker.attach_reader(one, holder, 2, 3) for _ in range(2)]
+    with pytest.raises(TooManyReaders) as refused:
+        broker.attach_reader(one, holder, 2, 3)
+    assert (refused.value.scope, refused.value.limit) == ("stream", 2)
+    taken.append(broker.attach_reader(two, holder, 2, 3))
+    with pytest.raises(TooManyReaders) as refused:
+        broker.attach_reader(two, holder, 2, 3)
+    assert (refused.value.scope, refused.value.limit) == ("holder", 3)
+    assert broker.readers(one) == 2 and broker.readers(two) == 1
+    assert broker.holder_readers(holder) == 3
+    broker.attach_reader(two, other, 2, 3)  # another holder has its own count
+    broker.release_reader(two, taken[-1])
+    assert broker.holder_readers(holder) == 2
+    broker.attach_reader(two, holder, 0, 3)  # the place given back is free again
+    assert broker.holder_readers(other) == 1
 
 
 def test_ended_streams_expire_after_the_ttl(broker: Broker) -> None:

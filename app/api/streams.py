@@ -17,7 +17,15 @@ from flask import Blueprint, Response, jsonify, request
 
 from app.api import current_gateway
 from app.api.caller import caller, key_id, owner
-from app.broker import ENDED, RUNNING, Batch, PositionGone, StreamInfo, StreamNotFound
+from app.broker import (
+    ENDED,
+    RUNNING,
+    Batch,
+    PositionGone,
+    StreamInfo,
+    StreamNotFound,
+)
+from app.broker import TooManyReaders as ReadersRefused
 from app.errors import (
     Gone,
     InvalidRequest,
@@ -25,6 +33,7 @@ from app.errors import (
     Overloaded,
     PayloadTooLarge,
     StreamExists,
+    TooManyReaders,
     TooManyStreams,
     UnknownModel,
     UnsupportedMediaType,
@@ -80,6 +89,9 @@ def create_stream() -> Response:
         raise Overloaded("this instance is shutting down; retry", retry_after=1)
     if len(gateway.pumps) >= settings.max_active_streams:
         raise Overloaded("this worker is at its stream limit; retry", retry_after=1)
+    cap = settings.max_readers_per_key
+    if cap and gateway.broker.holder_readers(caller()) >= cap:
+        raise _too_many_readers(ReadersRefused("holder", cap))
     slot_owner = caller() if settings.max_streams_per_key else None
     if slot_owner and not gateway.broker.take_slot(slot_owner, key,
                                                    settings.max_streams_per_key):
@@ -91,7 +103,7 @@ def create_stream() -> Response:
                                                 created=created, request_digest=digest)):
             raise StreamExists(f"a stream with id {stream_id!r} already exists",
                                param="X-Stream-ID")
-        lease = gateway.broker.attach_reader(key)
+        lease = gateway.broker.attach_reader(key, caller())
     except Exception:
         if slot_owner:
             gateway.broker.release_slot(slot_owner, key)
@@ -192,9 +204,20 @@ def _follow(gateway: Gateway, stream_id: str, info: StreamInfo, after: int) -> R
                    param="last_event_id") from None
     except StreamNotFound:
         raise NotFound(f"no stream {stream_id!r}") from None
-    lease = gateway.broker.attach_reader(key)
+    settings = gateway.settings
+    try:
+        lease = gateway.broker.attach_reader(key, caller(), settings.max_readers_per_stream,
+                                             settings.max_readers_per_key)
+    except ReadersRefused as refused:
+        raise _too_many_readers(refused) from None
     return _sse_response(gateway, stream_id, key, after=after, lease=lease,
                          provider=info.model.partition("/")[0], first=first)
+
+
+def _too_many_readers(refused: ReadersRefused) -> TooManyReaders:
+    whose = "this stream" if refused.scope == "stream" else "one key"
+    return TooManyReaders(f"at most {refused.limit} readers may follow {whose} at once; "
+                          "close one first", retry_after=1)
 
 
 def _scoped(stream_id: str) -> str:

@@ -20,11 +20,12 @@ from app.broker.base import (
     PositionGone,
     StreamInfo,
     StreamNotFound,
+    TooManyReaders,
 )
 
 __all__ = ["CANCEL", "CANCELLED", "DONE", "ENDED", "ERROR", "READERS", "RUNNING", "Batch",
            "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone", "StreamInfo",
-           "StreamNotFound", "open_broker"]
+           "StreamNotFound", "TooManyReaders", "open_broker"]
 
 
 def open_broker(url: str, options: BrokerOptions) -> Broker:

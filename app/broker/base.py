@@ -41,6 +41,15 @@ class BrokerUnavailable(BrokerError, RuntimeError):
     """The backend cannot be reached."""
 
 
+class TooManyReaders(BrokerError):
+    """A reader lease was refused: ``scope`` ("stream" or "holder") holds its cap."""
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"{scope} holds {limit} readers")
+        self.scope = scope
+        self.limit = limit
+
+
 @dataclass
 class StreamInfo:
     """What is known of a stream besides its events."""
@@ -121,8 +130,19 @@ class Broker(ABC):
         """Call ``callback(CANCEL | READERS)`` on changes; returns the unwatch function."""
 
     @abstractmethod
-    def attach_reader(self, stream_id: str) -> str:
-        """Take a reader lease; the producer keeps going while one is held."""
+    def attach_reader(self, stream_id: str, holder: str = "", max_per_stream: int = 0,
+                      max_per_holder: int = 0) -> str:
+        """Take a reader lease; the producer keeps going while one is held.
+
+        The lease counts for the stream and for ``holder`` (who reads: a key
+        id or a client address). Raises TooManyReaders, taking nothing, when
+        either already holds its cap (0: no cap); the check and the take are
+        one step, so concurrent requests cannot slip past it.
+        """
+
+    @abstractmethod
+    def holder_readers(self, holder: str) -> int:
+        """How many reader leases ``holder`` holds, on every stream."""
 
     @abstractmethod
     def release_reader(self, stream_id: str, lease: str) -> None:

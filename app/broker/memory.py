@@ -29,6 +29,7 @@ from app.broker.base import (
     PositionGone,
     StreamInfo,
     StreamNotFound,
+    TooManyReaders,
     Watcher,
 )
 
@@ -53,6 +54,8 @@ class MemoryBroker(Broker):
         self._records: dict[str, _Record] = {}
         self._expiry: deque[tuple[float, str]] = deque()  # in finish order = expiry order
         self._slots: dict[str, set[str]] = {}
+        self._held: dict[str, set[str]] = {}  # holder -> its reader leases
+        self._holders: dict[str, str] = {}  # lease -> holder
 
     def create(self, info: StreamInfo) -> bool:
         self._expire()
@@ -113,18 +116,35 @@ class MemoryBroker(Broker):
             callback(CANCEL)
         return lambda: record.watchers.remove(callback) if callback in record.watchers else None
 
-    def attach_reader(self, stream_id: str) -> str:
+    def attach_reader(self, stream_id: str, holder: str = "", max_per_stream: int = 0,
+                      max_per_holder: int = 0) -> str:
         record = self._get(stream_id)
+        if max_per_stream and len(record.leases) >= max_per_stream:
+            raise TooManyReaders("stream", max_per_stream)
+        held = self._held.get(holder, ())
+        if max_per_holder and len(held) >= max_per_holder:
+            raise TooManyReaders("holder", max_per_holder)
         lease = secrets.token_urlsafe(8)
         record.leases.add(lease)
+        self._held.setdefault(holder, set()).add(lease)
+        self._holders[lease] = holder
         self._tell(record, READERS)
         return lease
 
     def release_reader(self, stream_id: str, lease: str) -> None:
+        holder = self._holders.pop(lease, None)
+        if holder is not None:
+            held = self._held[holder]
+            held.discard(lease)
+            if not held:
+                del self._held[holder]
         record = self._records.get(stream_id)
         if record is not None and lease in record.leases:
             record.leases.discard(lease)
             self._tell(record, READERS)
+
+    def holder_readers(self, holder: str) -> int:
+        return len(self._held.get(holder, ()))
 
     def renew_reader(self, stream_id: str, lease: str) -> None:
         """Leases here live as long as the process: nothing to renew."""

@@ -9,6 +9,7 @@ Per stream, all in one hash slot (``sse:{id}:...``):
     sse:ev:{id}       channel: "new frames" (tells waiting readers to look)
     sse:ctl:{id}      channel: "cancel" / "readers" (tells the producer)
     sse:slots:<key>   sorted set: a key's running streams -> expiry (ms)
+    sse:held:<holder> sorted set: a holder's reader leases (on any stream) -> expiry (ms)
 
 No greenlet blocks on Redis per stream: one *hub* thread per process (a
 greenlet under gevent) holds the only pub/sub connection and wakes local
@@ -45,6 +46,7 @@ from app.broker.base import (
     PositionGone,
     StreamInfo,
     StreamNotFound,
+    TooManyReaders,
     Watcher,
 )
 from app.broker.redis_hub import Hub
@@ -106,6 +108,23 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) - tonumber(ARGV[1]))
 return 1
 """
 
+# KEYS readers held; ARGV now_ms expiry_ms lease max_stream max_held readers_ttl_ms
+#                      held_ttl_ms channel
+# Returns 0 (taken), 1 (the stream is full) or 2 (the holder is full).
+_ATTACH = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local max_stream, max_held = tonumber(ARGV[4]), tonumber(ARGV[5])
+if max_stream > 0 and redis.call('ZCARD', KEYS[1]) >= max_stream then return 1 end
+if max_held > 0 and redis.call('ZCARD', KEYS[2]) >= max_held then return 2 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('PUBLISH', ARGV[8], 'readers')
+return 0
+"""
+
 # KEYS meta; ARGV reason channel
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -125,6 +144,10 @@ def _keys(stream_id: str) -> tuple[str, str, str, str]:
 
 def _slots(owner: str) -> str:
     return f"sse:slots:{owner}"
+
+
+def _held(holder: str) -> str:
+    return f"sse:held:{holder}"
 
 
 def _events(stream_id: str) -> str:
@@ -164,9 +187,11 @@ class RedisBroker(Broker):
         self._lost = self._redis.register_script(_LOST)
         self._cancel = self._redis.register_script(_CANCEL)
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
+        self._attach = self._redis.register_script(_ATTACH)
         self._hub = Hub(url, self._redis)
         self._hub.start()
-        self._lease_streams: dict[str, str] = {}  # lease -> stream, for the hub interest
+        # lease -> (stream, holder): for the hub interest and the holder's set
+        self._lease_streams: dict[str, tuple[str, str]] = {}
 
     def create(self, info: StreamInfo) -> bool:
         meta, _, _, alive = _keys(info.stream_id)
@@ -275,24 +300,30 @@ class RedisBroker(Broker):
 
         return unwatch
 
-    def attach_reader(self, stream_id: str) -> str:
+    def attach_reader(self, stream_id: str, holder: str = "", max_per_stream: int = 0,
+                      max_per_holder: int = 0) -> str:
         lease = secrets.token_urlsafe(8)
-        _, _, readers, _ = _keys(stream_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(readers, {lease: self._lease_expiry()})
-        pipe.pexpire(readers, self._running_ttl_ms)
-        pipe.publish(_control(stream_id), READERS)
+        lease_ttl_ms = int(self._options.lease_ttl * 1000)
         with _reachable():
-            pipe.execute()
+            refused = self._attach(
+                keys=[_keys(stream_id)[2], _held(holder)],
+                args=[int(time.time() * 1000), self._lease_expiry(), lease, max_per_stream,
+                      max_per_holder, self._running_ttl_ms, 2 * lease_ttl_ms,
+                      _control(stream_id)])
+        if refused:
+            raise TooManyReaders("stream" if refused == 1 else "holder",
+                                 max_per_stream if refused == 1 else max_per_holder)
         self._hub.acquire(_events(stream_id))  # held while the lease is: no resubscribing
-        self._lease_streams[lease] = stream_id
+        self._lease_streams[lease] = (stream_id, holder)
         return lease
 
     def release_reader(self, stream_id: str, lease: str) -> None:
-        if not self._drop_lease(lease):
+        holder = self._drop_lease(lease)
+        if holder is None:
             return
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrem(_keys(stream_id)[2], lease)
+        pipe.zrem(_held(holder), lease)
         pipe.publish(_control(stream_id), READERS)
         try:
             with _reachable():
@@ -300,16 +331,32 @@ class RedisBroker(Broker):
         except BrokerUnavailable:
             log.warning("stream %s: could not release a reader lease; it will lapse", stream_id)
 
-    def _drop_lease(self, lease: str) -> bool:
-        stream_id = self._lease_streams.pop(lease, None)
-        if stream_id is None:
-            return False
-        self._hub.release(_events(stream_id))
-        return True
+    def _drop_lease(self, lease: str) -> str | None:
+        """Forget a lease of this process; its holder, or None if it was not held."""
+        held = self._lease_streams.pop(lease, None)
+        if held is None:
+            return None
+        self._hub.release(_events(held[0]))
+        return held[1]
 
     def renew_reader(self, stream_id: str, lease: str) -> None:
+        expiry = self._lease_expiry()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(_keys(stream_id)[2], {lease: expiry})
+        held = self._lease_streams.get(lease)
+        if held is not None:
+            pipe.zadd(_held(held[1]), {lease: expiry}, xx=True)
+            pipe.pexpire(_held(held[1]), 2 * int(self._options.lease_ttl * 1000))
         with _reachable():
-            self._redis.zadd(_keys(stream_id)[2], {lease: self._lease_expiry()})
+            pipe.execute()
+
+    def holder_readers(self, holder: str) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(_held(holder), "-inf", int(time.time() * 1000))
+        pipe.zcard(_held(holder))
+        with _reachable():
+            count: int = pipe.execute()[-1]
+        return count
 
     def readers(self, stream_id: str) -> int:
         count: int = self._count_readers(self._redis.pipeline(transaction=False), stream_id)[-1]

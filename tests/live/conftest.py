@@ -25,7 +25,8 @@ def gateway_env(fake: FakeProvider, **extra: str) -> dict[str, str]:
         "DEMO_TOKEN_DELAY_S": "0.01",
         # The suite makes many streams from one address; the limit tests set their own.
         "RATELIMIT_CREATE": "", "RATELIMIT_EVENTS": "", "RATELIMIT_STATUS": "",
-        "RATELIMIT_CANCEL": "", "RATELIMIT_MODELS": "", "MAX_STREAMS_PER_KEY": "200",
+        "RATELIMIT_CANCEL": "", "RATELIMIT_MODELS": "", "RATELIMIT_AUTH_FAILURES": "",
+        "MAX_STREAMS_PER_KEY": "200", "MAX_READERS_PER_KEY": "400",
         "RETRY_BASE_DELAY_S": "0.01", "RETRY_MAX_DELAY_S": "0.05",
     }
     env.update(extra)
