@@ -6,7 +6,7 @@ BIND ?= 127.0.0.1:8000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint unit live js services clean
+.PHONY: help run test lint unit live js clients services clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,17 +29,23 @@ run: $(VENV)/.runtime ## Start the gateway on $(BIND) with the demo provider
 	@echo "Stop with Ctrl-C."
 	BIND=$(BIND) $(BIN)/gunicorn -c config/gunicorn.conf.py wsgi:app
 
-test: $(VENV)/.dev services lint js ## Set everything up, lint, and run the whole suite
+test: $(VENV)/.dev services lint js clients ## Set everything up, lint, and run the whole suite
 	$(BIN)/python -m pytest -q
 
 unit: $(VENV)/.dev ## Run the tests that start no server
 	$(BIN)/python -m pytest -q --ignore=tests/live
 
-live: $(VENV)/.dev services ## Run the live tests (real gunicorn subprocesses)
+live: $(VENV)/.dev services clients ## Run the live tests (real gunicorn subprocesses)
 	$(BIN)/python -m pytest -q tests/live
 
 js: ## Run the browser client's tests (node --test, no npm packages)
 	node --test tests/js/
+
+clients: tests/clients/node_modules/.package-lock.json ## Install the pinned npm SSE clients the live tests drive (npm ci)
+
+tests/clients/node_modules/.package-lock.json: tests/clients/package.json tests/clients/package-lock.json | services
+	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 services: ## Install redis-server, nginx, chromium and node if missing; start Redis on 127.0.0.1:6379
 	@bash .ci/services.sh

@@ -2,7 +2,7 @@
 # Make sure the services the tests need are here: a Redis answering on
 # 127.0.0.1:6379, the nginx binary (the live tests start their own nginx and
 # private Redis servers on free ports), Debian's chromium (the browser tests drive
-# it with Playwright; no browser is downloaded) and node (the client's tests).
+# it with Playwright; no browser is downloaded), node (the client's tests) and npm.
 # Idempotent, and silent when all is present.
 set -euo pipefail
 
@@ -65,5 +65,7 @@ command -v nginx >/dev/null || apt_install nginx
 dpkg -s fonts-noto-color-emoji fonts-wqy-microhei >/dev/null 2>&1 \
     || apt_install fonts-noto-color-emoji fonts-wqy-microhei
 
-# (d) node for `make js` (node --test tests/js/; no npm packages).
+# (d) node for `make js` (node --test tests/js/; no npm packages), and npm for
+# `make clients` (npm ci of the pinned SSE clients in tests/clients/).
 command -v node >/dev/null || apt_install nodejs
+command -v npm >/dev/null || apt_install npm
