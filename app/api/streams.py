@@ -60,27 +60,28 @@ def create_stream() -> Response:
     gateway = current_gateway()
     settings = gateway.settings
     raw = _read_body(settings)
-    requested = request.headers.get("X-Stream-ID")
+    requested = request.headers.get("X-Stream-ID") or None  # empty: none asked for
     if requested is not None and not STREAM_ID.fullmatch(requested):
         raise InvalidRequest("X-Stream-ID: must be 16 to 128 characters of A-Z a-z 0-9 _ -",
                              param="X-Stream-ID")
     position = _position(request.headers.get("Last-Event-ID"))
     digest = hashlib.sha256(raw).hexdigest()
-    if requested is not None:
-        existing = _owned(gateway, requested)
-        if existing is not None:
-            # A client library retrying a POST whose connection dropped: resume
-            # the stream it started instead of paying for a second answer.
-            if position is None and not hmac.compare_digest(existing.request_digest, digest):
-                raise StreamExists(f"a stream with id {requested!r} already exists (with "
-                                   "another request)", param="X-Stream-ID")
-            return _follow(gateway, requested, existing, -1 if position is None else position)
+    existing = _owned(gateway, requested) if requested is not None else None
+    if existing is not None and (position is not None
+                                 or hmac.compare_digest(existing.request_digest, digest)):
+        # A client library retrying a POST whose connection dropped: resume the
+        # stream it started instead of paying for a second answer.
+        assert requested is not None
+        return _follow(gateway, requested, existing, -1 if position is None else position)
     if position is not None:
         if requested is None:
             raise InvalidRequest("Last-Event-ID: a POST resumes only the stream named by its "
                                  "X-Stream-ID", param="Last-Event-ID")
         raise NotFound(f"no stream {requested!r} to resume")
     body = _parse_body(raw, settings)
+    if existing is not None:
+        raise StreamExists(f"a stream with id {requested!r} already exists (with another "
+                           "request)", param="X-Stream-ID")
     candidates = [_candidate(gateway, model, body, "model" if i == 0 else f"fallbacks.{i - 1}")
                   for i, model in enumerate((body.model, *body.fallbacks))]
     stream_id = requested or secrets.token_urlsafe(18)

@@ -6,6 +6,7 @@ The third-party libraries themselves run in tests/live/test_sse_clients.py.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -103,7 +104,7 @@ def test_a_post_with_last_event_id_resumes_its_stream_without_a_second_request(
     tokens = [f"w{i} " for i in range(40)]
     model = fake.scenario(tokens=tokens, delay=0.02)
     body = {"model": f"openai/{model}", "prompt": "resume me", "resume_grace_s": 30}
-    sid = "retried-post-0123456789"
+    sid = f"retried-post-{secrets.token_hex(8)}"  # Redis outlives one run
     first = keyed.stream("POST", "/v1/streams", body, headers=bearer(ALPHA, **{"X-Stream-ID": sid}))
     assert first.status == 200
     seen = []
@@ -154,7 +155,7 @@ def test_a_post_with_last_event_id_needs_the_stream_id(keyed: GatewayServer,
 
 
 def test_stream_ids_are_scoped_by_owner(keyed: GatewayServer, fake: FakeProvider) -> None:
-    sid = "same-id-for-both-keys-0001"
+    sid = f"same-id-for-both-keys-{secrets.token_hex(8)}"
     alpha_model = fake.scenario(tokens=["alpha", "!"], delay=0.3)
     beta_model = fake.scenario(tokens=["beta", "?"])
     alpha = keyed.stream("POST", "/v1/streams", {"model": f"openai/{alpha_model}", "prompt": "a"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import time
 
@@ -35,27 +36,27 @@ def total(samples: dict[str, float], name: str, **labels: str) -> float:
 
 
 def test_metrics_add_up_across_workers(fake: FakeProvider) -> None:
-    env = gateway_env(fake, REDIS_URL=REDIS_URL, WORKERS="2", ACCESS_LOG="-",
+    # A fresh key each run: the cancel rate is counted in Redis, across runs.
+    key = f"sk-metrics-{secrets.token_hex(6)}"
+    auth = {"Authorization": f"Bearer {key}"}
+    env = gateway_env(fake, REDIS_URL=REDIS_URL, WORKERS="2", ACCESS_LOG="-", API_KEYS=key,
                       RATELIMIT_CANCEL="2/minute", HEARTBEAT_S="0.2")
     with GatewayServer(env) as server:
         quick = fake.scenario(tokens=["a", "b", "c"], delay=0.01)
         failing = fake.scenario_seq([Behaviour(status=503), Behaviour(status=400)])
         slow = fake.scenario(tokens=["x", "y"], ttft=0.5)
         silent = fake.scenario(tokens=["a", "b"], stall_after=1, stall_s=30)
-        for _ in range(6):
-            server.stream("POST", "/v1/streams", {"model": f"openai/{quick}",
-                                                  "prompt": "x"}).read_all()
-        server.stream("POST", "/v1/streams", {"model": f"openai/{failing}",
-                                              "prompt": "x"}).read_all()
-        server.stream("POST", "/v1/streams", {"model": f"anthropic/{slow}",
-                                              "prompt": "x"}).read_all()
+        for model in [f"openai/{quick}"] * 6 + [f"openai/{failing}", f"anthropic/{slow}"]:
+            server.stream("POST", "/v1/streams", {"model": model, "prompt": "x"},
+                          headers=auth).read_all()
         cancelled = server.stream("POST", "/v1/streams", {"model": f"openai/{silent}",
-                                                          "prompt": "x"})
+                                                          "prompt": "x"}, headers=auth)
         cancelled.read_until(lambda e: e.event == "token")
         stream_id = cancelled.header("X-Stream-ID")
-        for _ in range(3):  # the third is over RATELIMIT_CANCEL
-            server.request("DELETE", f"/v1/streams/{stream_id}")
-        cancelled.read_all()
+        statuses = [server.request("DELETE", f"/v1/streams/{stream_id}", headers=auth).status
+                    for _ in range(3)]  # the third is over RATELIMIT_CANCEL
+        assert statuses[0] == 202 and statuses[2] == 429, statuses
+        assert cancelled.read_all()[-1].event == "cancelled"
 
         pids = set(re.findall(r"pid=<(\d+)>", server.log()))
         assert len(pids) == 2  # the streams were spread over both workers
