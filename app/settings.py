@@ -58,6 +58,7 @@ class Settings:
     ratelimit_cancel: str
     ratelimit_models: str
     cors_origins: tuple[str, ...]
+    max_fallbacks: int
     retry_max_attempts: int
     retry_budget_s: float
     retry_base_delay_s: float
@@ -129,7 +130,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
-        non_negative = ("trusted_proxies", "max_streams_per_key", "retry_budget_s",
+        non_negative = ("trusted_proxies", "max_streams_per_key", "max_fallbacks", "retry_budget_s",
                         "retry_base_delay_s", "retry_max_delay_s", "resume_grace_s", "max_resume_grace_s",
                         "shutdown_margin_s", "demo_ttft_s", "demo_token_delay_s")
         for name in non_negative:

@@ -98,7 +98,8 @@ def _read_body(settings: Settings) -> StreamRequest:
     try:
         return parse_stream_request(raw, max_tokens_limit=settings.max_tokens_limit,
                                     max_messages=settings.max_messages,
-                                    max_resume_grace_s=settings.max_resume_grace_s)
+                                    max_resume_grace_s=settings.max_resume_grace_s,
+                                    max_fallbacks=settings.max_fallbacks)
     except InvalidBody as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
 
