@@ -47,6 +47,7 @@ class Settings:
     max_tokens_limit: int
     default_max_tokens: int
     max_content_length: int
+    body_timeout_s: float
     max_messages: int
     max_active_streams: int
     max_streams_per_key: int
@@ -126,7 +127,7 @@ class Settings:
                     "producer_timeout_s", "redis_max_connections", "max_active_streams",
                     "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
-                    "stream_timeout_s", "write_timeout_s")
+                    "stream_timeout_s", "write_timeout_s", "body_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")

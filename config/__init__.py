@@ -43,6 +43,10 @@ class Default:
     # max_tokens sent to providers that require one when the request gives none.
     DEFAULT_MAX_TOKENS = 4096
     MAX_CONTENT_LENGTH = 1024 * 1024
+    # Seconds a request body has to arrive in full, from the moment the app
+    # starts reading it (a total, so a slow drip is bounded too); else 408
+    # request_timeout and the connection is closed.
+    BODY_TIMEOUT_S = 10.0
     MAX_MESSAGES = 1000
     # Running streams one worker accepts; also sizes each SDK's connection pool.
     MAX_ACTIVE_STREAMS = 1000
