@@ -46,7 +46,8 @@ _request_should_close = Request.should_close
 
 def should_close(request):  # noqa: ANN001, ANN201
     """gunicorn's ``Request.should_close``, also true once reading the body failed."""
-    return getattr(request.body, "failed", False) is True or _request_should_close(request)
+    body = getattr(request, "body", None)
+    return getattr(body, "failed", False) is True or _request_should_close(request)
 
 
 class GatewayWorker(GeventWorker):
