@@ -6,6 +6,7 @@
      ├── Unauthorized              401    unauthorized
      ├── NotFound                  404    not_found
      ├── MethodNotAllowed          405    method_not_allowed
+     ├── RequestTimeout            408    request_timeout     (connection closed)
      ├── StreamExists              409    stream_exists
      ├── Gone                      410    position_gone
      ├── PayloadTooLarge           413    payload_too_large
@@ -68,6 +69,12 @@ class NotFound(ApiError):
 
 class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
+
+
+class RequestTimeout(ApiError):
+    """The request body did not arrive in time; the connection is closed after the answer."""
+
+    status, code = 408, "request_timeout"
 
 
 class StreamExists(ApiError):

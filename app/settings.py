@@ -47,6 +47,7 @@ class Settings:
     max_tokens_limit: int
     default_max_tokens: int
     max_content_length: int
+    body_timeout_s: float
     max_messages: int
     max_active_streams: int
     max_streams_per_key: int
@@ -61,6 +62,7 @@ class Settings:
     ratelimit_models: str
     ratelimit_auth_failures: str
     cors_origins: tuple[str, ...]
+    max_fallbacks: int
     retry_max_attempts: int
     retry_budget_s: float
     retry_base_delay_s: float
@@ -128,12 +130,12 @@ class Settings:
                     "producer_timeout_s", "redis_max_connections", "max_active_streams",
                     "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
-                    "stream_timeout_s", "write_timeout_s")
+                    "stream_timeout_s", "write_timeout_s", "body_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
         non_negative = ("trusted_proxies", "max_streams_per_key", "max_readers_per_stream",
-                        "max_readers_per_key", "retry_budget_s",
+                        "max_readers_per_key", "max_fallbacks", "retry_budget_s",
                         "retry_base_delay_s", "retry_max_delay_s", "resume_grace_s", "max_resume_grace_s",
                         "shutdown_margin_s", "demo_ttft_s", "demo_token_delay_s")
         for name in non_negative:

@@ -1,16 +1,29 @@
 """Get a stream's deltas from the first model that answers.
 
 Before the first token, a retryable failure (connection error, timeout, 429,
-5xx, 529) is retried with exponential backoff and full jitter, waiting at least
-what ``Retry-After`` asks, within a budget of attempts per model and of time in
-all; then the request's fallbacks are tried in order. After the first token
-nothing is retried: a failure ends the stream, so no answer is ever spliced
-from two attempts. Time to the first token and silence between tokens are
-bounded here too, as ``UpstreamTimeout`` (retryable before the first token).
+5xx, 529) is retried with exponential backoff and full jitter; then the
+request's fallbacks are tried in order. The whole chain shares one budget, so
+one POST has a small, stated worst case of provider requests:
+
+- every candidate (the model, each fallback) gets one first attempt, and all
+  of them share ``max_attempts - 1`` retries (the model, failing first, uses
+  them first): at most ``max_attempts + len(fallbacks)`` requests;
+- no attempt starts later than ``budget_s`` after the first one (waiting
+  included);
+- no request goes to a provider sooner than the ``Retry-After`` that provider
+  last gave in this chain, whichever model it is for. A retry or fallback that
+  could only start after the budget is not sent at all (never early): the
+  next candidate, on another provider, may still go at once.
+
+After the first token nothing is retried: a failure ends the stream, so no
+answer is ever spliced from two attempts. Time to the first token and silence
+between tokens are bounded here too, as ``UpstreamTimeout`` (retryable before
+the first token).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -42,7 +55,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 3
+    """The budget of one candidate chain (see the module docstring)."""
+
+    max_attempts: int = 3  # the model's attempts; each fallback adds its first one
     budget_s: float = 30.0
     base_delay_s: float = 0.5
     max_delay_s: float = 8.0
@@ -75,16 +90,35 @@ Item = Delta | Answering | Retrying
 
 
 def stream_deltas(candidates: Sequence[Candidate], policy: RetryPolicy,
-                  clock: Callable[[], float] = time.monotonic) -> Generator[Item, None, None]:
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], object] = gevent.sleep,
+                  ) -> Generator[Item, None, None]:
     """Yield the deltas of the first candidate that answers; raise the last error if none does.
 
-    The time budget bounds the waiting between retries; every fallback still
-    gets its first attempt.
+    The rules (one budget for the chain, Retry-After per provider) are in the
+    module docstring.
     """
     budget_ends = clock() + policy.budget_s
+    retries_left = policy.max_attempts - 1
+    not_before: dict[str, float] = {}  # provider name -> its Retry-After ends
     error: ProviderError | None = None
     for candidate in candidates:
-        for attempt in range(1, policy.max_attempts + 1):
+        name = candidate.provider.name
+        backoff = 0.0
+        for attempt in itertools.count(1):
+            now = clock()
+            starts = max(now + backoff, not_before.get(name, now))
+            if error is not None and starts > budget_ends:
+                log.info("%s: %s skipped, it could start only %.2f s after the retry "
+                         "budget ends", candidate.model, "retry" if attempt > 1 else "attempt",
+                         starts - budget_ends)
+                break
+            if attempt > 1:
+                assert error is not None
+                retries_left -= 1
+                yield Retrying(candidate.model, error, starts - now)
+            if starts > now:
+                sleep(starts - now)
             answered = False
             try:
                 for delta in _timed(candidate, policy):
@@ -99,13 +133,11 @@ def stream_deltas(candidates: Sequence[Candidate], policy: RetryPolicy,
                 if answered:
                     raise
                 error = exc
-                if not exc.retryable or attempt == policy.max_attempts:
+                if exc.retry_after is not None:
+                    not_before[name] = max(not_before.get(name, 0.0), clock() + exc.retry_after)
+                if not exc.retryable or retries_left <= 0:
                     break
-                delay = policy.delay(attempt, exc.retry_after)
-                if clock() + delay > budget_ends:
-                    break
-                yield Retrying(candidate.model, exc, delay)
-                gevent.sleep(delay)
+                backoff = policy.delay(attempt, None)
     assert error is not None
     raise error
 

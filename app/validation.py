@@ -67,7 +67,7 @@ class _Body(BaseModel):
 
 
 def parse_stream_request(raw: bytes, *, max_tokens_limit: int, max_messages: int,
-                         max_resume_grace_s: float) -> StreamRequest:
+                         max_resume_grace_s: float, max_fallbacks: int) -> StreamRequest:
     """Validate a request body; raise InvalidBody with a message for the client."""
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
@@ -96,6 +96,7 @@ def parse_stream_request(raw: bytes, *, max_tokens_limit: int, max_messages: int
     if body.resume_grace_s is not None and body.resume_grace_s > max_resume_grace_s:
         raise InvalidBody(f"resume_grace_s: must be at most {max_resume_grace_s:g}",
                           "resume_grace_s")
+    _check_fallbacks(body.model, body.fallbacks, max_fallbacks)
     return StreamRequest(body.model, messages, body.max_tokens, body.temperature,
                          tuple(body.fallbacks), body.resume_grace_s)
 
@@ -104,6 +105,20 @@ def _has_control(text: str) -> bool:
     """True if ``text`` has a C0/C1 control character (CR, LF, ESC, NEL...): a model
     name is logged and sent on, and such characters forge log lines."""
     return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def _check_fallbacks(model: str, fallbacks: list[str], max_fallbacks: int) -> None:
+    """A short list of distinct models: each fallback may cost provider requests."""
+    if len(fallbacks) > max_fallbacks:
+        if max_fallbacks == 0:
+            raise InvalidBody("fallbacks: are not accepted here", "fallbacks")
+        raise InvalidBody(f"fallbacks: at most {max_fallbacks} are accepted", "fallbacks")
+    seen = {model}
+    for i, fallback in enumerate(fallbacks):
+        if fallback in seen:
+            what = "the model" if fallback == model else "an earlier fallback"
+            raise InvalidBody(f"fallbacks.{i}: {fallback!r} repeats {what}", f"fallbacks.{i}")
+        seen.add(fallback)
 
 
 def _reject_constant(name: str) -> Any:

@@ -43,6 +43,10 @@ class Default:
     # max_tokens sent to providers that require one when the request gives none.
     DEFAULT_MAX_TOKENS = 4096
     MAX_CONTENT_LENGTH = 1024 * 1024
+    # Seconds a request body has to arrive in full, from the moment the app
+    # starts reading it (a total, so a slow drip is bounded too); else 408
+    # request_timeout and the connection is closed.
+    BODY_TIMEOUT_S = 10.0
     MAX_MESSAGES = 1000
     # Running streams one worker accepts; also sizes each SDK's connection pool.
     MAX_ACTIVE_STREAMS = 1000
@@ -74,9 +78,18 @@ class Default:
     # Browser origins allowed to call the API (comma-separated); none by default.
     CORS_ORIGINS = ""
 
+    # Fallback models one request may name (0 = none accepted); each must
+    # differ from the model and from the others, else 400.
+    MAX_FALLBACKS = 3
     # Before the first token, retryable provider failures are retried with
-    # exponential backoff and jitter (honouring Retry-After), at most this many
-    # attempts per model and this many seconds in all; then the fallbacks.
+    # exponential backoff and jitter, then the fallbacks are tried in order,
+    # all within one budget per stream: every candidate (the model, each
+    # fallback) gets one first attempt and they share RETRY_MAX_ATTEMPTS - 1
+    # retries, so one POST costs at most RETRY_MAX_ATTEMPTS + its fallbacks
+    # provider requests (6 with these defaults); no attempt starts later than
+    # RETRY_BUDGET_S after the first one (waiting included), and none goes to
+    # a provider before the Retry-After it gave ends (if that is past the
+    # budget, the attempt is not made).
     RETRY_MAX_ATTEMPTS = 3
     RETRY_BUDGET_S = 30.0
     RETRY_BASE_DELAY_S = 0.5

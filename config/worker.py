@@ -5,6 +5,9 @@
    gunicorn's HTML page: every non-2xx answer is JSON.
 2. A client dropped because it took no bytes for ``WRITE_TIMEOUT_S`` is one
    info line, not a traceback: a slow client is not a server error.
+3. A request whose body could not be read to its end (the app's
+   ``BODY_TIMEOUT_S``) is answered with ``Connection: close``: gunicorn closes
+   such a connection anyway, now the answer says so.
 
 Imported by the master (``worker_class``): only gunicorn and the standard
 library here, never the app or an SDK.
@@ -14,6 +17,7 @@ import errno
 import json
 
 from gunicorn import util
+from gunicorn.http.message import Request
 from gunicorn.workers.ggevent import GeventWorker
 
 # What gunicorn's own refusals become: status -> (code, message).
@@ -37,9 +41,19 @@ def write_json_error(sock, status_int, reason, mesg):  # noqa: ANN001, ANN201
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
+_request_should_close = Request.should_close
+
+
+def should_close(request):  # noqa: ANN001, ANN201
+    """gunicorn's ``Request.should_close``, also true once reading the body failed."""
+    body = getattr(request, "body", None)
+    return getattr(body, "failed", False) is True or _request_should_close(request)
+
+
 class GatewayWorker(GeventWorker):
     def init_process(self) -> None:
         util.write_error = write_json_error  # used by Worker.handle_error
+        Request.should_close = should_close
         super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):  # noqa: ANN001, ANN201

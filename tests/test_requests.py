@@ -149,6 +149,8 @@ def test_unknown_routes_and_methods_answer_json(client: FlaskClient) -> None:
     ({"RESUME_GRACE_S": "500"}, "RESUME_GRACE_S must not exceed MAX_RESUME_GRACE_S"),
     ({"GATEWAY_CONFIG": "Nope"}, "GATEWAY_CONFIG 'Nope' is not a class in config/"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL 'LOUD' is not a logging level"),
+    ({"MAX_FALLBACKS": "-1"}, "MAX_FALLBACKS must be >= 0, got -1"),
+    ({"BODY_TIMEOUT_S": "0"}, "BODY_TIMEOUT_S must be > 0, got 0.0"),
 ])
 def test_settings_errors_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:

@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 
+import gevent
 from flask import Blueprint, Response, jsonify, request
 
 from app.api import current_gateway
@@ -32,6 +33,7 @@ from app.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     StreamExists,
     TooManyReaders,
     TooManyStreams,
@@ -125,7 +127,7 @@ def create_stream() -> Response:
 def _read_body(settings: Settings) -> bytes:
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
-    raw = request.get_data(cache=False)  # 413 when Content-Length is over the limit
+    raw = _body_within(settings.body_timeout_s)
     if request.content_length is None and len(raw) >= settings.max_content_length:
         # A chunked body is cut at the limit, not refused: refuse it here.
         raise PayloadTooLarge("the request body is too large")
@@ -136,9 +138,39 @@ def _parse_body(raw: bytes, settings: Settings) -> StreamRequest:
     try:
         return parse_stream_request(raw, max_tokens_limit=settings.max_tokens_limit,
                                     max_messages=settings.max_messages,
-                                    max_resume_grace_s=settings.max_resume_grace_s)
+                                    max_resume_grace_s=settings.max_resume_grace_s,
+                                    max_fallbacks=settings.max_fallbacks)
     except InvalidBody as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
+
+
+class _BodyLate(Exception):
+    """Thrown into the body read by its deadline.
+
+    An ``Exception`` (not gevent's ``Timeout``, a ``BaseException``) on purpose:
+    gunicorn marks a body whose read raised an ``Exception`` as failed and closes
+    the connection after the answer instead of draining the rest of the body
+    (which would wait up to the keep-alive timeout), and Werkzeug turns only
+    ``OSError``/``ValueError`` into a client disconnect, so it reaches us as is.
+    """
+
+
+def _body_within(seconds: float) -> bytes:
+    """The request body, if all of it arrives within ``seconds``; else 408, connection closed.
+
+    One deadline for the whole body, chunked or not (a slow drip is bounded
+    too), as a gevent timer: the client socket's own timeout is left alone.
+    """
+    timer = gevent.Timeout(seconds, _BodyLate())
+    timer.start()
+    try:
+        return request.get_data(cache=False)  # 413 when Content-Length is over the limit
+    except _BodyLate:
+        log.info("request body from %s not complete within %g s: 408, connection closed",
+                 request.remote_addr, seconds)
+        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
+    finally:
+        timer.close()
 
 
 def _candidate(gateway: Gateway, model: str, body: StreamRequest, param: str) -> Candidate:

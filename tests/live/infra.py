@@ -11,6 +11,7 @@ different configuration):
 - ``pid``, ``client_body_temp_path``, ``proxy_temp_path`` (exactly one each) -> the temp dir
 - ``error_log TARGET [LEVEL];`` (exactly one) -> ``<tmp>/error.log``, same level
 - with ``read_timeout``: every ``proxy_read_timeout`` (at least one) -> that value
+- with ``body_timeout``: ``client_body_timeout`` (exactly one) -> that value
 
 ``RedisServer`` runs a private ``redis-server`` (no persistence) on a free loopback port that
 a test may stop and restart on the same port.
@@ -133,7 +134,8 @@ def _sub(pattern: str, replace: Callable[[re.Match[str]], str], text: str, what:
 
 
 def render_nginx_conf(source: str, *, port: int, upstreams: list[tuple[str, int]],
-                      tmp: Path, read_timeout: str | None = None) -> str:
+                      tmp: Path, read_timeout: str | None = None,
+                      body_timeout: str | None = None) -> str:
     """``source`` (the text of nginx.conf) with the test's port, upstreams and paths."""
     if not upstreams:
         raise ValueError("at least one upstream is needed")
@@ -167,6 +169,10 @@ def render_nginx_conf(source: str, *, port: int, upstreams: list[tuple[str, int]
         text = _sub(r"^(?P<i>[ \t]*)proxy_read_timeout[ \t]+\S+[ \t]*;",
                     lambda m: f"{m['i']}proxy_read_timeout {read_timeout};", text,
                     "`proxy_read_timeout`", at_least=True)
+    if body_timeout is not None:
+        text = _sub(r"^(?P<i>[ \t]*)client_body_timeout[ \t]+\S+[ \t]*;",
+                    lambda m: f"{m['i']}client_body_timeout {body_timeout};", text,
+                    "`client_body_timeout`")
     return text
 
 
@@ -174,9 +180,10 @@ class NginxServer:
     """nginx with the repository's nginx.conf, in front of ``upstreams``, on a free port."""
 
     def __init__(self, upstreams: list[tuple[str, int]], *,
-                 read_timeout: str | None = None) -> None:
+                 read_timeout: str | None = None, body_timeout: str | None = None) -> None:
         self.upstreams = list(upstreams)
         self.read_timeout = read_timeout
+        self.body_timeout = body_timeout
         self.host = "127.0.0.1"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -219,7 +226,7 @@ class NginxServer:
             self.port = free_port()
             self.conf_path.write_text(render_nginx_conf(
                 NGINX_CONF.read_text(), port=self.port, upstreams=self.upstreams, tmp=self.tmp,
-                read_timeout=self.read_timeout))
+                read_timeout=self.read_timeout, body_timeout=self.body_timeout))
             checked = subprocess.run([binary, "-t", "-q", "-c", str(self.conf_path)],
                                      capture_output=True, text=True, check=False)
             if checked.returncode != 0:

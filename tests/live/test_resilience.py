@@ -76,11 +76,12 @@ def test_when_everything_fails_the_last_error_is_reported(
                                  "retryable": False, "provider": "anthropic"}
 
 
-def test_retry_after_beyond_the_budget_moves_on_at_once(
+def test_retry_after_beyond_the_budget_moves_on_to_another_provider_at_once(
         server: GatewayServer, fake: FakeProvider) -> None:
+    # (A fallback on the same provider is not asked before its Retry-After: test_spend.py.)
     limited = fake.scenario(status=429, retry_after=60)
     working = fake.scenario(OK)
-    events = run(server, {"model": f"openai/{limited}", "fallbacks": [f"openai/{working}"]})
+    events = run(server, {"model": f"openai/{limited}", "fallbacks": [f"anthropic/{working}"]})
     assert events[-1].event == "done"
     assert len(fake.calls(limited)) == 1
     assert fake.calls(working)[0].opened_at - fake.calls(limited)[0].opened_at < 1
@@ -88,7 +89,7 @@ def test_retry_after_beyond_the_budget_moves_on_at_once(
 
 def test_fallbacks_must_be_known_models(server: GatewayServer, fake: FakeProvider) -> None:
     reply = server.request("POST", "/v1/streams", {"model": "demo/echo", "prompt": "x",
-                                                   "fallbacks": ["demo/echo", "nope/x"]})
+                                                   "fallbacks": ["demo/lorem", "nope/x"]})
     assert reply.status == 400
     assert reply.json()["error"]["code"] == "unknown_model"
     assert reply.json()["error"]["param"] == "fallbacks.1"
