@@ -155,7 +155,9 @@ def cancel_stream(stream_id: str) -> tuple[Response, int]:
 
 def _info_or_404(gateway: Gateway, stream_id: str) -> StreamInfo:
     """The stream, if it exists and the caller owns it; another key's is as unknown."""
-    info = gateway.broker.info(stream_id)
+    # confirm: a stream whose producer died is reported ended (stream_lost),
+    # not running, by this very look.
+    info = gateway.broker.info(stream_id, confirm=True)
     if info is None or not hmac.compare_digest(info.owner, owner()):
         raise NotFound(f"no stream {stream_id!r}")
     return info

@@ -18,13 +18,14 @@ from app.broker.base import (
     BrokerOptions,
     BrokerUnavailable,
     PositionGone,
+    StreamEnded,
     StreamInfo,
     StreamNotFound,
 )
 
 __all__ = ["CANCEL", "CANCELLED", "DONE", "ENDED", "ERROR", "READERS", "RUNNING", "Batch",
-           "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone", "StreamInfo",
-           "StreamNotFound", "open_broker"]
+           "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone",
+           "StreamEnded", "StreamInfo", "StreamNotFound", "open_broker"]
 
 
 def open_broker(url: str, options: BrokerOptions) -> Broker:
