@@ -163,8 +163,8 @@ class Pump:
                 if not ended_elsewhere:
                     self._finish(outcome)
             except StreamEnded:
-                log.warning("stream %s: it was ended elsewhere before its end could be "
-                            "recorded", self.stream_id)
+                log.warning("stream %s: its end could not be recorded: the stream was "
+                            "ended elsewhere meanwhile, or its record is gone", self.stream_id)
             except BrokerUnavailable:
                 log.warning("stream %s: could not record its end: the stream store stayed "
                             "unreachable for %g s (its readers will see stream_lost)",
@@ -371,7 +371,8 @@ class Pump:
         the outage lasts too long, _Interrupted when the pump ends the stream.
         """
         pause = _STORE_RETRY_FIRST_S
-        failed_at = time.monotonic()
+        # The failed call began when its token came (set just before the append).
+        failed_at = self._last_token_at or time.monotonic()
         while True:
             self._store_failed(failed_at)
             gevent.sleep(pause)
@@ -391,8 +392,8 @@ class Pump:
         now = time.monotonic()
         if self._unreachable_since is None or self._unreachable_seen is None:
             self._unreachable_since, self._unreachable_seen = began, now
-            log.warning("stream %s: the stream store is unreachable; retrying for %g s",
-                        self.stream_id, self._store_wait_s)
+            log.warning("stream %s: the stream store is unreachable; retrying until it has "
+                        "failed for %g s", self.stream_id, self._store_wait_s)
         elif now - self._unreachable_seen >= self._store_wait_s:
             raise StoreUnreachable(now - self._unreachable_since)
 
