@@ -12,7 +12,9 @@ while it is inside the provider read (never inside an append, so no event is
 half written): the interruption lands in the socket read and the adapter's
 ``finally`` closes the provider's HTTP response. The producer is dead before
 the terminal event is appended, so the provider connection is closed before
-readers learn the outcome.
+readers learn the outcome. A stream-store outage is ridden through: writes and
+ticks are retried (the broker's writes are idempotent) until the store has
+failed for a producer timeout; then the stream ends naming the store.
 """
 
 from __future__ import annotations
