@@ -12,7 +12,9 @@ while it is inside the provider read (never inside an append, so no event is
 half written): the interruption lands in the socket read and the adapter's
 ``finally`` closes the provider's HTTP response. The producer is dead before
 the terminal event is appended, so the provider connection is closed before
-readers learn the outcome.
+readers learn the outcome. A stream-store outage is ridden through: writes and
+ticks are retried (the broker's writes are idempotent) until the store has
+failed for a producer timeout; then the stream ends naming the store.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from app.broker import (
     READERS,
     Broker,
     BrokerUnavailable,
+    StreamEnded,
     StreamInfo,
 )
 from app.providers.base import Finished, ProviderError, TextDelta, Usage
@@ -46,6 +49,19 @@ _END = object()  # the provider's iterator is exhausted
 _FAIR_SHARE_S = 0.005  # the longest a busy greenlet runs before letting others in
 _WAITED_S = 0.001  # a pause this long between two items means the producer blocked
 _STOP = "stop"  # a local request to end the stream (shutdown)
+# Recording a stream's end is retried this long while the store is unreachable
+# (then readers end it as stream_lost). Retries come at least every tick / 2, so
+# the end lands before readers can confirm that the producer is silent.
+_FINISH_RETRY_S = 60.0
+_STORE_RETRY_FIRST_S = 0.05  # the first pause before asking an unreachable store again
+
+
+class StoreUnreachable(BrokerUnavailable):
+    """The stream store stayed unreachable longer than a stream rides through."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the stream store was unreachable for {seconds:.1f} s")
+        self.seconds = seconds
 
 
 class _Interrupted(BaseException):
@@ -98,12 +114,22 @@ class Pump:
         self._reading = False  # the producer is inside the provider read
         self._producer: gevent.Greenlet[Any, None] | None = None
         self.greenlet: gevent.Greenlet[Any, None] | None = None
+        # Store trouble: a call failing with BrokerUnavailable is retried for
+        # up to a producer timeout (4 ticks) after the first failure; then the
+        # stream ends, naming the store. Readers elsewhere cannot declare the
+        # stream lost meanwhile: they cannot reach the store either.
+        self._store_wait_s = 4 * tick_s
+        self._store_retry_max_s = tick_s / 2
+        self._unreachable_since: float | None = None  # the first failing call began
+        self._unreachable_seen: float | None = None  # ... and failed
 
     def start(self) -> None:
         """Append the ``start`` event, then produce in the background."""
         self._started = time.monotonic()
-        self._append("start", {"stream_id": self.public_id, "model": self._model,
-                               "created": self._created})
+        frame = sse.encode_event(0, "start", {"stream_id": self.public_id,
+                                              "model": self._model, "created": self._created})
+        self._broker.append(self.stream_id, 0, frame)  # failing: the view answers 503
+        self._next_id = 1
         self._unwatch = self._broker.watch(self.stream_id, self._inbox.put)
         self.greenlet = gevent.spawn(self._run)
         metrics.STREAMS_STARTED.labels(self._provider_name).inc()
@@ -116,11 +142,13 @@ class Pump:
     def _run(self) -> None:
         self._producer = gevent.spawn(self._produce)
         outcome = None
+        ended_elsewhere = False
         try:
             outcome = self._relay()
-        except BrokerUnavailable:
-            log.warning("stream %s: the broker is unreachable; closing the provider",
-                        self.stream_id)
+        except StreamEnded:
+            ended_elsewhere = True
+        except BrokerUnavailable as exc:
+            outcome = self._store_lost(exc)
         except Exception:
             log.exception("stream %s: pump failed", self.stream_id)
         finally:
@@ -129,13 +157,22 @@ class Pump:
                 metrics.CANCEL_TO_CLOSED.labels(outcome.data["reason"]).observe(
                     time.monotonic() - self._stop_noticed)
             self._unwatch()
+            if ended_elsewhere:
+                log.warning("stream %s: it was ended elsewhere while this worker could not "
+                            "reach the stream store; its provider is closed", self.stream_id)
+                outcome = self._error("stream_lost", "ended elsewhere", retryable=True)
             outcome = outcome or self._internal_error()
             self._account(outcome)
             try:
-                self._finish(outcome)
+                if not ended_elsewhere:
+                    self._finish(outcome)
+            except StreamEnded:
+                log.warning("stream %s: its end could not be recorded: the stream was "
+                            "ended elsewhere meanwhile, or its record is gone", self.stream_id)
             except BrokerUnavailable:
-                log.warning("stream %s: could not record its end: broker unreachable "
-                            "(its readers will see stream_lost)", self.stream_id)
+                log.warning("stream %s: could not record its end: the stream store stayed "
+                            "unreachable for %g s (its readers will see stream_lost)",
+                            self.stream_id, _FINISH_RETRY_S)
             except Exception:
                 log.exception("stream %s: could not record its end", self.stream_id)
             self._release_slot()
@@ -199,7 +236,7 @@ class Pump:
                     busy_since = time.monotonic()
         except _Interrupted:
             pass
-        except (ProviderError, BrokerUnavailable) as exc:
+        except (ProviderError, BrokerUnavailable, StreamEnded) as exc:
             self._inbox.put(exc)
         except Exception:
             log.exception("stream %s: provider adapter failed", self.stream_id)
@@ -252,8 +289,14 @@ class Pump:
                 # notification was lost (pub/sub delivers at most once).
                 next_tick = now + self._tick_s
                 self._count_tokens()
-                cancel_reason, readers = self._broker.producer_tick(self.stream_id,
-                                                                    self._slot_owner)
+                try:
+                    cancel_reason, readers = self._broker.producer_tick(self.stream_id,
+                                                                        self._slot_owner)
+                except BrokerUnavailable:
+                    self._store_failed(now)  # raises once it has been too long
+                    next_tick = time.monotonic() + self._store_retry_max_s
+                    continue
+                self._store_answered()
                 if cancel_reason:
                     return self._cancelled(cancel_reason)
                 grace_ends = self._grace(grace_ends, readers)
@@ -269,16 +312,23 @@ class Pump:
                 self._provider_name = item.provider
                 metrics.PROVIDER_ERRORS.labels(item.provider, item.code).inc()
                 return self._error(item.code, item.message, item.retryable)
-            elif isinstance(item, BrokerUnavailable):
+            elif isinstance(item, (BrokerUnavailable, StreamEnded)):
                 raise item
             elif isinstance(item, Exception):
                 return self._internal_error()
             elif item == CANCEL:
-                info = self._broker.info(self.stream_id)
+                try:
+                    info = self._broker.info(self.stream_id)
+                except BrokerUnavailable:
+                    info = None  # the cancel came by pub/sub: it was asked for
                 return self._cancelled(info.cancel_reason if info and info.cancel_reason
                                        else "deleted")
             elif item == READERS:
-                grace_ends = self._grace(grace_ends, self._broker.readers(self.stream_id))
+                try:
+                    readers = self._broker.readers(self.stream_id)
+                except BrokerUnavailable:
+                    continue  # the next tick counts them again
+                grace_ends = self._grace(grace_ends, readers)
             elif isinstance(item, tuple) and item[0] == _STOP:
                 return self._cancelled(item[1])
 
@@ -311,15 +361,92 @@ class Pump:
 
     def _append(self, event: str, data: dict[str, Any]) -> None:
         frame = sse.encode_event(self._next_id, event, data)
-        self._broker.append(self.stream_id, self._next_id, frame)
+        try:
+            self._broker.append(self.stream_id, self._next_id, frame)
+        except BrokerUnavailable:
+            self._append_again(frame)  # the slow path: the hot one costs nothing more
         self._next_id += 1
 
+    def _append_again(self, frame: bytes) -> None:
+        """Ride through a store outage: send the same append again until it lands.
+
+        Appends are idempotent, so one that timed out here but was applied by
+        the store after all is simply confirmed. Raises StoreUnreachable when
+        the outage lasts too long, _Interrupted when the pump ends the stream.
+        """
+        pause = _STORE_RETRY_FIRST_S
+        # The failed call began when its token came (set just before the append).
+        failed_at = self._last_token_at or time.monotonic()
+        while True:
+            self._store_failed(failed_at)
+            gevent.sleep(pause)
+            pause = min(pause * 2, self._store_retry_max_s)
+            if self._ending:
+                raise _Interrupted
+            failed_at = time.monotonic()
+            try:
+                self._broker.append(self.stream_id, self._next_id, frame)
+            except BrokerUnavailable:
+                continue
+            self._store_answered()
+            return
+
+    def _store_failed(self, began: float) -> None:
+        """A store call that began at ``began`` failed; raise once the outage is too long."""
+        now = time.monotonic()
+        if self._unreachable_since is None or self._unreachable_seen is None:
+            self._unreachable_since, self._unreachable_seen = began, now
+            log.warning("stream %s: the stream store is unreachable; retrying until it has "
+                        "failed for %g s", self.stream_id, self._store_wait_s)
+        elif now - self._unreachable_seen >= self._store_wait_s:
+            raise StoreUnreachable(now - self._unreachable_since)
+
+    def _store_answered(self) -> None:
+        if self._unreachable_since is not None:
+            log.info("stream %s: the stream store answers again after %.1f s", self.stream_id,
+                     time.monotonic() - self._unreachable_since)
+            self._unreachable_since = self._unreachable_seen = None
+
     def _finish(self, outcome: Outcome) -> None:
-        frame = sse.encode_event(self._next_id, outcome.event, outcome.data)
+        """Record the terminal event; retried while the store is unreachable.
+
+        If an append this pump gave up on was stored after all, the terminal
+        event takes the next id instead.
+        """
         usage = self._usage_body()
-        self._broker.finish(self.stream_id, self._next_id, frame, outcome.status,
-                            usage if any(v is not None for v in usage.values()) else None)
-        self._next_id += 1
+        gives_up = time.monotonic() + _FINISH_RETRY_S
+        pause = _STORE_RETRY_FIRST_S
+        resynced = False
+        while True:
+            frame = sse.encode_event(self._next_id, outcome.event, outcome.data)
+            try:
+                self._broker.finish(self.stream_id, self._next_id, frame, outcome.status,
+                                    usage if any(v is not None for v in usage.values())
+                                    else None)
+            except StreamEnded:
+                raise
+            except ValueError:
+                info = None if resynced else self._broker.info(self.stream_id)
+                if info is None or info.last_event_id < self._next_id:
+                    raise
+                self._next_id, resynced = info.last_event_id + 1, True
+                continue
+            except BrokerUnavailable:
+                if time.monotonic() + pause > gives_up:
+                    raise
+                gevent.sleep(pause)
+                pause = min(pause * 2, self._store_retry_max_s)
+                continue
+            self._next_id += 1
+            return
+
+    def _store_lost(self, exc: BrokerUnavailable) -> Outcome:
+        """The outcome of a stream ended because its store was unreachable."""
+        seconds = (exc.seconds if isinstance(exc, StoreUnreachable) else
+                   time.monotonic() - (self._unreachable_since or time.monotonic()))
+        message = f"the stream store was unreachable for {seconds:.1f} s"
+        log.warning("stream %s: %s; closing the provider", self.stream_id, message)
+        return self._error("internal_error", message, retryable=True)
 
     def _usage_body(self) -> dict[str, Any]:
         return {"input_tokens": self._usage.input_tokens,

@@ -32,7 +32,9 @@ class Default:
     STREAM_TTL_S = 600.0
     # Events kept per stream; a resume from an older position answers 410.
     MAX_EVENTS_PER_STREAM = 50000
-    # A producer not heard of for this long is dead: its readers get stream_lost.
+    # A producer not heard of for this long (and half as long again while Redis
+    # answers) is dead: its readers get stream_lost. Also how long a running
+    # stream rides through a Redis outage before it ends with internal_error.
     PRODUCER_TIMEOUT_S = 5.0
     # Connections to Redis per worker process.
     REDIS_MAX_CONNECTIONS = 64

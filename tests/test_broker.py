@@ -19,6 +19,7 @@ from app.broker import (
     Broker,
     BrokerOptions,
     PositionGone,
+    StreamEnded,
     StreamInfo,
     StreamNotFound,
     TooManyReaders,
@@ -86,6 +87,26 @@ def test_append_out_of_order_is_refused(broker: Broker) -> None:
     broker.append(sid, 0, b"a")
     with pytest.raises(ValueError):
         broker.append(sid, 2, b"c")
+
+
+def test_a_write_sent_again_is_stored_once(broker: Broker) -> None:
+    # A retry of a write whose answer was lost (the store paused, the client
+    # timed out, the store applied it later) finds it stored: that is success.
+    sid = make(broker)
+    broker.append(sid, 0, b"a")
+    broker.append(sid, 0, b"a")
+    broker.append(sid, 1, b"b")
+    with pytest.raises(ValueError):
+        broker.append(sid, 1, b"not b")  # the same id with another frame is no retry
+    broker.finish(sid, 2, b"end", DONE)
+    broker.finish(sid, 2, b"end", DONE)
+    assert broker.read(sid, -1, timeout=0).frames == [b"a", b"b", b"end"]
+    with pytest.raises(StreamEnded):
+        broker.append(sid, 3, b"late")
+    with pytest.raises(StreamEnded):
+        broker.finish(sid, 3, b"late end", DONE)
+    info = broker.info(sid)
+    assert info is not None and (info.status, info.last_event_id) == (DONE, 2)
 
 
 def test_read_waits_for_the_next_frame(broker: Broker) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app.broker import CANCEL, ERROR, READERS, BrokerOptions, StreamInfo
+from app.broker import CANCEL, ERROR, READERS, RUNNING, BrokerOptions, StreamInfo
 from app.broker.redis import RedisBroker
 from tests.test_broker import REDIS_URL
 
@@ -87,6 +87,63 @@ def test_a_dead_producer_is_declared_lost_once(pair: tuple[RedisBroker, RedisBro
     assert all(r.ended for r in results)
     info = b.info(sid)
     assert info is not None and (info.status, info.last_event_id) == (ERROR, 2)
+
+
+def wait_until_alive_lapses(sid: str) -> None:
+    """The producer's alive key expires by the clock (as when Redis itself stalls)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + 5
+    while client.exists(f"sse:{{{sid}}}:alive"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)  # expiry is a clock, not an event
+    client.close()
+
+
+def test_a_lapsed_alive_key_is_only_suspected_at_first(
+        pair: tuple[RedisBroker, RedisBroker]) -> None:
+    # After a Redis stall the alive key of every producer has lapsed, although
+    # they are fine: a reader looking first must leave them the time to tick.
+    a, b = pair
+    sid = new_stream(a)
+    a.append(sid, 0, b"start")
+    wait_until_alive_lapses(sid)
+    batch = b.read(sid, 0, timeout=0.2)  # looks once it has waited
+    assert (batch.frames, batch.ended) == ([], False)
+    stop = threading.Event()
+
+    def tick() -> None:  # the producer is back
+        while not stop.is_set():
+            a.producer_tick(sid)
+            stop.wait(0.1)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        batch = b.read(sid, 0, timeout=1.5)  # looks again, after the confirmation time
+        assert (batch.frames, batch.ended) == ([], False)
+        info = b.info(sid, confirm=True)
+        assert info is not None and info.status == RUNNING
+        client = redis.Redis.from_url(REDIS_URL)
+        assert client.hget(f"sse:{{{sid}}}:meta", "suspected") is None  # the tick cleared it
+        client.close()
+    finally:
+        stop.set()
+        ticker.join()
+
+
+def test_one_status_look_ends_a_stream_whose_producer_died(
+        pair: tuple[RedisBroker, RedisBroker]) -> None:
+    # Nobody reads: the status itself must not say "running" forever.
+    a, b = pair
+    sid = new_stream(a)
+    a.append(sid, 0, b"start")
+    wait_until_alive_lapses(sid)
+    looked = time.monotonic()
+    info = b.info(sid, confirm=True)
+    waited = time.monotonic() - looked
+    assert info is not None and (info.status, info.last_event_id) == (ERROR, 1)
+    assert waited < OPTIONS.producer_timeout / 2 + 0.5  # the confirmation time, and no more
+    assert b.read(sid, 0, timeout=0).frames == [b"lost 1 openai/x"]
 
 
 def test_a_ticking_producer_is_not_lost(pair: tuple[RedisBroker, RedisBroker]) -> None:

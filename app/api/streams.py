@@ -260,9 +260,9 @@ def _scoped(stream_id: str) -> str:
     return f"{scope}.{stream_id}" if scope else stream_id
 
 
-def _owned(gateway: Gateway, stream_id: str) -> StreamInfo | None:
+def _owned(gateway: Gateway, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
     """The caller's stream of this id, or None."""
-    info = gateway.broker.info(_scoped(stream_id))
+    info = gateway.broker.info(_scoped(stream_id), confirm=confirm)
     if info is None or not hmac.compare_digest(info.owner, owner()):
         return None
     return info
@@ -270,7 +270,9 @@ def _owned(gateway: Gateway, stream_id: str) -> StreamInfo | None:
 
 def _info_or_404(gateway: Gateway, stream_id: str) -> StreamInfo:
     """The stream, if it exists and the caller owns it; another key's is as unknown."""
-    info = _owned(gateway, stream_id)
+    # confirm: a stream whose producer died is reported ended (stream_lost),
+    # not running, by this very look.
+    info = _owned(gateway, stream_id, confirm=True)
     if info is None:
         raise NotFound(f"no stream {stream_id!r}")
     return info

@@ -18,14 +18,15 @@ from app.broker.base import (
     BrokerOptions,
     BrokerUnavailable,
     PositionGone,
+    StreamEnded,
     StreamInfo,
     StreamNotFound,
     TooManyReaders,
 )
 
 __all__ = ["CANCEL", "CANCELLED", "DONE", "ENDED", "ERROR", "READERS", "RUNNING", "Batch",
-           "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone", "StreamInfo",
-           "StreamNotFound", "TooManyReaders", "open_broker"]
+           "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone",
+           "StreamEnded", "StreamInfo", "StreamNotFound", "TooManyReaders", "open_broker"]
 
 
 def open_broker(url: str, options: BrokerOptions) -> Broker:

@@ -50,6 +50,11 @@ class TooManyReaders(BrokerError):
         self.limit = limit
 
 
+class StreamEnded(BrokerError, ValueError):
+    """The stream is no longer running: a write for it came too late (it was ended
+    elsewhere, e.g. declared lost while its producer could not reach the store)."""
+
+
 @dataclass
 class StreamInfo:
     """What is known of a stream besides its events."""
@@ -103,12 +108,21 @@ class Broker(ABC):
 
     @abstractmethod
     def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
-        """Add the next frame (``event_id`` is last_event_id + 1) and wake readers."""
+        """Add the next frame (``event_id`` is last_event_id + 1) and wake readers.
+
+        Idempotent: the same frame sent again under an id already stored (a retry
+        of an append whose answer was lost) succeeds and changes nothing. Any
+        other id raises ValueError; StreamEnded when the stream has ended.
+        """
 
     @abstractmethod
     def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
                usage: dict[str, Any] | None = None) -> None:
-        """Append the terminal frame, set the final status, start the expiry clock."""
+        """Append the terminal frame, set the final status, start the expiry clock.
+
+        Idempotent as ``append``; ValueError for an id out of order while the
+        stream runs, StreamEnded when it has already ended otherwise.
+        """
 
     @abstractmethod
     def read(self, stream_id: str, after: int, timeout: float) -> Batch:
@@ -118,8 +132,14 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def info(self, stream_id: str) -> StreamInfo | None:
-        """The stream's status, or None when unknown or expired."""
+    def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
+        """The stream's status, or None when unknown or expired.
+
+        A running stream whose producer has gone silent is ended with
+        ``stream_lost`` once the silence is confirmed (see RedisBroker); with
+        ``confirm`` the call waits out that confirmation (at most half the
+        producer timeout), so that one look tells the truth.
+        """
 
     @abstractmethod
     def cancel(self, stream_id: str, reason: str) -> StreamInfo | None:

@@ -27,6 +27,7 @@ from app.broker.base import (
     Broker,
     BrokerOptions,
     PositionGone,
+    StreamEnded,
     StreamInfo,
     StreamNotFound,
     TooManyReaders,
@@ -66,12 +67,16 @@ class MemoryBroker(Broker):
 
     def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
         record = self._get(stream_id)
+        if self._stored(record, event_id, frame):
+            return
         self._add(record, event_id, frame)
         self._changed(record)
 
     def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
                usage: dict[str, Any] | None = None) -> None:
         record = self._get(stream_id)
+        if self._stored(record, event_id, frame):
+            return
         self._add(record, event_id, frame)
         record.info.status = status
         record.info.usage = usage
@@ -95,8 +100,8 @@ class MemoryBroker(Broker):
         frames = record.frames[after + 1 - record.offset:] if last_id > after else []
         return Batch(frames, max(after, last_id), record.info.status in ENDED)
 
-    def info(self, stream_id: str) -> StreamInfo | None:
-        self._expire()
+    def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
+        self._expire()  # nothing to confirm: the producer lives in this process
         record = self._records.get(stream_id)
         return replace(record.info) if record else None
 
@@ -184,7 +189,16 @@ class MemoryBroker(Broker):
             raise StreamNotFound(stream_id)
         return record
 
+    @staticmethod
+    def _stored(record: _Record, event_id: int, frame: bytes) -> bool:
+        """This very frame is already stored under this id (a write sent again)."""
+        index = event_id - record.offset
+        return (event_id <= record.info.last_event_id and 0 <= index < len(record.frames)
+                and record.frames[index] == frame)
+
     def _add(self, record: _Record, event_id: int, frame: bytes) -> None:
+        if record.info.status in ENDED:
+            raise StreamEnded(f"stream {record.info.stream_id} has ended")
         if event_id != record.info.last_event_id + 1:
             raise ValueError(f"event {event_id} appended after {record.info.last_event_id}")
         record.frames.append(frame)

@@ -44,6 +44,7 @@ from app.broker.base import (
     BrokerOptions,
     BrokerUnavailable,
     PositionGone,
+    StreamEnded,
     StreamInfo,
     StreamNotFound,
     TooManyReaders,
@@ -64,11 +65,26 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return 1
 """
 
+# A write sent again (its first attempt timed out, but was applied) finds its
+# frame already stored under its id: that is success. -1: out of order; 0: the
+# stream is not running.
+_STORED = """
+local function stored(id, frame)
+  local entry = redis.call('XRANGE', KEYS[2], '0-' .. (id + 1), '0-' .. (id + 1))
+  return entry[1] ~= nil and entry[1][2][2] == frame
+end
+"""
+
 # KEYS meta log; ARGV id frame ttl_ms max_events channel
-_APPEND = """
+_APPEND = _STORED + """
 local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
-if meta[1] ~= 'running' or tonumber(meta[2]) ~= tonumber(ARGV[1]) - 1 then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (tonumber(ARGV[1]) + 1), 'f', ARGV[2])
+local id, last = tonumber(ARGV[1]), tonumber(meta[2])
+if meta[1] ~= 'running' or last ~= id - 1 then
+  if last ~= nil and last >= id and stored(id, ARGV[2]) then return 1 end
+  if meta[1] ~= 'running' then return 0 end
+  return -1
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (id + 1), 'f', ARGV[2])
 redis.call('HSET', KEYS[1], 'last_event_id', ARGV[1])
 if ARGV[1] == '0' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 redis.call('PUBLISH', ARGV[5], '')
@@ -76,24 +92,47 @@ return 1
 """
 
 # KEYS meta log readers alive; ARGV id frame status usage ttl_ms max_events channel
-_FINISH = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], '0-' .. (tonumber(ARGV[1]) + 1), 'f', ARGV[2])
+_FINISH = _STORED + """
+local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
+local id, last = tonumber(ARGV[1]), tonumber(meta[2])
+if meta[1] ~= 'running' or last ~= id - 1 then
+  if last ~= nil and last >= id and stored(id, ARGV[2]) then return 1 end
+  if meta[1] ~= 'running' then return 0 end
+  return -1
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], '0-' .. (id + 1), 'f', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'last_event_id', ARGV[1], 'usage', ARGV[4])
+redis.call('HDEL', KEYS[1], 'suspected')
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 redis.call('DEL', KEYS[4])
 redis.call('PUBLISH', ARGV[7], '')
 return 1
 """
 
-# KEYS meta log readers alive; ARGV expected_last frame ttl_ms max_events channel
+# A producer whose alive key is gone is only *suspected* at first: the key also
+# lapses when Redis itself stalled (its clock ran on) while the producer was
+# fine. The first look records when (Redis TIME); the stream is declared lost
+# only if the key is still missing confirm_ms later, two producer ticks, which
+# a live producer uses to tick again (and clear the suspicion).
+# Returns 1: declared lost; 0: nothing to do; -n: suspected, confirmable in n ms.
+# KEYS meta log readers alive; ARGV expected_last frame ttl_ms max_events channel confirm_ms
 _LOST = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local confirm = tonumber(ARGV[6])
+local since = tonumber(redis.call('HGET', KEYS[1], 'suspected'))
+if since == nil then
+  redis.call('HSET', KEYS[1], 'suspected', now)
+  return -math.max(confirm, 1)
+end
+if now - since < confirm then return -math.max(confirm - (now - since), 1) end
 if redis.call('HGET', KEYS[1], 'last_event_id') ~= ARGV[1] then return 0 end
 local id = tonumber(ARGV[1]) + 1
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (id + 1), 'f', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'error', 'last_event_id', id)
+redis.call('HDEL', KEYS[1], 'suspected')
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 redis.call('PUBLISH', ARGV[5], '')
 return 1
@@ -177,6 +216,9 @@ class RedisBroker(Broker):
         # Running streams keep their keys while the producer ticks; if it dies,
         # they go ttl after it was last heard of.
         self._running_ttl_ms = self._ttl_ms + self._producer_ms
+        # A silent producer is declared lost this long after it was first
+        # suspected (two of its ticks, which come every producer_timeout / 4).
+        self._confirm_ms = max(1, self._producer_ms // 2)
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=options.max_connections, timeout=5,
             socket_timeout=5, socket_connect_timeout=2)
@@ -209,17 +251,19 @@ class RedisBroker(Broker):
             appended = self._append(keys=[meta, log_key],
                                     args=[event_id, frame, self._running_ttl_ms,
                                           self._options.max_events, _events(stream_id)])
-        if not appended:
-            raise ValueError(f"stream {stream_id}: event {event_id} is out of order, "
-                             "or the stream is no longer running")
+        if appended != 1:
+            _refuse(stream_id, event_id, appended)
         self._hub.poke(_events(stream_id))
 
     def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
                usage: dict[str, Any] | None = None) -> None:
         with _reachable():
-            self._finish(keys=list(_keys(stream_id)),
-                         args=[event_id, frame, status, json.dumps(usage), self._ttl_ms,
-                               self._options.max_events, _events(stream_id)])
+            finished = self._finish(keys=list(_keys(stream_id)),
+                                    args=[event_id, frame, status, json.dumps(usage),
+                                          self._ttl_ms, self._options.max_events,
+                                          _events(stream_id)])
+        if finished != 1:
+            _refuse(stream_id, event_id, finished)
         self._hub.poke(_events(stream_id))
 
     def read(self, stream_id: str, after: int, timeout: float) -> Batch:
@@ -227,14 +271,16 @@ class RedisBroker(Broker):
         interest = self._hub.acquire(channel)
         try:
             deadline = time.monotonic() + timeout
+            look_in = _POLL_S
             while True:
                 seen = interest.epoch
                 batch = self._fetch(stream_id, after)
                 remaining = deadline - time.monotonic()
                 if batch.frames or batch.ended or remaining <= 0:
                     return batch
-                if not interest.wait_change(seen, min(remaining, _POLL_S)):
-                    self._declare_lost_if_dead(stream_id)
+                if not interest.wait_change(seen, min(remaining, look_in)):
+                    # Nothing for a while: is the producer still there?
+                    look_in = self._settle(stream_id)[1] or _POLL_S
         finally:
             self._hub.release(channel)
 
@@ -260,25 +306,50 @@ class RedisBroker(Broker):
             last_id, frames = after, []
         return Batch(frames, last_id, status.decode() in ENDED and last_id >= last_event_id)
 
-    def _declare_lost_if_dead(self, stream_id: str) -> None:
-        """End a running stream whose producer stopped ticking with ``stream_lost``."""
-        alive = _keys(stream_id)[3]
+    def _look(self, stream_id: str) -> tuple[StreamInfo | None, bool]:
+        """The stream's status, and whether its producer's alive key is there."""
+        meta, _, _, alive = _keys(stream_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(meta)
+        pipe.exists(alive)
         with _reachable():
-            if self._redis.exists(alive) or self._options.lost_frame is None:
-                return
-            info = self.info(stream_id)
-            if info is None or info.status != RUNNING:
-                return
-            frame = self._options.lost_frame(info.last_event_id + 1, info)
-            if self._lost(keys=list(_keys(stream_id)),
-                          args=[info.last_event_id, frame, self._ttl_ms,
-                                self._options.max_events, _events(stream_id)]):
-                log.warning("stream %s: its producer stopped; ended as stream_lost", stream_id)
+            fields, present = pipe.execute()
+        return _info(stream_id, fields), bool(present)
 
-    def info(self, stream_id: str) -> StreamInfo | None:
+    def _settle(self, stream_id: str) -> tuple[StreamInfo | None, float]:
+        """Look at a stream; suspect a silent producer, or end its stream with ``stream_lost``.
+
+        Returns the status and, while a suspicion waits for its confirmation,
+        the seconds until it can be confirmed (else 0).
+        """
+        info, alive = self._look(stream_id)
+        lost_frame = self._options.lost_frame
+        if info is None or info.status != RUNNING or alive or lost_frame is None:
+            return info, 0.0
+        frame = lost_frame(info.last_event_id + 1, info)
         with _reachable():
-            fields: dict[bytes, bytes] = self._redis.hgetall(_keys(stream_id)[0])  # type: ignore[assignment]
-        return _info(stream_id, fields)
+            result = self._lost(keys=list(_keys(stream_id)),
+                                args=[info.last_event_id, frame, self._ttl_ms,
+                                      self._options.max_events, _events(stream_id),
+                                      self._confirm_ms])
+        if result < 0:
+            return info, -result / 1000
+        if result == 1:
+            log.warning("stream %s: its producer stopped (silent for %g s while the stream "
+                        "store answered); ended as stream_lost", stream_id,
+                        (self._producer_ms + self._confirm_ms) / 1000)
+        return self._look(stream_id)[0], 0.0
+
+    def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
+        info, pending = self._settle(stream_id)
+        waited = 0.0
+        while confirm and pending and waited < self._confirm_ms / 1000 + _POLL_S:
+            # Look again soon: a live producer clears the suspicion with its tick.
+            pause = min(pending, self._confirm_ms / 4000)
+            time.sleep(pause)
+            waited += pause
+            info, pending = self._settle(stream_id)
+        return info
 
     def cancel(self, stream_id: str, reason: str) -> StreamInfo | None:
         with _reachable():
@@ -370,6 +441,7 @@ class RedisBroker(Broker):
         for key in (meta, log_key, readers):
             pipe.pexpire(key, self._running_ttl_ms)
         pipe.hget(meta, "cancel_reason")
+        pipe.hdel(meta, "suspected")  # heard of: whoever suspected it was wrong
         if slot_owner is not None:
             now_ms = int(time.time() * 1000)
             pipe.zadd(_slots(slot_owner), {stream_id: now_ms + 2 * self._producer_ms}, xx=True)
@@ -415,6 +487,12 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._hub.stop()
         self._redis.close()
+
+
+def _refuse(stream_id: str, event_id: int, result: int) -> None:
+    if result == 0:
+        raise StreamEnded(f"stream {stream_id}: no longer running; event {event_id} refused")
+    raise ValueError(f"stream {stream_id}: event {event_id} is out of order")
 
 
 def _info(stream_id: str, fields: dict[bytes, bytes]) -> StreamInfo | None:

@@ -318,6 +318,11 @@ function now() {
  *
  * States: idle, connecting, streaming, reconnecting, then one of done, error,
  * cancelled.
+ *
+ * A numbered `error` event ends the stream. An `error` event without an id
+ * (the gateway could not reach its stream store: `internal_error`, "resume
+ * later") does not: the stream goes on from the last id after the usual
+ * backoff, and onReconnecting gets that error as its cause.
  */
 export class GatewayStream {
   constructor(options = {}) {
@@ -683,6 +688,12 @@ export class GatewayStream {
         }
         armIdle();
         for (const event of parser.feed(chunk.value)) {
+          if (event.type === "error" && event.id === null) {
+            // Unnumbered: the gateway lost its stream store, not the stream.
+            // Resume from the last id (with the usual backoff), as the README says.
+            reader.cancel().catch(() => {});
+            return this._outage(event);
+          }
           this._deliver(event);
           if (this.outcome) {
             reader.cancel().catch(() => {});
@@ -694,6 +705,19 @@ export class GatewayStream {
       clearTimeout(idleTimer);
       this._stopper.signal.removeEventListener("abort", onStop);
     }
+  }
+
+  // The reason to resume after an id-less error event (reported to onReconnecting).
+  _outage(raw) {
+    let payload = null;
+    try {
+      payload = JSON.parse(raw.data);
+    } catch {
+      payload = null;
+    }
+    return new GatewayError(payload?.message || "the gateway could not serve the stream; resuming",
+      { code: payload?.code || "internal_error", retryable: payload?.retryable ?? true,
+        provider: payload?.provider ?? null, event: { ...raw, payload } });
   }
 
   _deliver(raw) {

@@ -601,16 +601,57 @@ describe("GatewayStream", () => {
     assert.deepEqual(types, ["start", "token"]);
   });
 
-  test("the id-less error event (Redis outage) is delivered, not taken for a duplicate", async () => {
+  test("the id-less error event (store outage) is not final: it resumes from the last id "
+    + "with backoff, and no token is delivered twice", async () => {
+    const sleep = recordingSleep();
+    const outage = { code: "internal_error", message: "the stream store is unreachable; resume later",
+      retryable: true, provider: "openai" };
     const fetch = fakeFetch({
-      "POST /v1/streams": [() => sseResponse([start(), token(1, "a"),
-        frame(null, "error", { code: "internal_error", message: "broker" })],
-      { headers: { "X-Stream-ID": SID } })],
+      "POST /v1/streams": [() => sseResponse(["retry: 250\n", start(), token(1, "a"),
+        frame(null, "error", outage)], { headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [
+        () => sseResponse([frame(null, "error", outage)]), // still unreachable
+        () => sseResponse([token(1, "a"), token(2, "b"), done(3)]),
+      ],
     });
-    const stream = streamChat({ fetch, model: "m/x", prompt: "p" });
+    const r = recorder();
+    const causes = [];
+    const stream = streamChat({ fetch, sleep, random: () => 0.5, model: "m/x", prompt: "p",
+      ...r.callbacks,
+      onReconnecting: (attempt, delay, cause) => causes.push([attempt, delay, cause.code,
+        cause.message, cause.retryable]) });
     const result = await stream.finished;
-    assert.equal(result.error.code, "internal_error");
-    assert.equal(stream.lastEventId, "1"); // still the last event really received
+    assert.equal(result.status, "done");
+    assert.equal(result.text, "ab");
+    assert.deepEqual(r.tokens(), ["a", "b"]);
+    assert.deepEqual(r.log.filter((l) => l[0] === "error"), []); // onError never called
+    assert.deepEqual(causes, [
+      [1, 275, "internal_error", outage.message, true],
+      [2, 550, "internal_error", outage.message, true], // no progress: the backoff doubles
+    ]);
+    assert.deepEqual(sleep.delays, [275, 550]);
+    assert.deepEqual(fetch.calls.slice(1).map((c) => [c.path, c.headers.get("last-event-id")]),
+      [[EVENTS_PATH, "1"], [EVENTS_PATH, "1"]]);
+    assert.deepEqual(stream.events.map((e) => e.id), ["0", "1", "2", "3"]); // the outages are no events
+  });
+
+  test("a numbered error event stays final even right after an outage", async () => {
+    const outage = { code: "internal_error", message: "the stream store is unreachable; resume later",
+      retryable: true };
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), token(1, "a"), frame(null, "error", outage)],
+        { headers: { "X-Stream-ID": SID } })],
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse([frame(2, "error",
+        { code: "internal_error", message: "the stream store was unreachable for 6.0 s",
+          retryable: true, provider: "openai" })])],
+    });
+    const stream = streamChat({ fetch, sleep: recordingSleep(), model: "m/x", prompt: "p" });
+    const result = await stream.finished;
+    assert.equal(result.status, "error");
+    assert.equal(result.error.message, "the stream store was unreachable for 6.0 s");
+    assert.equal(result.error.event.id, "2");
+    assert.equal(stream.lastEventId, "2");
+    assert.equal(fetch.calls.length, 2);
   });
 
   test("a cancelled event ends the stream as cancelled", async () => {
