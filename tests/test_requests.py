@@ -147,6 +147,9 @@ def test_unknown_routes_and_methods_answer_json(client: FlaskClient) -> None:
     ({"REDIS_URL": "http://x"}, "REDIS_URL 'http://x' has an unknown scheme 'http'"),
     ({"MODELS": "gpt-4o"}, "MODELS entry 'gpt-4o' is not 'provider/model'"),
     ({"RESUME_GRACE_S": "500"}, "RESUME_GRACE_S must not exceed MAX_RESUME_GRACE_S"),
+    ({"MAX_STREAM_BYTES": "0"}, "MAX_STREAM_BYTES must be > 0, got 0"),
+    ({"MAX_STREAM_BYTES": "2000", "MAX_STORED_BYTES_PER_KEY": "1000"},
+     "MAX_STORED_BYTES_PER_KEY must be at least MAX_STREAM_BYTES"),
     ({"GATEWAY_CONFIG": "Nope"}, "GATEWAY_CONFIG 'Nope' is not a class in config/"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL 'LOUD' is not a logging level"),
 ])
