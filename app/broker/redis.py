@@ -72,7 +72,9 @@ local function keep_within(meta, log, frame, max_events, max_bytes, overhead)
   local count = redis.call('XLEN', log)
   local start, first, batch = '-', nil, 2
   while (kept > max_bytes or count > max_events) and count > 1 do
-    for _, entry in ipairs(redis.call('XRANGE', log, start, '+', 'COUNT', batch)) do
+    local entries = redis.call('XRANGE', log, start, '+', 'COUNT', batch)
+    if #entries == 0 then break end  -- never loop in the server, whatever the count says
+    for _, entry in ipairs(entries) do
       if not ((kept > max_bytes or count > max_events) and count > 1) then break end
       kept = kept - #entry[2][2] - overhead
       count = count - 1
