@@ -59,7 +59,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         lease_ttl=max(3 * settings.heartbeat_s,
                       settings.write_timeout_s + 2 * settings.heartbeat_s),
         producer_timeout=settings.producer_timeout_s,
-        max_events=settings.max_events_per_stream,
+        max_events=settings.max_events_per_stream, max_bytes=settings.max_stream_bytes,
+        max_stored_bytes=settings.max_stored_bytes_per_key,
         max_connections=settings.redis_max_connections, lost_frame=lost_frame))
     catalog = Catalog(build_providers(settings), settings.models)
     keys = Keys(settings.all_api_keys())

@@ -41,6 +41,8 @@ class Settings:
     max_resume_grace_s: float
     stream_ttl_s: float
     max_events_per_stream: int
+    max_stream_bytes: int
+    max_stored_bytes_per_key: int
     producer_timeout_s: float
     redis_max_connections: int
     trusted_proxies: int
@@ -127,6 +129,7 @@ class Settings:
     def _check(self) -> None:
         positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens",
                     "max_content_length", "max_messages", "max_events_per_stream",
+                    "max_stream_bytes", "max_stored_bytes_per_key",
                     "producer_timeout_s", "redis_max_connections", "max_active_streams",
                     "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
@@ -141,6 +144,8 @@ class Settings:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_stored_bytes_per_key < self.max_stream_bytes:
+            raise SettingsError("MAX_STORED_BYTES_PER_KEY must be at least MAX_STREAM_BYTES")
         if self.resume_grace_s > self.max_resume_grace_s:
             raise SettingsError("RESUME_GRACE_S must not exceed MAX_RESUME_GRACE_S")
         scheme = urlsplit(self.broker_url).scheme

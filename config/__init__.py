@@ -32,6 +32,13 @@ class Default:
     STREAM_TTL_S = 600.0
     # Events kept per stream; a resume from an older position answers 410.
     MAX_EVENTS_PER_STREAM = 50000
+    # Bytes of events kept per stream for replay (each event counts its frame
+    # plus 48 bytes of bookkeeping); older events are dropped, as above.
+    MAX_STREAM_BYTES = 4 * 1024 * 1024
+    # Bytes one owner (API key; the whole gateway when open) may keep in ended
+    # streams; over it, its oldest ended streams are forgotten (404 as expired).
+    # Must be at least MAX_STREAM_BYTES.
+    MAX_STORED_BYTES_PER_KEY = 64 * 1024 * 1024
     # A producer not heard of for this long (and half as long again while Redis
     # answers) is dead: its readers get stream_lost. Also how long a running
     # stream rides through a Redis outage before it ends with internal_error.

@@ -6,7 +6,9 @@ import os
 import secrets
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -25,6 +27,7 @@ from app.broker import (
     TooManyReaders,
     open_broker,
 )
+from app.broker.base import event_cost
 
 # The machine's Redis; a database of its own, and random stream ids.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -252,3 +255,103 @@ def test_readers_wake_within_a_timeout_they_were_given(broker: Broker) -> None:
     broker.append(sid, 1, b"b")
     thread.join(timeout=10)
     assert woke and woke[0][1] == [b"b"] and woke[0][0] < 1.0
+
+
+# Small caps: an event of a 100-byte frame counts 148 bytes (EVENT_OVERHEAD), so
+# a stream keeps 6 of them; an owner's ended streams keep 3000 bytes.
+SMALL = BrokerOptions(ttl=30, lease_ttl=30, producer_timeout=5, max_events=50,
+                      max_bytes=1000, max_stored_bytes=3000)
+
+
+@pytest.fixture(params=["memory://", REDIS_URL])
+def small(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    backend = open_broker(request.param, SMALL)
+    yield backend
+    backend.close()
+
+
+def frame(i: int, size: int = 100) -> bytes:
+    return (b"%d:" % i).ljust(size, b".")
+
+
+def test_only_the_last_max_bytes_are_kept(small: Broker) -> None:
+    assert event_cost(frame(0)) == 148
+    sid = make(small)
+    for i in range(20):
+        small.append(sid, i, frame(i))
+    for gone in (-1, 0, 12):
+        with pytest.raises(PositionGone):
+            small.read(sid, gone, timeout=0)
+    batch = small.read(sid, 13, timeout=0)  # events 14..19: 6 x 148 <= 1000 < 7 x 148
+    assert batch.frames == [frame(i) for i in range(14, 20)] and batch.last_id == 19
+    assert small.read(sid, 17, timeout=0).frames == [frame(18), frame(19)]
+    # The terminal event is always kept, even when it pushes out all the rest.
+    small.finish(sid, 20, frame(20, 900), DONE)
+    with pytest.raises(PositionGone):
+        small.read(sid, 18, timeout=0)
+    batch = small.read(sid, 19, timeout=0)
+    assert (batch.frames, batch.last_id, batch.ended) == ([frame(20, 900)], 20, True)
+
+
+def test_an_event_larger_than_max_bytes_is_kept_alone(small: Broker) -> None:
+    sid = make(small)
+    small.append(sid, 0, frame(0))
+    small.append(sid, 1, frame(1, 5000))
+    with pytest.raises(PositionGone):
+        small.read(sid, -1, timeout=0)
+    assert small.read(sid, 0, timeout=0).frames == [frame(1, 5000)]
+    small.append(sid, 2, frame(2))  # and it goes as soon as another comes
+    assert small.read(sid, 1, timeout=0).frames == [frame(2)]
+    with pytest.raises(PositionGone):
+        small.read(sid, 0, timeout=0)
+
+
+def ended_stream(broker: Broker, owner: str, size: int = 900) -> str:
+    """An ended stream of ``owner`` that keeps ``size + 48`` bytes."""
+    sid = secrets.token_urlsafe(16)
+    assert broker.create(StreamInfo(sid, owner=owner, model="demo/echo", created=1.0))
+    broker.finish(sid, 0, frame(0, size), DONE)
+    return sid
+
+
+def test_an_owner_keeps_at_most_max_stored_bytes_of_ended_streams(small: Broker) -> None:
+    mine, theirs = secrets.token_urlsafe(8), secrets.token_urlsafe(8)
+    other = ended_stream(small, theirs)  # the oldest of all, but another owner's
+    running = secrets.token_urlsafe(16)
+    assert small.create(StreamInfo(running, owner=mine, model="demo/echo", created=1.0))
+    for i in range(6):  # a running stream's bytes (888) do not push out ended ones
+        small.append(running, i, frame(i))
+    first = [ended_stream(small, mine) for _ in range(3)]  # 3 x 948 = 2844 <= 3000
+    assert all(small.info(sid) is not None for sid in first)
+    newest = ended_stream(small, mine)  # 3792 > 3000: the oldest goes, and only it
+    assert small.info(first[0]) is None
+    with pytest.raises(StreamNotFound):
+        small.read(first[0], -1, timeout=0)
+    for kept in (*first[1:], newest):
+        batch = small.read(kept, -1, timeout=0)
+        assert (batch.frames, batch.ended) == ([frame(0, 900)], True)
+    info = small.info(running)
+    assert info is not None and info.status == RUNNING
+    assert small.read(running, -1, timeout=0).frames == [frame(i) for i in range(6)]
+    assert small.info(other) is not None  # one owner cannot push out another's
+    # A big ended stream pushes out as many of the owner's oldest as it takes.
+    big = ended_stream(small, mine, 2900)  # 948 x 2 + 2948 > 3000
+    assert [small.info(sid) is None for sid in (*first[1:], newest, big)] == [
+        True, True, True, False]
+    assert small.info(other) is not None and small.info(running) is not None
+
+
+def test_the_memory_broker_keeps_no_more_than_it_replays() -> None:
+    """What a stream keeps in memory is what it can replay: its last max_events."""
+    broker = open_broker("memory://", replace(SMALL, max_bytes=64 << 20))
+    sid = make(broker)
+    big = 16 * 1024
+    tracemalloc.start()
+    try:
+        for i in range(99):  # 50 kept; 99 x 16 KiB if it kept up to 2 x max_events
+            broker.append(sid, i, frame(i, big))
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert broker.read(sid, 48, timeout=0).frames == [frame(i, big) for i in range(49, 99)]
+    assert held < 60 * big, f"the broker holds {held} bytes for 50 x {big}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import secrets
 import threading
 import time
@@ -11,6 +12,7 @@ import pytest
 import redis
 
 from app.broker import CANCEL, ERROR, READERS, RUNNING, BrokerOptions, StreamInfo
+from app.broker.base import event_cost
 from app.broker.redis import RedisBroker
 from tests.test_broker import REDIS_URL
 
@@ -183,3 +185,34 @@ def test_every_key_expires(pair: tuple[RedisBroker, RedisBroker]) -> None:
         time.sleep(0.1)  # expiry is a clock, not an event
     assert client.keys(f"sse:{{{sid}}}:*") == []
     client.close()
+
+
+def test_the_byte_count_stays_exact_while_trimming() -> None:
+    """The script's count of a log's bytes is the sum of what the log holds, after
+    every append, whatever mix of sizes comes and whichever cap trims."""
+    options = BrokerOptions(ttl=2.0, max_events=20, max_bytes=5000, max_stored_bytes=8000)
+    broker = RedisBroker(REDIS_URL, options)
+    client = redis.Redis.from_url(REDIS_URL)
+    rng = random.Random(7)
+    owner = secrets.token_urlsafe(8)
+    sid = secrets.token_urlsafe(16)
+    meta, log_key = f"sse:{{{sid}}}:meta", f"sse:{{{sid}}}:log"
+    try:
+        assert broker.create(StreamInfo(sid, owner=owner, model="openai/x", created=1.0))
+        for i in range(300):
+            size = rng.choice((1, 10, 100, 1000, 3000, 6000))
+            broker.append(sid, i, b"x" * size)
+            entries = client.xrange(log_key)
+            kept = sum(event_cost(fields[b"f"]) for _, fields in entries)
+            assert int(client.hget(meta, "bytes")) == kept  # type: ignore[arg-type]
+            assert len(entries) <= 20 and (kept <= 5000 or len(entries) == 1)
+            assert entries[-1][0] == b"0-%d" % (i + 1)  # the newest is always kept
+        broker.finish(sid, 300, b"end", "done")
+        ended, stored = f"sse:ended:{owner}", f"sse:stored:{owner}"
+        kept = sum(event_cost(fields[b"f"]) for _, fields in client.xrange(log_key))
+        assert [m.decode() for m in client.zrange(ended, 0, -1)] == [f"{sid}/{kept}"]
+        assert int(client.get(stored)) == kept  # type: ignore[arg-type]
+        assert 0 < client.pttl(ended) <= 2000 and 0 < client.pttl(stored) <= 2000
+    finally:
+        broker.close()
+        client.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import pytest
@@ -161,3 +163,33 @@ def test_demo_provider() -> None:
     assert deltas[-1] == Finished("length")
     with pytest.raises(UpstreamBadRequest):
         list(demo.stream(ChatRequest("nope", (Message("user", "x"),))))
+    deltas = list(demo.stream(ChatRequest("echo", (Message("user", "a b"),), max_tokens=2)))
+    assert [d.text for d in deltas if isinstance(d, TextDelta)] == ["a ", "b"]
+    assert deltas[-2:] == [Usage(2, 2), Finished("stop")]  # exactly the limit: not cut
+    deltas = list(demo.stream(ChatRequest("lorem", (Message("user", "x"),), max_tokens=3)))
+    assert "".join(d.text for d in deltas if isinstance(d, TextDelta)) == "lorem ipsum dolor"
+    assert deltas[-2:] == [Usage(1, 3), Finished("stop")]
+
+
+def test_demo_provider_costs_little_memory_at_any_prompt_size() -> None:
+    """A 1 MiB prompt of one-letter words is 524,288 tokens: the provider holds
+    them one at a time (a list of them all would be ~30 MiB for the whole stream).
+    128 KiB here (a list: ~4 MiB), as each token sleeps (0 s: a yield)."""
+    prompt = "a " * (64 * 1024)
+    words = len(prompt) // 2
+    demo = DemoProvider(ttft_s=0, token_delay_s=0)
+    deltas = demo.stream(ChatRequest("echo", (Message("user", prompt),)))
+    peaks = []
+    tracemalloc.start()
+    try:
+        assert next(deltas) == TextDelta("a ")  # the first token: nothing built ahead
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert sum(isinstance(d, TextDelta) for d in islice(deltas, words - 1)) == words - 1
+        tracemalloc.start()
+        assert next(deltas) == Usage(words, words)  # counted without a list either
+        peaks.append(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+    assert list(deltas) == [Finished("stop")]
+    assert max(peaks) < 64 * 1024, f"the demo provider peaked at {peaks} bytes"

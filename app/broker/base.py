@@ -86,9 +86,22 @@ class BrokerOptions:
     lease_ttl: float = 45.0  # seconds a reader lease lives without renewal
     producer_timeout: float = 5.0  # a producer silent this long is dead
     max_events: int = 50_000  # events kept per stream; older positions are gone
+    max_bytes: int = 4 << 20  # bytes of events (event_cost) kept per stream, likewise
+    # Bytes of ended streams kept per owner; over it, its oldest ended streams go.
+    max_stored_bytes: int = 64 << 20
     max_connections: int = 64  # connections to the backend, per process
     # Builds the terminal frame of a stream whose producer died: (event id, info).
     lost_frame: Callable[[int, StreamInfo], bytes] | None = None
+
+
+# What one kept event counts for besides its frame: in memory a bytes object's
+# header and its slot in the log, so many tiny events cannot hide in the bound.
+EVENT_OVERHEAD = 48
+
+
+def event_cost(frame: bytes) -> int:
+    """The bytes an event counts for against ``max_bytes`` and ``max_stored_bytes``."""
+    return len(frame) + EVENT_OVERHEAD
 
 
 class Batch(NamedTuple):

@@ -1,11 +1,14 @@
 """The in-process broker (``memory://``): one worker, nothing shared.
 
 Readers wait on an event that the next change sets and replaces: an append
-costs a list append, a fresh event, and a wake-up only when someone waits
+costs a deque append, a fresh event, and a wake-up only when someone waits
 (no lock, no condition). Under gunicorn's gevent worker ``threading`` is patched, so the
 events are gevent's; the same code works with real threads when unpatched
-(one writer per stream, as the pump is). Ended streams are forgotten ``ttl``
-seconds after they end.
+(one writer per stream, as the pump is). A stream keeps its last
+``max_events`` frames within ``max_bytes``; reads are of the last few, taken
+from the right. Ended streams are forgotten ``ttl`` seconds after they end, or
+sooner, oldest first, when their owner's ended streams keep more than
+``max_stored_bytes``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 from app.broker.base import (
@@ -32,14 +36,17 @@ from app.broker.base import (
     StreamNotFound,
     TooManyReaders,
     Watcher,
+    event_cost,
 )
 
 
 @dataclass
 class _Record:
     info: StreamInfo
-    frames: list[bytes] = field(default_factory=list)
+    frames: deque[bytes] = field(default_factory=deque)
     offset: int = 0  # event id of frames[0]; older frames were dropped
+    kept: int = 0  # the event_cost of the frames kept
+    forgotten: bool = False  # expired, or pushed out by its owner's newer streams
     # Set, and replaced by a fresh one, on every change: readers wait on it.
     changed: threading.Event = field(default_factory=lambda: threading.Event())
     leases: set[str] = field(default_factory=set)
@@ -52,8 +59,14 @@ class MemoryBroker(Broker):
     def __init__(self, options: BrokerOptions) -> None:
         self._ttl = options.ttl
         self._max_events = options.max_events
+        self._max_bytes = options.max_bytes
+        self._max_stored = options.max_stored_bytes
         self._records: dict[str, _Record] = {}
-        self._expiry: deque[tuple[float, str]] = deque()  # in finish order = expiry order
+        # Ended streams in finish order = expiry order: all, and per owner with
+        # the bytes they keep.
+        self._expiry: deque[tuple[float, _Record]] = deque()
+        self._ended: dict[str, deque[_Record]] = {}
+        self._owner_bytes: dict[str, int] = {}
         self._slots: dict[str, set[str]] = {}
         self._held: dict[str, set[str]] = {}  # holder -> its reader leases
         self._holders: dict[str, str] = {}  # lease -> holder
@@ -81,7 +94,9 @@ class MemoryBroker(Broker):
         record.info.status = status
         record.info.usage = usage
         self._changed(record)
-        self._expiry.append((time.monotonic() + self._ttl, stream_id))
+        self._expire()
+        self._expiry.append((time.monotonic() + self._ttl, record))
+        self._keep_owner_within(record)
 
     def read(self, stream_id: str, after: int, timeout: float) -> Batch:
         record = self._get(stream_id)
@@ -93,11 +108,13 @@ class MemoryBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not changed.wait(remaining):
                 break
+        if record.forgotten:
+            raise StreamNotFound(stream_id)
         last_id = record.info.last_event_id
-        first_kept = max(record.offset, last_id - self._max_events + 1)
-        if after + 1 < first_kept:
+        if after + 1 < record.offset:
             raise PositionGone(stream_id)
-        frames = record.frames[after + 1 - record.offset:] if last_id > after else []
+        # From the right: O(frames returned), however long the log.
+        frames = list(islice(reversed(record.frames), max(0, last_id - after)))[::-1]
         return Batch(frames, max(after, last_id), record.info.status in ENDED)
 
     def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
@@ -201,12 +218,32 @@ class MemoryBroker(Broker):
             raise StreamEnded(f"stream {record.info.stream_id} has ended")
         if event_id != record.info.last_event_id + 1:
             raise ValueError(f"event {event_id} appended after {record.info.last_event_id}")
-        record.frames.append(frame)
-        if len(record.frames) >= 2 * self._max_events:  # drop in bulk: O(1) amortized
-            drop = len(record.frames) - self._max_events
-            del record.frames[:drop]
-            record.offset += drop
+        frames = record.frames
+        frames.append(frame)
+        record.kept += event_cost(frame)
+        # The newest frame stays, so the terminal event is always kept.
+        while len(frames) > 1 and (len(frames) > self._max_events
+                                   or record.kept > self._max_bytes):
+            record.kept -= event_cost(frames.popleft())
+            record.offset += 1
         record.info.last_event_id = event_id
+
+    def _keep_owner_within(self, record: _Record) -> None:
+        """Count an ended stream for its owner; forget the owner's oldest while over."""
+        owner = record.info.owner
+        ended = self._ended.setdefault(owner, deque())
+        ended.append(record)
+        stored = self._owner_bytes.get(owner, 0) + record.kept
+        while stored > self._max_stored and len(ended) > 1:  # the newest fits: kept
+            oldest = ended.popleft()
+            stored -= oldest.kept
+            self._forget(oldest)
+        self._owner_bytes[owner] = stored
+
+    def _forget(self, record: _Record) -> None:
+        record.forgotten = True
+        if self._records.get(record.info.stream_id) is record:
+            del self._records[record.info.stream_id]
 
     @staticmethod
     def _changed(record: _Record) -> None:
@@ -222,5 +259,14 @@ class MemoryBroker(Broker):
     def _expire(self) -> None:
         now = time.monotonic()
         while self._expiry and self._expiry[0][0] <= now:
-            _, stream_id = self._expiry.popleft()
-            self._records.pop(stream_id, None)
+            _, record = self._expiry.popleft()
+            if record.forgotten:
+                continue  # pushed out already
+            self._forget(record)
+            owner = record.info.owner
+            self._owner_bytes[owner] -= record.kept
+            ended = self._ended[owner]
+            while ended and ended[0].forgotten:
+                ended.popleft()
+            if not ended:
+                del self._ended[owner], self._owner_bytes[owner]

@@ -10,6 +10,14 @@ Per stream, all in one hash slot (``sse:{id}:...``):
     sse:ctl:{id}      channel: "cancel" / "readers" (tells the producer)
     sse:slots:<key>   sorted set: a key's running streams -> expiry (ms)
     sse:held:<holder> sorted set: a holder's reader leases (on any stream) -> expiry (ms)
+    sse:ended:<owner> sorted set: an owner's ended streams "<id>/<bytes>" -> end (ms)
+    sse:stored:<owner> the bytes those streams keep (the sum of the members' <bytes>)
+
+A stream's log keeps at most ``max_events`` entries and ``max_bytes`` (the
+``bytes`` field of its meta hash counts each entry's ``event_cost``); an owner's
+ended streams keep at most ``max_stored_bytes``, else its oldest are deleted.
+The scripts that do so name the owner's keys and the deleted streams' keys
+themselves: one Redis server, not a cluster (README, "Known limits").
 
 No greenlet blocks on Redis per stream: one *hub* thread per process (a
 greenlet under gevent) holds the only pub/sub connection and wakes local
@@ -37,6 +45,7 @@ from app.broker.base import (
     CANCEL,
     ENDED,
     ERROR,
+    EVENT_OVERHEAD,
     READERS,
     RUNNING,
     Batch,
@@ -57,6 +66,34 @@ log = logging.getLogger(__name__)
 _POLL_S = 1.0  # the longest a waiting reader goes without looking at Redis itself
 _READ_COUNT = 1000  # frames per read at most
 
+# Lua: trim a log from its oldest entry until it keeps at most max_events entries
+# and max_bytes; never its newest entry (the terminal event is always kept).
+# Reads what it drops in small batches: O(1) amortized per append.
+_KEEP_WITHIN = """
+local function keep_within(meta, log, frame, max_events, max_bytes, overhead)
+  local kept = redis.call('HINCRBY', meta, 'bytes', #frame + overhead)
+  local count = redis.call('XLEN', log)
+  local start, first, batch = '-', nil, 2
+  while (kept > max_bytes or count > max_events) and count > 1 do
+    local entries = redis.call('XRANGE', log, start, '+', 'COUNT', batch)
+    if #entries == 0 then break end  -- never loop in the server, whatever the count says
+    for _, entry in ipairs(entries) do
+      if not ((kept > max_bytes or count > max_events) and count > 1) then break end
+      kept = kept - #entry[2][2] - overhead
+      count = count - 1
+      start = '(' .. entry[1]
+      first = tonumber(string.match(entry[1], '%-(%d+)$')) + 1
+    end
+    batch = math.min(batch * 2, 64)
+  end
+  if first then
+    redis.call('XTRIM', log, 'MINID', '0-' .. first)
+    redis.call('HSET', meta, 'bytes', kept)
+  end
+  return kept
+end
+"""
+
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
@@ -75,7 +112,8 @@ local function stored(id, frame)
 end
 """
 
-# KEYS meta log; ARGV id frame ttl_ms max_events channel
+# KEYS meta log; ARGV id frame ttl_ms max_events+1 channel max_events max_bytes overhead
+# (XADD's MAXLEN is only a safety net: keep_within trims first, counting bytes.)
 _APPEND = _STORED + """
 local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
 local id, last = tonumber(ARGV[1]), tonumber(meta[2])
@@ -87,11 +125,14 @@ end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (id + 1), 'f', ARGV[2])
 redis.call('HSET', KEYS[1], 'last_event_id', ARGV[1])
 if ARGV[1] == '0' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+""" + _KEEP_WITHIN + """
+keep_within(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 redis.call('PUBLISH', ARGV[5], '')
 return 1
 """
 
-# KEYS meta log readers alive; ARGV id frame status usage ttl_ms max_events channel
+# KEYS meta log readers alive; ARGV id frame status usage ttl_ms max_events+1 channel
+#   max_events max_bytes overhead now_ms max_stored_bytes stream_id
 _FINISH = _STORED + """
 local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
 local id, last = tonumber(ARGV[1]), tonumber(meta[2])
@@ -105,6 +146,35 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'last_event_id', ARGV[1], 'usage'
 redis.call('HDEL', KEYS[1], 'suspected')
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 redis.call('DEL', KEYS[4])
+""" + _KEEP_WITHIN + """
+local kept = keep_within(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[8]), tonumber(ARGV[9]),
+                         tonumber(ARGV[10]))
+-- The owner's ended streams: forget those past the ttl, add this one, and
+-- delete the oldest (never a running stream, never this one) while over.
+local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+local ended, total = 'sse:ended:' .. owner, 'sse:stored:' .. owner
+local now, ttl, self = tonumber(ARGV[11]), tonumber(ARGV[5]), ARGV[13] .. '/' .. kept
+local held = tonumber(redis.call('GET', total) or '0')
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', ended, '-inf', now - ttl)) do
+  held = held - tonumber(string.match(m, '/(%d+)$'))
+end
+redis.call('ZREMRANGEBYSCORE', ended, '-inf', now - ttl)
+local newest = redis.call('ZRANGE', ended, -1, -1, 'WITHSCORES')[2]
+redis.call('ZADD', ended, math.max(now, tonumber(newest or '0') + 1), self)  -- in end order
+held = held + kept
+while held > tonumber(ARGV[12]) and redis.call('ZCARD', ended) > 1 do
+  local oldest = redis.call('ZRANGE', ended, 0, 1)
+  local m = oldest[1] == self and oldest[2] or oldest[1]
+  redis.call('ZREM', ended, m)
+  local sid, size = string.match(m, '^(.*)/(%d+)$')
+  held = held - tonumber(size)
+  local base = 'sse:{' .. sid .. '}:'
+  if redis.call('HGET', base .. 'meta', 'status') ~= 'running' then
+    redis.call('DEL', base .. 'meta', base .. 'log', base .. 'readers', base .. 'alive')
+  end
+end
+redis.call('SET', total, held, 'PX', ttl)
+redis.call('PEXPIRE', ended, ttl)
 redis.call('PUBLISH', ARGV[7], '')
 return 1
 """
@@ -219,6 +289,7 @@ class RedisBroker(Broker):
         # A silent producer is declared lost this long after it was first
         # suspected (two of its ticks, which come every producer_timeout / 4).
         self._confirm_ms = max(1, self._producer_ms // 2)
+        self._trim_args = (options.max_events, options.max_bytes, EVENT_OVERHEAD)
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=options.max_connections, timeout=5,
             socket_timeout=5, socket_connect_timeout=2)
@@ -250,7 +321,8 @@ class RedisBroker(Broker):
         with _reachable():
             appended = self._append(keys=[meta, log_key],
                                     args=[event_id, frame, self._running_ttl_ms,
-                                          self._options.max_events, _events(stream_id)])
+                                          self._options.max_events + 1, _events(stream_id),
+                                          *self._trim_args])
         if appended != 1:
             _refuse(stream_id, event_id, appended)
         self._hub.poke(_events(stream_id))
@@ -260,8 +332,10 @@ class RedisBroker(Broker):
         with _reachable():
             finished = self._finish(keys=list(_keys(stream_id)),
                                     args=[event_id, frame, status, json.dumps(usage),
-                                          self._ttl_ms, self._options.max_events,
-                                          _events(stream_id)])
+                                          self._ttl_ms, self._options.max_events + 1,
+                                          _events(stream_id), *self._trim_args,
+                                          int(time.time() * 1000),
+                                          self._options.max_stored_bytes, stream_id])
         if finished != 1:
             _refuse(stream_id, event_id, finished)
         self._hub.poke(_events(stream_id))

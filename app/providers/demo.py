@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 from app.providers.base import ChatRequest, Delta, Finished, TextDelta, UpstreamBadRequest, Usage
 
@@ -29,6 +29,16 @@ def split_words(text: str) -> list[str]:
     return _WORDS.findall(text)
 
 
+def iter_words(text: str) -> Iterator[str]:
+    """The tokens of ``split_words``, one at a time: no list of a whole prompt's words."""
+    return (match.group() for match in _WORDS.finditer(text))
+
+
+def count_words(text: str) -> int:
+    """How many tokens ``split_words`` would make, in O(1) memory."""
+    return sum(1 for _ in _WORDS.finditer(text))
+
+
 class DemoProvider:
     """The ``demo/<name>`` provider: always available, no network."""
 
@@ -41,25 +51,30 @@ class DemoProvider:
         self._token_delay_s = token_delay_s
 
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
+        # Lazily: a 1 MiB prompt of one-letter words is ~500k tokens, and a list
+        # of them would cost ~30 MiB for the whole stream.
         if request.model == "echo":
             last_user = [m.content for m in request.messages if m.role == "user"]
-            tokens = split_words(last_user[-1] if last_user else "")
+            tokens = iter_words(last_user[-1] if last_user else "")
             limit = request.max_tokens
         elif request.model == "lorem":
             limit = request.max_tokens or 48
-            tokens = [(" " if i else "") + LOREM[i % len(LOREM)] for i in range(limit)]
+            tokens = ((" " if i else "") + LOREM[i % len(LOREM)] for i in range(limit))
         else:
             raise UpstreamBadRequest(f"demo has no model {request.model!r}", provider=self.name)
         finish = "stop"
-        if limit is not None and len(tokens) > limit:
-            tokens, finish = tokens[:limit], "length"
         time.sleep(self._ttft_s)
-        for i, token in enumerate(tokens):
-            if i:
+        sent = 0
+        for token in tokens:
+            if limit is not None and sent == limit:
+                finish = "length"
+                break
+            if sent:
                 time.sleep(self._token_delay_s)
             yield TextDelta(token)
-        input_tokens = sum(len(split_words(m.content)) for m in request.messages)
-        yield Usage(input_tokens, len(tokens))
+            sent += 1
+        input_tokens = sum(count_words(m.content) for m in request.messages)
+        yield Usage(input_tokens, sent)
         yield Finished(finish)
 
     def close(self) -> None:

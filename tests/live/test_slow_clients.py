@@ -154,7 +154,11 @@ def test_slow_clients_are_dropped_and_cost_bounded_memory(fake: FakeProvider) ->
     sockets: list[socket.socket] = []
     normal: dict[str, Any] = {}
     reader: threading.Thread | None = None
-    server = GatewayServer(gateway_env(fake, WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S)),
+    # Every stuck stream's log is replayed at the end to measure it: keep them all
+    # (~2 MiB each, 100 of one owner: over the default MAX_STORED_BYTES_PER_KEY).
+    server = GatewayServer(gateway_env(fake, WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S),
+                                       MAX_STREAM_BYTES=str(64 << 20),
+                                       MAX_STORED_BYTES_PER_KEY=str(4 << 30)),
                            label="slow-clients")
     try:
         server.start()
