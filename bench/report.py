@@ -206,7 +206,7 @@ def _how(results: dict[str, Any]) -> str:
                          + (f" — **{skipped}**" if skipped else ""))
     lines.append("""
 - The gateway runs with the issue's environment: `OPENAI_API_KEY=x OPENAI_BASE_URL=<fake>/v1
-  MODELS=openai/* RATELIMIT_*= MAX_STREAMS_PER_KEY=0 MAX_ACTIVE_STREAMS=20000 HEARTBEAT_S=15`
+  MODELS=openai/* RATELIMIT_*= MAX_STREAMS_PER_KEY=0 MAX_READERS_PER_KEY=0 MAX_ACTIVE_STREAMS=20000 HEARTBEAT_S=15`
   (plus `GRACEFUL_TIMEOUT_S=5 SHUTDOWN_MARGIN_S=3`, which only shortens its stop), requests
   `POST /v1/streams {"model": "openai/<name>", "prompt": "x", "resume_grace_s": 0}`.
   The alternatives (`bench/alternatives/`) take `POST /chat {"model", "prompt"}` and send
