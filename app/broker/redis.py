@@ -102,26 +102,30 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return 1
 """
 
-# A write sent again (its first attempt timed out, but was applied) finds its
-# frame already stored under its id: that is success. -1: out of order; 0: the
-# stream is not running.
-_STORED = """
-local function stored(id, frame)
-  local entry = redis.call('XRANGE', KEYS[2], '0-' .. (id + 1), '0-' .. (id + 1))
-  return entry[1] ~= nil and entry[1][2][2] == frame
+# Whether event ``id`` (its ``frame``) may be written now (KEYS meta log): nil,
+# or what the script answers instead. A write sent again (its first attempt
+# timed out, but was applied) finds its frame already stored under its id: 1,
+# success. 0: the stream is not running; -1: out of order.
+_REFUSAL = """
+local function refusal(id, frame)
+  local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
+  local last = tonumber(meta[2])
+  if meta[1] == 'running' and last == id - 1 then return nil end
+  if last ~= nil and last >= id then
+    local entry = redis.call('XRANGE', KEYS[2], '0-' .. (id + 1), '0-' .. (id + 1))
+    if entry[1] ~= nil and entry[1][2][2] == frame then return 1 end
+  end
+  if meta[1] ~= 'running' then return 0 end
+  return -1
 end
+local id = tonumber(ARGV[1])
+local refused = refusal(id, ARGV[2])
+if refused then return refused end
 """
 
 # KEYS meta log; ARGV id frame ttl_ms max_events+1 channel max_events max_bytes overhead
 # (XADD's MAXLEN is only a safety net: keep_within trims first, counting bytes.)
-_APPEND = _STORED + """
-local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
-local id, last = tonumber(ARGV[1]), tonumber(meta[2])
-if meta[1] ~= 'running' or last ~= id - 1 then
-  if last ~= nil and last >= id and stored(id, ARGV[2]) then return 1 end
-  if meta[1] ~= 'running' then return 0 end
-  return -1
-end
+_APPEND = _REFUSAL + """
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (id + 1), 'f', ARGV[2])
 redis.call('HSET', KEYS[1], 'last_event_id', ARGV[1])
 if ARGV[1] == '0' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
@@ -133,14 +137,7 @@ return 1
 
 # KEYS meta log readers alive; ARGV id frame status usage ttl_ms max_events+1 channel
 #   max_events max_bytes overhead now_ms max_stored_bytes stream_id
-_FINISH = _STORED + """
-local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
-local id, last = tonumber(ARGV[1]), tonumber(meta[2])
-if meta[1] ~= 'running' or last ~= id - 1 then
-  if last ~= nil and last >= id and stored(id, ARGV[2]) then return 1 end
-  if meta[1] ~= 'running' then return 0 end
-  return -1
-end
+_FINISH = _REFUSAL + """
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], '0-' .. (id + 1), 'f', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'last_event_id', ARGV[1], 'usage', ARGV[4])
 redis.call('HDEL', KEYS[1], 'suspected')

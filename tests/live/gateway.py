@@ -234,5 +234,14 @@ class SSEStream:
         self.drop()
 
 
+def worker_pid(server: GatewayServer) -> int:
+    """The pid of a one-worker gunicorn's worker (the master's only child)."""
+    assert server.process is not None
+    master = server.process.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    assert len(children) == 1, f"expected one gunicorn worker, got {children}"
+    return int(children[0])
+
+
 def tokens_text(events: list[Event]) -> str:
     return "".join(e.json()["content"] for e in events if e.event == "token")

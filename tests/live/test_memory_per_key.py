@@ -33,7 +33,7 @@ import pytest
 from tests.conftest import record
 from tests.fake_provider import FakeProvider
 from tests.live.conftest import gateway_env
-from tests.live.gateway import GatewayServer
+from tests.live.gateway import GatewayServer, worker_pid
 
 MIB = 1024 * 1024
 STREAMS = 4  # MAX_STREAMS_PER_KEY
@@ -52,14 +52,6 @@ KEY_A, KEY_B = (f"sk-{name}-{secrets.token_hex(6)}" for name in ("a", "b"))
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def worker_pid(server: GatewayServer) -> int:
-    assert server.process is not None
-    master = server.process.pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    assert len(children) == 1, f"expected one gunicorn worker, got {children}"
-    return int(children[0])
 
 
 def status_kib(pid: int, field: str) -> int:

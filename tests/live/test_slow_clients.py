@@ -40,7 +40,7 @@ from typing import Any
 from tests.conftest import record
 from tests.fake_provider import FakeProvider
 from tests.live.conftest import gateway_env
-from tests.live.gateway import GatewayServer, tokens_text
+from tests.live.gateway import GatewayServer, tokens_text, worker_pid
 
 WRITE_TIMEOUT_S = 3.0
 MARGIN_S = 10.0  # on top of WRITE_TIMEOUT_S: every stuck client must be dropped by then
@@ -66,14 +66,6 @@ BOUND_KIB = 1024
 # (the first stuck client is dropped WRITE_TIMEOUT_S after its writes block).
 NORMAL_TOKENS = [f"{i:06d}" + "n" * (16 * 1024 - 6) for i in range(100)]
 NORMAL_DELAY_S = 0.02
-
-
-def worker_pid(server: GatewayServer) -> int:
-    assert server.process is not None
-    master = server.process.pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    assert len(children) == 1, f"expected one gunicorn worker, got {children}"
-    return int(children[0])
 
 
 def rss_kib(pid: int) -> int:
