@@ -92,9 +92,12 @@ def create_stream() -> Response:
         raise Overloaded("this instance is shutting down; retry", retry_after=1)
     if len(gateway.pumps) >= settings.max_active_streams:
         raise Overloaded("this worker is at its stream limit; retry", retry_after=1)
+    # The new stream's own reader is taken after the stream exists, so its key's
+    # cap is checked here, before any provider is asked (concurrent POSTs of one
+    # key are bounded by its stream slots; GET readers are capped atomically).
     cap = settings.max_readers_per_key
     if cap and gateway.broker.holder_readers(caller()) >= cap:
-        raise _too_many_readers(ReadersRefused("holder", cap))
+        raise _too_many_readers("holder", cap)
     slot_owner = caller() if settings.max_streams_per_key else None
     if slot_owner and not gateway.broker.take_slot(slot_owner, key,
                                                    settings.max_streams_per_key):
@@ -242,14 +245,14 @@ def _follow(gateway: Gateway, stream_id: str, info: StreamInfo, after: int) -> R
         lease = gateway.broker.attach_reader(key, caller(), settings.max_readers_per_stream,
                                              settings.max_readers_per_key)
     except ReadersRefused as refused:
-        raise _too_many_readers(refused) from None
+        raise _too_many_readers(refused.scope, refused.limit) from None
     return _sse_response(gateway, stream_id, key, after=after, lease=lease,
                          provider=info.model.partition("/")[0], first=first)
 
 
-def _too_many_readers(refused: ReadersRefused) -> TooManyReaders:
-    whose = "this stream" if refused.scope == "stream" else "one key"
-    return TooManyReaders(f"at most {refused.limit} readers may follow {whose} at once; "
+def _too_many_readers(scope: str, limit: int) -> TooManyReaders:
+    whose = "this stream" if scope == "stream" else "one key"
+    return TooManyReaders(f"at most {limit} readers may follow {whose} at once; "
                           "close one first", retry_after=1)
 
 

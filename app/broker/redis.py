@@ -493,15 +493,12 @@ class RedisBroker(Broker):
             pipe.execute()
 
     def holder_readers(self, holder: str) -> int:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(_held(holder), "-inf", int(time.time() * 1000))
-        pipe.zcard(_held(holder))
-        with _reachable():
-            count: int = pipe.execute()[-1]
+        count: int = self._count_live(self._redis.pipeline(transaction=False), _held(holder))[-1]
         return count
 
     def readers(self, stream_id: str) -> int:
-        count: int = self._count_readers(self._redis.pipeline(transaction=False), stream_id)[-1]
+        count: int = self._count_live(self._redis.pipeline(transaction=False),
+                                      _keys(stream_id)[2])[-1]
         return count
 
     def producer_tick(self, stream_id: str, slot_owner: str | None = None
@@ -517,7 +514,7 @@ class RedisBroker(Broker):
             now_ms = int(time.time() * 1000)
             pipe.zadd(_slots(slot_owner), {stream_id: now_ms + 2 * self._producer_ms}, xx=True)
             pipe.pexpire(_slots(slot_owner), 2 * self._producer_ms)
-        results = self._count_readers(pipe, stream_id)
+        results = self._count_live(pipe, readers)
         reason = results[4]
         return (reason.decode() if reason else None), results[-1]
 
@@ -533,17 +530,15 @@ class RedisBroker(Broker):
             self._redis.zrem(_slots(owner), stream_id)
 
     def slots(self, owner: str) -> int:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(_slots(owner), "-inf", int(time.time() * 1000))
-        pipe.zcard(_slots(owner))
-        with _reachable():
-            count: int = pipe.execute()[-1]
+        count: int = self._count_live(self._redis.pipeline(transaction=False), _slots(owner))[-1]
         return count
 
-    def _count_readers(self, pipe: Any, stream_id: str) -> list[Any]:
-        readers = _keys(stream_id)[2]
-        pipe.zremrangebyscore(readers, "-inf", int(time.time() * 1000))
-        pipe.zcard(readers)
+    @staticmethod
+    def _count_live(pipe: Any, key: str) -> list[Any]:
+        """Run ``pipe`` with, last, the live members of the sorted set ``key`` (score =
+        expiry in ms) counted, after dropping the lapsed ones: readers, leases, slots."""
+        pipe.zremrangebyscore(key, "-inf", int(time.time() * 1000))
+        pipe.zcard(key)
         with _reachable():
             results: list[Any] = pipe.execute()
         return results
