@@ -236,6 +236,9 @@ def test_stop_cancels_the_stream_and_closes_the_provider(
     call = fake.wait_closed(model)
     assert call.outcome == "peer_closed"
     assert call.tokens_sent < len(LONG)
+    # The status bar says "cancelled" (stopping…) as soon as Stop is clicked; the message
+    # turns "stopped" only when the gateway's `cancelled` event (or the wait for it) ends.
+    page.wait_for_selector('[data-testid="message"][data-role="assistant"][data-state="cancelled"]')
     wait_state(page, "cancelled")
     assert page.get_by_test_id("message-state").last.text_content() == "stopped"
     assert "deleted" in str(page.get_by_test_id("message-note").last.text_content())
