@@ -13,8 +13,6 @@ from pythonjsonlogger.json import JsonFormatter
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import metrics
-from app.broker import BrokerUnavailable, StreamNotFound
 from app.errors import (
     ApiError,
     InternalError,
@@ -26,6 +24,8 @@ from app.errors import (
     UnsupportedMediaType,
     error_body,
 )
+from sse_gateway import metrics
+from sse_gateway.broker import BrokerUnavailable, StreamNotFound
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,15 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
     from app.api import ops, streams, web
     from app.api.caller import authenticate
-    from app.broker import BrokerOptions, open_broker
-    from app.cli import stream_command
     from app.gateway import Gateway
     from app.limits import limiter
-    from app.providers import Catalog, build_providers
-    from app.pump import PumpGroup, lost_frame
     from app.security import Keys
     from app.settings import Settings
-    from app.upstream import RetryPolicy
+    from sse_gateway.broker import BrokerOptions, open_broker
+    from sse_gateway.providers import Catalog, build_providers
+    from sse_gateway.pump import PumpGroup
+    from sse_gateway.upstream import RetryPolicy
+    from sse_gateway_client.cli import stream_command
 
     settings = Settings.load(overrides=overrides)
     _configure_logging(settings.log_level, settings.log_format)
@@ -52,26 +52,26 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
-    broker = open_broker(settings.broker_url, BrokerOptions(
-        ttl=settings.stream_ttl_s,
+    broker = open_broker(settings.streams.broker_url, BrokerOptions(
+        ttl=settings.streams.stream_ttl_s,
         # A feed renews its lease at each heartbeat, but not while a write to a
         # slow client blocks (up to the write timeout).
-        lease_ttl=max(3 * settings.heartbeat_s,
-                      settings.write_timeout_s + 2 * settings.heartbeat_s),
-        producer_timeout=settings.producer_timeout_s,
-        max_events=settings.max_events_per_stream, max_bytes=settings.max_stream_bytes,
-        max_stored_bytes=settings.max_stored_bytes_per_key,
-        max_connections=settings.redis_max_connections, lost_frame=lost_frame))
-    catalog = Catalog(build_providers(settings), settings.models)
+        lease_ttl=max(3 * settings.streams.heartbeat_s,
+                      settings.streams.write_timeout_s + 2 * settings.streams.heartbeat_s),
+        producer_timeout=settings.streams.producer_timeout_s,
+        max_events=settings.streams.max_events_per_stream, max_bytes=settings.streams.max_stream_bytes,
+        max_stored_bytes=settings.streams.max_stored_bytes_per_key,
+        max_connections=settings.streams.redis_max_connections))
+    catalog = Catalog(build_providers(settings.streams), settings.streams.models)
     keys = Keys(settings.all_api_keys())
-    policy = RetryPolicy(settings.retry_max_attempts, settings.retry_budget_s,
-                         settings.retry_base_delay_s, settings.retry_max_delay_s,
-                         settings.ttft_timeout_s, settings.token_timeout_s)
+    policy = RetryPolicy(settings.streams.retry_max_attempts, settings.streams.retry_budget_s,
+                         settings.streams.retry_base_delay_s, settings.streams.retry_max_delay_s,
+                         settings.streams.ttft_timeout_s, settings.streams.token_timeout_s)
     app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup(), keys, policy)
     # Registered before the limiter's and CORS's own, so it runs after them.
     app.after_request(_response_headers)
     # Rates are counted where streams live: in Redis when there is one.
-    app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
+    app.config["RATELIMIT_STORAGE_URI"] = settings.streams.redis_url or "memory://"
     limiter.init_app(app)  # route limits; refused keys are counted by authenticate
     app.before_request(authenticate)
     if settings.cors_origins:
@@ -88,7 +88,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if keys.open:
         log.warning("no API keys configured (API_KEYS, API_KEYS_FILE): the gateway runs "
                     "open, for development only")
-    log.info("gateway ready: broker %s, models %s", settings.broker_url.split("://")[0],
+    log.info("gateway ready: broker %s, models %s", settings.streams.broker_url.split("://")[0],
              ", ".join(m["id"] for m in catalog.listing() if m.get("available", True)))
     return app
 
@@ -121,10 +121,11 @@ def _configure_logging(level: str, form: str) -> None:
     else:
         handler.setFormatter(_TextFormatter(
             "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
-    app_log = logging.getLogger("app")
-    app_log.handlers[:] = [handler]
-    app_log.propagate = False
-    app_log.setLevel(level.upper())
+    for name in ("app", "sse_gateway"):  # the gateway's loggers, and the engine's
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(level.upper())
 
 
 # C0 and C1 control characters (and DEL), as the escapes a reader can see.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.broker import Broker
-from app.providers import Catalog
-from app.pump import PumpGroup
 from app.security import Keys
 from app.settings import Settings
-from app.upstream import RetryPolicy
+from sse_gateway.broker import Broker
+from sse_gateway.providers import Catalog
+from sse_gateway.pump import PumpGroup
+from sse_gateway.upstream import RetryPolicy
 
 
 @dataclass
@@ -23,4 +23,4 @@ class Gateway:
 
     def drain(self, graceful_timeout: float) -> None:
         """Start shutting down: refuse new streams, end the rest before the timeout."""
-        self.pumps.drain(max(0.0, graceful_timeout - self.settings.shutdown_margin_s))
+        self.pumps.drain(max(0.0, graceful_timeout - self.settings.streams.shutdown_margin_s))

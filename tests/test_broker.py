@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import pytest
 
-from app.broker import (
+from sse_gateway.broker import (
     CANCEL,
     CANCELLED,
     DONE,
     READERS,
     RUNNING,
+    Batch,
     Broker,
     BrokerOptions,
     PositionGone,
@@ -27,12 +28,17 @@ from app.broker import (
     TooManyReaders,
     open_broker,
 )
-from app.broker.base import event_cost
+from sse_gateway.broker.base import event_cost
+from sse_gateway.events import Event
+
+
+def data(batch: Batch) -> list[bytes]:
+    """The payloads a read returned."""
+    return [event.data for event in batch.events]
 
 # The machine's Redis; a database of its own, and random stream ids.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-OPTIONS = BrokerOptions(ttl=0.5, lease_ttl=30, producer_timeout=5, max_events=50,
-                        lost_frame=lambda n, info: f"lost {n} {info.model}".encode())
+OPTIONS = BrokerOptions(ttl=0.5, lease_ttl=30, producer_timeout=5, max_events=50)
 
 
 @pytest.fixture(params=["memory://", REDIS_URL])
@@ -71,13 +77,13 @@ def test_create_refuses_a_taken_id(broker: Broker) -> None:
 def test_read_from_any_position_and_finish(broker: Broker) -> None:
     sid = make(broker)
     for i in range(3):
-        broker.append(sid, i, f"frame{i}".encode())
-    assert broker.read(sid, -1, timeout=0).frames == [b"frame0", b"frame1", b"frame2"]
+        broker.append(sid, Event(i, "x", f"frame{i}".encode()))
+    assert data(broker.read(sid, -1, timeout=0)) == [b"frame0", b"frame1", b"frame2"]
     batch = broker.read(sid, 1, timeout=0)
-    assert (batch.frames, batch.last_id, batch.ended) == ([b"frame2"], 2, False)
-    broker.finish(sid, 3, b"end", DONE, {"input_tokens": 1, "output_tokens": 2})
+    assert (data(batch), batch.last_id, batch.ended) == ([b"frame2"], 2, False)
+    broker.finish(sid, Event(3, "x", b"end"), DONE, {"input_tokens": 1, "output_tokens": 2})
     batch = broker.read(sid, 2, timeout=5)
-    assert (batch.frames, batch.last_id, batch.ended) == ([b"end"], 3, True)
+    assert (data(batch), batch.last_id, batch.ended) == ([b"end"], 3, True)
     assert broker.read(sid, 3, timeout=5) .ended  # at the end: returns at once
     info = broker.info(sid)
     assert info is not None
@@ -87,40 +93,40 @@ def test_read_from_any_position_and_finish(broker: Broker) -> None:
 
 def test_append_out_of_order_is_refused(broker: Broker) -> None:
     sid = make(broker)
-    broker.append(sid, 0, b"a")
+    broker.append(sid, Event(0, "x", b"a"))
     with pytest.raises(ValueError):
-        broker.append(sid, 2, b"c")
+        broker.append(sid, Event(2, "x", b"c"))
 
 
 def test_a_write_sent_again_is_stored_once(broker: Broker) -> None:
     # A retry of a write whose answer was lost (the store paused, the client
     # timed out, the store applied it later) finds it stored: that is success.
     sid = make(broker)
-    broker.append(sid, 0, b"a")
-    broker.append(sid, 0, b"a")
-    broker.append(sid, 1, b"b")
+    broker.append(sid, Event(0, "x", b"a"))
+    broker.append(sid, Event(0, "x", b"a"))
+    broker.append(sid, Event(1, "x", b"b"))
     with pytest.raises(ValueError):
-        broker.append(sid, 1, b"not b")  # the same id with another frame is no retry
-    broker.finish(sid, 2, b"end", DONE)
-    broker.finish(sid, 2, b"end", DONE)
-    assert broker.read(sid, -1, timeout=0).frames == [b"a", b"b", b"end"]
+        broker.append(sid, Event(1, "x", b"not b"))  # the same id with another event is no retry
+    broker.finish(sid, Event(2, "x", b"end"), DONE)
+    broker.finish(sid, Event(2, "x", b"end"), DONE)
+    assert data(broker.read(sid, -1, timeout=0)) == [b"a", b"b", b"end"]
     with pytest.raises(StreamEnded):
-        broker.append(sid, 3, b"late")
+        broker.append(sid, Event(3, "x", b"late"))
     with pytest.raises(StreamEnded):
-        broker.finish(sid, 3, b"late end", DONE)
+        broker.finish(sid, Event(3, "x", b"late end"), DONE)
     info = broker.info(sid)
     assert info is not None and (info.status, info.last_event_id) == (DONE, 2)
 
 
-def test_read_waits_for_the_next_frame(broker: Broker) -> None:
+def test_read_waits_for_the_next_event(broker: Broker) -> None:
     sid = make(broker)
     results = []
     reading = threading.Thread(target=lambda: results.append(broker.read(sid, -1, timeout=10)))
     reading.start()
     started = time.monotonic()
-    broker.append(sid, 0, b"a")
+    broker.append(sid, Event(0, "x", b"a"))
     reading.join(timeout=10)
-    assert results and results[0].frames == [b"a"]
+    assert results and data(results[0]) == [b"a"]
     assert time.monotonic() - started < 2
 
 
@@ -128,7 +134,7 @@ def test_read_times_out_empty(broker: Broker) -> None:
     sid = make(broker)
     started = time.monotonic()
     batch = broker.read(sid, -1, timeout=0.2)
-    assert (batch.frames, batch.ended) == ([], False)
+    assert (data(batch), batch.ended) == ([], False)
     assert 0.15 < time.monotonic() - started < 2
 
 
@@ -149,7 +155,7 @@ def test_cancel_tells_watchers_once_and_only_while_running(broker: Broker) -> No
     broker.cancel(sid, "deleted")
     assert eventually(lambda: seen == [CANCEL])
     unwatch()
-    broker.finish(sid, 0, b"x", CANCELLED)
+    broker.finish(sid, Event(0, "x", b"x"), CANCELLED)
     assert broker.cancel(sid, "deleted").status == CANCELLED  # type: ignore[union-attr]
     time.sleep(0.2)  # nothing more may arrive
     assert seen == [CANCEL]
@@ -200,7 +206,7 @@ def test_reader_caps_per_stream_and_per_holder(broker: Broker) -> None:
 
 def test_ended_streams_expire_after_the_ttl(broker: Broker) -> None:
     sid = make(broker)
-    broker.finish(sid, 0, b"x", DONE)
+    broker.finish(sid, Event(0, "x", b"x"), DONE)
     assert broker.info(sid) is not None
     deadline = time.monotonic() + 5
     while broker.info(sid) is not None and time.monotonic() < deadline:
@@ -218,13 +224,13 @@ def test_running_streams_do_not_expire(broker: Broker) -> None:
 def test_only_the_last_max_events_are_kept(broker: Broker) -> None:
     sid = make(broker)
     for i in range(120):
-        broker.append(sid, i, b"%d" % i)
+        broker.append(sid, Event(i, "x", b"%d" % i))
     with pytest.raises(PositionGone):
         broker.read(sid, -1, timeout=0)
     with pytest.raises(PositionGone):
         broker.read(sid, 68, timeout=0)
     batch = broker.read(sid, 69, timeout=0)  # events 70..119: the last 50
-    assert batch.frames == [b"%d" % i for i in range(70, 120)]
+    assert data(batch) == [b"%d" % i for i in range(70, 120)]
     assert batch.last_id == 119
 
 
@@ -241,23 +247,23 @@ def test_producer_tick_reports_cancel_and_readers(broker: Broker) -> None:
 
 def test_readers_wake_within_a_timeout_they_were_given(broker: Broker) -> None:
     sid = make(broker)
-    broker.append(sid, 0, b"a")
+    broker.append(sid, Event(0, "x", b"a"))
     woke = []
 
     def reader() -> None:
         started = time.monotonic()
         batch = broker.read(sid, 0, timeout=10)
-        woke.append((time.monotonic() - started, batch.frames))
+        woke.append((time.monotonic() - started, data(batch)))
 
     thread = threading.Thread(target=reader)
     thread.start()
     time.sleep(0.2)  # let the reader block; the append must wake it, not the timeout
-    broker.append(sid, 1, b"b")
+    broker.append(sid, Event(1, "x", b"b"))
     thread.join(timeout=10)
     assert woke and woke[0][1] == [b"b"] and woke[0][0] < 1.0
 
 
-# Small caps: an event of a 100-byte frame counts 148 bytes (EVENT_OVERHEAD), so
+# Small caps: an event that stores 100 bytes counts 148 bytes (EVENT_OVERHEAD), so
 # a stream keeps 6 of them; an owner's ended streams keep 3000 bytes.
 SMALL = BrokerOptions(ttl=30, lease_ttl=30, producer_timeout=5, max_events=50,
                       max_bytes=1000, max_stored_bytes=3000)
@@ -270,38 +276,39 @@ def small(request: pytest.FixtureRequest) -> Iterator[Broker]:
     backend.close()
 
 
-def frame(i: int, size: int = 100) -> bytes:
-    return (b"%d:" % i).ljust(size, b".")
+def ev(i: int, size: int = 100) -> Event:
+    """Event ``i`` that stores ``size`` bytes (``stored``: name, a line break, data)."""
+    return Event(i, "x", (b"%d:" % i).ljust(size - 2, b"."))
 
 
 def test_only_the_last_max_bytes_are_kept(small: Broker) -> None:
-    assert event_cost(frame(0)) == 148
+    assert event_cost(ev(0)) == 148
     sid = make(small)
     for i in range(20):
-        small.append(sid, i, frame(i))
+        small.append(sid, ev(i))
     for gone in (-1, 0, 12):
         with pytest.raises(PositionGone):
             small.read(sid, gone, timeout=0)
     batch = small.read(sid, 13, timeout=0)  # events 14..19: 6 x 148 <= 1000 < 7 x 148
-    assert batch.frames == [frame(i) for i in range(14, 20)] and batch.last_id == 19
-    assert small.read(sid, 17, timeout=0).frames == [frame(18), frame(19)]
+    assert batch.events == [ev(i) for i in range(14, 20)] and batch.last_id == 19
+    assert small.read(sid, 17, timeout=0).events == [ev(18), ev(19)]
     # The terminal event is always kept, even when it pushes out all the rest.
-    small.finish(sid, 20, frame(20, 900), DONE)
+    small.finish(sid, ev(20, 900), DONE)
     with pytest.raises(PositionGone):
         small.read(sid, 18, timeout=0)
     batch = small.read(sid, 19, timeout=0)
-    assert (batch.frames, batch.last_id, batch.ended) == ([frame(20, 900)], 20, True)
+    assert (batch.events, batch.last_id, batch.ended) == ([ev(20, 900)], 20, True)
 
 
 def test_an_event_larger_than_max_bytes_is_kept_alone(small: Broker) -> None:
     sid = make(small)
-    small.append(sid, 0, frame(0))
-    small.append(sid, 1, frame(1, 5000))
+    small.append(sid, ev(0))
+    small.append(sid, ev(1, 5000))
     with pytest.raises(PositionGone):
         small.read(sid, -1, timeout=0)
-    assert small.read(sid, 0, timeout=0).frames == [frame(1, 5000)]
-    small.append(sid, 2, frame(2))  # and it goes as soon as another comes
-    assert small.read(sid, 1, timeout=0).frames == [frame(2)]
+    assert small.read(sid, 0, timeout=0).events == [ev(1, 5000)]
+    small.append(sid, ev(2))  # and it goes as soon as another comes
+    assert small.read(sid, 1, timeout=0).events == [ev(2)]
     with pytest.raises(PositionGone):
         small.read(sid, 0, timeout=0)
 
@@ -310,7 +317,7 @@ def ended_stream(broker: Broker, owner: str, size: int = 900) -> str:
     """An ended stream of ``owner`` that keeps ``size + 48`` bytes."""
     sid = secrets.token_urlsafe(16)
     assert broker.create(StreamInfo(sid, owner=owner, model="demo/echo", created=1.0))
-    broker.finish(sid, 0, frame(0, size), DONE)
+    broker.finish(sid, ev(0, size), DONE)
     return sid
 
 
@@ -320,7 +327,7 @@ def test_an_owner_keeps_at_most_max_stored_bytes_of_ended_streams(small: Broker)
     running = secrets.token_urlsafe(16)
     assert small.create(StreamInfo(running, owner=mine, model="demo/echo", created=1.0))
     for i in range(6):  # a running stream's bytes (888) do not push out ended ones
-        small.append(running, i, frame(i))
+        small.append(running, ev(i))
     first = [ended_stream(small, mine) for _ in range(3)]  # 3 x 948 = 2844 <= 3000
     assert all(small.info(sid) is not None for sid in first)
     newest = ended_stream(small, mine)  # 3792 > 3000: the oldest goes, and only it
@@ -329,10 +336,10 @@ def test_an_owner_keeps_at_most_max_stored_bytes_of_ended_streams(small: Broker)
         small.read(first[0], -1, timeout=0)
     for kept in (*first[1:], newest):
         batch = small.read(kept, -1, timeout=0)
-        assert (batch.frames, batch.ended) == ([frame(0, 900)], True)
+        assert (batch.events, batch.ended) == ([ev(0, 900)], True)
     info = small.info(running)
     assert info is not None and info.status == RUNNING
-    assert small.read(running, -1, timeout=0).frames == [frame(i) for i in range(6)]
+    assert small.read(running, -1, timeout=0).events == [ev(i) for i in range(6)]
     assert small.info(other) is not None  # one owner cannot push out another's
     # A big ended stream pushes out as many of the owner's oldest as it takes.
     big = ended_stream(small, mine, 2900)  # 948 x 2 + 2948 > 3000
@@ -349,9 +356,9 @@ def test_the_memory_broker_keeps_no_more_than_it_replays() -> None:
     tracemalloc.start()
     try:
         for i in range(99):  # 50 kept; 99 x 16 KiB if it kept up to 2 x max_events
-            broker.append(sid, i, frame(i, big))
+            broker.append(sid, ev(i, big))
         held = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert broker.read(sid, 48, timeout=0).frames == [frame(i, big) for i in range(49, 99)]
+    assert broker.read(sid, 48, timeout=0).events == [ev(i, big) for i in range(49, 99)]
     assert held < 60 * big, f"the broker holds {held} bytes for 50 x {big}"

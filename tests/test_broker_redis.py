@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app.broker import CANCEL, ERROR, READERS, RUNNING, BrokerOptions, StreamInfo
-from app.broker.base import event_cost
-from app.broker.redis import RedisBroker
-from tests.test_broker import REDIS_URL
+from sse_gateway.broker import CANCEL, ERROR, READERS, RUNNING, BrokerOptions, StreamInfo
+from sse_gateway.broker.base import EVENT_OVERHEAD
+from sse_gateway.broker.redis import RedisBroker
+from sse_gateway.events import Event, stream_lost
+from tests.test_broker import REDIS_URL, data
 
-OPTIONS = BrokerOptions(ttl=1.0, lease_ttl=30, producer_timeout=0.5, max_events=100,
-                        lost_frame=lambda n, info: f"lost {n} {info.model}".encode())
+OPTIONS = BrokerOptions(ttl=1.0, lease_ttl=30, producer_timeout=0.5, max_events=100)
 
 
 @pytest.fixture
@@ -38,17 +38,17 @@ def new_stream(broker: RedisBroker) -> str:
 def test_a_reader_elsewhere_is_woken_by_pubsub(pair: tuple[RedisBroker, RedisBroker]) -> None:
     a, b = pair
     sid = new_stream(a)
-    a.append(sid, 0, b"start")
+    a.append(sid, Event(0, "x", b"start"))
     lease = b.attach_reader(sid)
     got = []
     thread = threading.Thread(target=lambda: got.append(b.read(sid, 0, timeout=10)))
     thread.start()
-    time.sleep(0.2)  # the reader must be waiting when the frame comes
+    time.sleep(0.2)  # the reader must be waiting when the event comes
     appended = time.monotonic()
     a.producer_tick(sid)
-    a.append(sid, 1, b"token")
+    a.append(sid, Event(1, "x", b"token"))
     thread.join(timeout=10)
-    assert got and got[0].frames == [b"token"]
+    assert got and data(got[0]) == [b"token"]
     assert time.monotonic() - appended < 0.5  # woken, not polled
     b.release_reader(sid, lease)
 
@@ -75,8 +75,8 @@ def test_cancel_and_readers_reach_the_producer_elsewhere(
 def test_a_dead_producer_is_declared_lost_once(pair: tuple[RedisBroker, RedisBroker]) -> None:
     a, b = pair
     sid = new_stream(a)
-    a.append(sid, 0, b"start")
-    a.append(sid, 1, b"token")
+    a.append(sid, Event(0, "x", b"start"))
+    a.append(sid, Event(1, "x", b"token"))
     # The producer never ticks again: after producer_timeout its readers end it.
     results = []
     threads = [threading.Thread(target=lambda r=r: results.append(r.read(sid, 1, timeout=10)))
@@ -85,7 +85,7 @@ def test_a_dead_producer_is_declared_lost_once(pair: tuple[RedisBroker, RedisBro
         thread.start()
     for thread in threads:
         thread.join(timeout=15)
-    assert [r.frames for r in results] == [[b"lost 2 openai/x"]] * 3
+    assert [r.events for r in results] == [[stream_lost(2, "openai/x")]] * 3
     assert all(r.ended for r in results)
     info = b.info(sid)
     assert info is not None and (info.status, info.last_event_id) == (ERROR, 2)
@@ -107,10 +107,10 @@ def test_a_lapsed_alive_key_is_only_suspected_at_first(
     # they are fine: a reader looking first must leave them the time to tick.
     a, b = pair
     sid = new_stream(a)
-    a.append(sid, 0, b"start")
+    a.append(sid, Event(0, "x", b"start"))
     wait_until_alive_lapses(sid)
     batch = b.read(sid, 0, timeout=0.2)  # looks once it has waited
-    assert (batch.frames, batch.ended) == ([], False)
+    assert (data(batch), batch.ended) == ([], False)
     stop = threading.Event()
 
     def tick() -> None:  # the producer is back
@@ -122,7 +122,7 @@ def test_a_lapsed_alive_key_is_only_suspected_at_first(
     ticker.start()
     try:
         batch = b.read(sid, 0, timeout=1.5)  # looks again, after the confirmation time
-        assert (batch.frames, batch.ended) == ([], False)
+        assert (data(batch), batch.ended) == ([], False)
         info = b.info(sid, confirm=True)
         assert info is not None and info.status == RUNNING
         client = redis.Redis.from_url(REDIS_URL)
@@ -138,20 +138,20 @@ def test_one_status_look_ends_a_stream_whose_producer_died(
     # Nobody reads: the status itself must not say "running" forever.
     a, b = pair
     sid = new_stream(a)
-    a.append(sid, 0, b"start")
+    a.append(sid, Event(0, "x", b"start"))
     wait_until_alive_lapses(sid)
     looked = time.monotonic()
     info = b.info(sid, confirm=True)
     waited = time.monotonic() - looked
     assert info is not None and (info.status, info.last_event_id) == (ERROR, 1)
     assert waited < OPTIONS.producer_timeout / 2 + 0.5  # the confirmation time, and no more
-    assert b.read(sid, 0, timeout=0).frames == [b"lost 1 openai/x"]
+    assert b.read(sid, 0, timeout=0).events == [stream_lost(1, "openai/x")]
 
 
 def test_a_ticking_producer_is_not_lost(pair: tuple[RedisBroker, RedisBroker]) -> None:
     a, b = pair
     sid = new_stream(a)
-    a.append(sid, 0, b"start")
+    a.append(sid, Event(0, "x", b"start"))
     stop = threading.Event()
 
     def tick() -> None:
@@ -162,7 +162,7 @@ def test_a_ticking_producer_is_not_lost(pair: tuple[RedisBroker, RedisBroker]) -
     ticker.start()
     try:
         batch = b.read(sid, 0, timeout=1.5)  # three producer timeouts
-        assert (batch.frames, batch.ended) == ([], False)
+        assert (data(batch), batch.ended) == ([], False)
     finally:
         stop.set()
         ticker.join()
@@ -171,14 +171,14 @@ def test_a_ticking_producer_is_not_lost(pair: tuple[RedisBroker, RedisBroker]) -
 def test_every_key_expires(pair: tuple[RedisBroker, RedisBroker]) -> None:
     a, _ = pair
     sid = new_stream(a)
-    a.append(sid, 0, b"start")
+    a.append(sid, Event(0, "x", b"start"))
     lease = a.attach_reader(sid)
     a.producer_tick(sid)
     client = redis.Redis.from_url(REDIS_URL)
     keys = client.keys(f"sse:{{{sid}}}:*")
     assert len(keys) == 4  # meta, log, readers, alive
     assert all(client.pttl(key) > 0 for key in keys)  # even while running
-    a.finish(sid, 1, b"done", "done")
+    a.finish(sid, Event(1, "x", b"done"), "done")
     a.release_reader(sid, lease)
     deadline = time.monotonic() + 5
     while client.keys(f"sse:{{{sid}}}:*") and time.monotonic() < deadline:
@@ -201,15 +201,15 @@ def test_the_byte_count_stays_exact_while_trimming() -> None:
         assert broker.create(StreamInfo(sid, owner=owner, model="openai/x", created=1.0))
         for i in range(300):
             size = rng.choice((1, 10, 100, 1000, 3000, 6000))
-            broker.append(sid, i, b"x" * size)
+            broker.append(sid, Event(i, "x", b"x" * size))
             entries = client.xrange(log_key)
-            kept = sum(event_cost(fields[b"f"]) for _, fields in entries)
+            kept = sum(len(fields[b"f"]) + EVENT_OVERHEAD for _, fields in entries)
             assert int(client.hget(meta, "bytes")) == kept  # type: ignore[arg-type]
             assert len(entries) <= 20 and (kept <= 5000 or len(entries) == 1)
             assert entries[-1][0] == b"0-%d" % (i + 1)  # the newest is always kept
-        broker.finish(sid, 300, b"end", "done")
+        broker.finish(sid, Event(300, "x", b"end"), "done")
         ended, stored = f"sse:ended:{owner}", f"sse:stored:{owner}"
-        kept = sum(event_cost(fields[b"f"]) for _, fields in client.xrange(log_key))
+        kept = sum(len(fields[b"f"]) + EVENT_OVERHEAD for _, fields in client.xrange(log_key))
         assert [m.decode() for m in client.zrange(ended, 0, -1)] == [f"{sid}/{kept}"]
         assert int(client.get(stored)) == kept  # type: ignore[arg-type]
         assert 0 < client.pttl(ended) <= 2000 and 0 < client.pttl(stored) <= 2000

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.providers.anthropic import AnthropicProvider
-from app.providers.base import (
+from sse_gateway.providers.anthropic import AnthropicProvider
+from sse_gateway.providers.base import (
     ChatRequest,
     Finished,
     Message,
@@ -25,9 +25,9 @@ from app.providers.base import (
     Usage,
     error_for_status,
 )
-from app.providers.demo import DemoProvider
-from app.providers.openai import OpenAIProvider
-from app.providers.sdk import POOL_STREAMS
+from sse_gateway.providers.demo import DemoProvider
+from sse_gateway.providers.openai import OpenAIProvider
+from sse_gateway.providers.sdk import POOL_STREAMS
 from tests.fake_provider import FakeProvider
 
 HTTP: dict[str, Any] = {"max_connections": 10, "connect_timeout": 2.0}

@@ -164,10 +164,11 @@ def test_settings_errors_name_the_variable(env: dict[str, str], message: str) ->
 def test_settings_layers() -> None:
     settings = Settings.load({"GATEWAY_CONFIG": "Development", "HEARTBEAT_S": "2"},
                              {"max_tokens_limit": 10})
-    assert (settings.log_level, settings.heartbeat_s, settings.max_tokens_limit) == (
+    assert (settings.log_level, settings.streams.heartbeat_s,
+            settings.streams.max_tokens_limit) == (
         "DEBUG", 2.0, 10)
-    assert settings.models[0] == "demo/echo"
-    assert settings.broker_url == "memory://"
+    assert settings.streams.models[0] == "demo/echo"
+    assert settings.streams.broker_url == "memory://"
     with pytest.raises(SettingsError, match="unknown setting"):
         Settings.load({}, {"NOPE": 1})
 

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import sse
-from app.sse import Decoder, Event
+from sse_gateway.transports import sse
+from sse_gateway.transports.sse import Decoder, ServerSentEvent
+from sse_gateway.transports.sse import ServerSentEvent as SSE
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -37,28 +38,28 @@ def test_retry_ping_and_comment_bytes() -> None:
 
 
 @pytest.mark.parametrize(("stream", "events", "last_id", "retry"), [
-    (b"data: a\n\n", [Event("message", "a", None)], None, None),
-    (b"data: a\r\n\r\n", [Event("message", "a", None)], None, None),
-    (b"data: a\r\rdata: b\r\r", [Event("message", "a", None), Event("message", "b", None)],
+    (b"data: a\n\n", [SSE("message", "a", None)], None, None),
+    (b"data: a\r\n\r\n", [SSE("message", "a", None)], None, None),
+    (b"data: a\r\rdata: b\r\r", [SSE("message", "a", None), SSE("message", "b", None)],
      None, None),
-    (b"data: a\ndata: b\n\n", [Event("message", "a\nb", None)], None, None),
-    (b"data:a\n\n", [Event("message", "a", None)], None, None),
-    (b"data:  a\n\n", [Event("message", " a", None)], None, None),
-    (b"data\n\n", [Event("message", "", None)], None, None),
-    (b": comment\ndata: a\n\n", [Event("message", "a", None)], None, None),
+    (b"data: a\ndata: b\n\n", [SSE("message", "a\nb", None)], None, None),
+    (b"data:a\n\n", [SSE("message", "a", None)], None, None),
+    (b"data:  a\n\n", [SSE("message", " a", None)], None, None),
+    (b"data\n\n", [SSE("message", "", None)], None, None),
+    (b": comment\ndata: a\n\n", [SSE("message", "a", None)], None, None),
     (b"event: x\n\n", [], None, None),  # no data: nothing dispatched
-    (b"event: x\n\ndata: y\n\n", [Event("message", "y", None)], None, None),
-    (b"id: 7\nevent: token\ndata: {}\n\n", [Event("token", "{}", "7")], "7", None),
-    (b"id: 1\ndata: a\n\ndata: b\n\n", [Event("message", "a", "1"), Event("message", "b", "1")],
+    (b"event: x\n\ndata: y\n\n", [SSE("message", "y", None)], None, None),
+    (b"id: 7\nevent: token\ndata: {}\n\n", [SSE("token", "{}", "7")], "7", None),
+    (b"id: 1\ndata: a\n\ndata: b\n\n", [SSE("message", "a", "1"), SSE("message", "b", "1")],
      "1", None),
-    (b"id: a\0b\ndata: a\n\n", [Event("message", "a", None)], None, None),
+    (b"id: a\0b\ndata: a\n\n", [SSE("message", "a", None)], None, None),
     (b"retry: 1500\n\n", [], None, 1500),
     (b"retry: 15x\n\n", [], None, None),
-    (b"\xef\xbb\xbfdata: bom\n\n", [Event("message", "bom", None)], None, None),
+    (b"\xef\xbb\xbfdata: bom\n\n", [SSE("message", "bom", None)], None, None),
     (b"data: unfinished", [], None, None),  # no blank line: never dispatched
-    (b"foo: bar\ndata: a\n\n", [Event("message", "a", None)], None, None),
+    (b"foo: bar\ndata: a\n\n", [SSE("message", "a", None)], None, None),
 ])
-def test_decoder_whatwg_cases(stream: bytes, events: list[Event], last_id: str | None,
+def test_decoder_whatwg_cases(stream: bytes, events: list[ServerSentEvent], last_id: str | None,
                               retry: int | None) -> None:
     for chunking in (len(stream) or 1, 1, 3):
         decoder = Decoder()

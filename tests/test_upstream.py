@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from app.providers.base import (
+from sse_gateway.providers.base import (
     ChatRequest,
     Delta,
     Finished,
@@ -25,8 +25,8 @@ from app.providers.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.upstream import Answering, Candidate, Item, Retrying, RetryPolicy, stream_deltas
-from app.validation import InvalidBody, StreamRequest, parse_stream_request
+from sse_gateway.upstream import Answering, Candidate, Item, Retrying, RetryPolicy, stream_deltas
+from sse_gateway.validation import InvalidBody, StreamRequest, parse_stream_request
 
 
 class Clock:

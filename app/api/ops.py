@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app import metrics
 from app.api import current_gateway
-from app.broker import BrokerError
 from app.limits import limiter, rate, unlimited
+from sse_gateway import metrics
+from sse_gateway.broker import BrokerError
 
 bp = Blueprint("ops", __name__)
 
@@ -22,7 +22,7 @@ def readyz() -> tuple[Response, int]:
     """Can this worker serve: its broker answers, it is not draining; and with what."""
     gateway = current_gateway()
     providers = {name: provider.available for name, provider in gateway.catalog.providers.items()}
-    body = {"status": "ok", "broker": gateway.settings.broker_url.split("://")[0],
+    body = {"status": "ok", "broker": gateway.settings.streams.broker_url.split("://")[0],
             "providers": providers}
     try:
         gateway.broker.ping()

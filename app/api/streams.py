@@ -18,15 +18,6 @@ from flask import Blueprint, Response, jsonify, request
 
 from app.api import current_gateway
 from app.api.caller import caller, key_id, owner
-from app.broker import (
-    ENDED,
-    RUNNING,
-    Batch,
-    PositionGone,
-    StreamInfo,
-    StreamNotFound,
-)
-from app.broker import TooManyReaders as ReadersRefused
 from app.errors import (
     Gone,
     InvalidRequest,
@@ -40,14 +31,23 @@ from app.errors import (
     UnknownModel,
     UnsupportedMediaType,
 )
-from app.feed import Feed
 from app.gateway import Gateway
 from app.limits import limiter, rate, unlimited
-from app.providers import ModelUnavailable
-from app.pump import Pump
 from app.settings import Settings
-from app.upstream import Candidate
-from app.validation import InvalidBody, StreamRequest, parse_stream_request
+from sse_gateway.broker import (
+    ENDED,
+    RUNNING,
+    Batch,
+    PositionGone,
+    StreamInfo,
+    StreamNotFound,
+)
+from sse_gateway.broker import TooManyReaders as ReadersRefused
+from sse_gateway.feed import Feed
+from sse_gateway.providers import ModelUnavailable
+from sse_gateway.pump import Pump
+from sse_gateway.upstream import Candidate
+from sse_gateway.validation import InvalidBody, StreamRequest, parse_stream_request
 
 bp = Blueprint("streams", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -90,18 +90,18 @@ def create_stream() -> Response:
     key = _scoped(stream_id)
     if gateway.pumps.draining:
         raise Overloaded("this instance is shutting down; retry", retry_after=1)
-    if len(gateway.pumps) >= settings.max_active_streams:
+    if len(gateway.pumps) >= settings.streams.max_active_streams:
         raise Overloaded("this worker is at its stream limit; retry", retry_after=1)
     # The new stream's own reader is taken after the stream exists, so its key's
     # cap is checked here, before any provider is asked (concurrent POSTs of one
     # key are bounded by its stream slots; GET readers are capped atomically).
-    cap = settings.max_readers_per_key
+    cap = settings.streams.max_readers_per_key
     if cap and gateway.broker.holder_readers(caller()) >= cap:
         raise _too_many_readers("holder", cap)
-    slot_owner = caller() if settings.max_streams_per_key else None
+    slot_owner = caller() if settings.streams.max_streams_per_key else None
     if slot_owner and not gateway.broker.take_slot(slot_owner, key,
-                                                   settings.max_streams_per_key):
-        raise TooManyStreams(f"at most {settings.max_streams_per_key} streams may run at once "
+                                                   settings.streams.max_streams_per_key):
+        raise TooManyStreams(f"at most {settings.streams.max_streams_per_key} streams may run at once "
                              "for one key; wait for one to end", retry_after=1)
     created = round(time.time(), 3)
     try:
@@ -116,11 +116,11 @@ def create_stream() -> Response:
         raise
     log.info("stream %s: %s for %s (%s)", stream_id, body.model, request.remote_addr,
              key_id() or "open")
-    grace = settings.resume_grace_s if body.resume_grace_s is None else body.resume_grace_s
+    grace = settings.streams.resume_grace_s if body.resume_grace_s is None else body.resume_grace_s
     gateway.pumps.start(Pump(
         broker=gateway.broker, candidates=candidates, policy=gateway.retry_policy,
         stream_id=key, public_id=stream_id, created=created, grace_s=grace,
-        tick_s=settings.producer_timeout_s / 4, stream_timeout_s=settings.stream_timeout_s,
+        tick_s=settings.streams.producer_timeout_s / 4, stream_timeout_s=settings.streams.stream_timeout_s,
         slot_owner=slot_owner, caller=key_id() or request.remote_addr or "",
         on_exit=gateway.pumps.discard))
     return _sse_response(gateway, stream_id, key, after=-1, lease=lease,
@@ -139,10 +139,10 @@ def _read_body(settings: Settings) -> bytes:
 
 def _parse_body(raw: bytes, settings: Settings) -> StreamRequest:
     try:
-        return parse_stream_request(raw, max_tokens_limit=settings.max_tokens_limit,
-                                    max_messages=settings.max_messages,
-                                    max_resume_grace_s=settings.max_resume_grace_s,
-                                    max_fallbacks=settings.max_fallbacks)
+        return parse_stream_request(raw, max_tokens_limit=settings.streams.max_tokens_limit,
+                                    max_messages=settings.streams.max_messages,
+                                    max_resume_grace_s=settings.streams.max_resume_grace_s,
+                                    max_fallbacks=settings.streams.max_fallbacks)
     except InvalidBody as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
 
@@ -242,8 +242,8 @@ def _follow(gateway: Gateway, stream_id: str, info: StreamInfo, after: int) -> R
         raise NotFound(f"no stream {stream_id!r}") from None
     settings = gateway.settings
     try:
-        lease = gateway.broker.attach_reader(key, caller(), settings.max_readers_per_stream,
-                                             settings.max_readers_per_key)
+        lease = gateway.broker.attach_reader(key, caller(), settings.streams.max_readers_per_stream,
+                                             settings.streams.max_readers_per_key)
     except ReadersRefused as refused:
         raise _too_many_readers(refused.scope, refused.limit) from None
     return _sse_response(gateway, stream_id, key, after=after, lease=lease,
@@ -290,8 +290,8 @@ def _sse_response(gateway: Gateway, stream_id: str, key: str, *, after: int, lea
                   provider: str, first: Batch | None = None) -> Response:
     settings = gateway.settings
     feed = Feed(gateway.broker, key, after=after, lease=lease,
-                heartbeat_s=settings.heartbeat_s, retry_ms=settings.retry_ms,
-                provider=provider, write_timeout_s=settings.write_timeout_s, first=first,
+                heartbeat_s=settings.streams.heartbeat_s, retry_ms=settings.streams.retry_ms,
+                provider=provider, write_timeout_s=settings.streams.write_timeout_s, first=first,
                 client_socket=request.environ.get("gunicorn.socket"))
     return Response(feed, status=200, content_type="text/event-stream; charset=utf-8", headers={
         "Cache-Control": "no-cache",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.sse import Decoder, Event
+from sse_gateway.transports.sse import Decoder, ServerSentEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN_STREAMS: list[SSEStream] = []  # closed after each test by an autouse fixture
@@ -168,7 +168,7 @@ class Reply:
 
 @dataclass
 class Received:
-    event: Event
+    event: ServerSentEvent
     at: float  # time.monotonic() when its bytes arrived
 
 
@@ -217,7 +217,7 @@ class SSEStream:
                 return item
         raise AssertionError(f"stream ended first; got {[r.event for r in self.received]}")
 
-    def read_all(self) -> list[Event]:
+    def read_all(self) -> list[ServerSentEvent]:
         for _ in self.events():
             pass
         return [r.event for r in self.received]
@@ -243,5 +243,5 @@ def worker_pid(server: GatewayServer) -> int:
     return int(children[0])
 
 
-def tokens_text(events: list[Event]) -> str:
+def tokens_text(events: list[ServerSentEvent]) -> str:
     return "".join(e.json()["content"] for e in events if e.event == "token")

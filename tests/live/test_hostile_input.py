@@ -41,8 +41,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.providers.demo import split_words
-from app.sse import Decoder, Event
+from sse_gateway.providers.demo import split_words
+from sse_gateway.transports.sse import Decoder, ServerSentEvent
 from tests.conftest import record
 from tests.fake_provider import FakeProvider
 from tests.live.conftest import gateway_env
@@ -498,7 +498,7 @@ def check_refusal(answer: Answer, case: Case) -> dict[str, Any]:
     return error
 
 
-def check_stream(answer: Answer, case: Case) -> list[Event]:
+def check_stream(answer: Answer, case: Case) -> list[ServerSentEvent]:
     assert answer.headers.get("content-type") == "text/event-stream; charset=utf-8", answer
     stream_id = answer.headers.get("x-stream-id", "")
     assert STREAM_ID.fullmatch(stream_id), answer.headers

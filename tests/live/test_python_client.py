@@ -1,4 +1,4 @@
-"""The Python client (``app.client``) and its CLI (``flask stream``) against a live gateway.
+"""The Python client (``sse_gateway_client``) and its CLI (``flask stream``), live.
 
 One gateway (with an API key, a short ``retry:`` and a long resume grace) and
 the fake provider. Dropped connections are made by a TCP proxy between client
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.client import (
+from sse_gateway_client import (
     Cancelled,
     Done,
     Event,
@@ -348,7 +348,8 @@ SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.S
                   "os.execv(sys.argv[1], sys.argv[1:])")
 
 
-def cli(server: GatewayServer, *args: str, app: str = "app.cli") -> subprocess.Popen[bytes]:
+def cli(server: GatewayServer, *args: str,
+        app: str = "sse_gateway_client.cli") -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_", "API_KEYS", "GATEWAY_"))}
     env.update({"GATEWAY_URL": server.url, "GATEWAY_API_KEY": KEY})
@@ -367,7 +368,7 @@ def finish(process: subprocess.Popen[bytes], timeout: float = 15) -> tuple[bytes
     return out, err.decode()
 
 
-@pytest.mark.parametrize("app", ["app.cli", "wsgi"])
+@pytest.mark.parametrize("app", ["sse_gateway_client.cli", "wsgi"])
 def test_cli_prints_exactly_the_text(server: GatewayServer, fake: FakeProvider,
                                      app: str) -> None:
     model = fake.scenario(tokens=HOSTILE, delay=0.005)
@@ -388,7 +389,7 @@ def test_cli_error_exits_1(server: GatewayServer) -> None:
     assert "400 unknown_model" in err
 
 
-@pytest.mark.parametrize("app", ["app.cli", "wsgi"])
+@pytest.mark.parametrize("app", ["sse_gateway_client.cli", "wsgi"])
 def test_cli_ctrl_c_cancels_the_stream(server: GatewayServer, fake: FakeProvider,
                                        app: str) -> None:
     model = fake.scenario(tokens=LONG, delay=0.05)

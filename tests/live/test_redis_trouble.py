@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from app.sse import Event
+from sse_gateway.transports.sse import ServerSentEvent
 from tests.conftest import record
 from tests.fake_provider import FakeProvider
 from tests.live.conftest import gateway_env
@@ -152,8 +152,8 @@ def freeze(store: RedisServer, seconds: float) -> None:
         os.kill(store.process.pid, signal.SIGCONT)
 
 
-def read_through_outages(server: GatewayServer, stream_id: str, first: list[Event]
-                         ) -> list[Event]:
+def read_through_outages(server: GatewayServer, stream_id: str, first: list[ServerSentEvent]
+                         ) -> list[ServerSentEvent]:
     """All numbered events of a stream, resuming after each "store unreachable" error
     as the README says a client should; the unnumbered errors are left out."""
     events = [e for e in first if not (e.event == "error" and e.json() == STORE_UNREACHABLE)]
@@ -168,7 +168,7 @@ def read_through_outages(server: GatewayServer, stream_id: str, first: list[Even
 
 
 def through_a_freeze(fake: FakeProvider, producer_timeout_s: str, tokens: list[str],
-                     stall_s: float) -> tuple[list[Event], str, str]:
+                     stall_s: float) -> tuple[list[ServerSentEvent], str, str]:
     """Follow a stream (resuming as a client does) while its private Redis is frozen
     for ``stall_s``: its events, the fake's model and the gateway's log."""
     with RedisServer() as store, GatewayServer(gateway_env(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.sse import Event
+from sse_gateway.transports.sse import ServerSentEvent
 from tests.conftest import record
 from tests.fake_provider import Behaviour, Call, FakeProvider
 from tests.live.conftest import gateway_env
@@ -33,7 +33,7 @@ def server(fake: FakeProvider) -> Iterator[GatewayServer]:
         yield gateway
 
 
-def run(server: GatewayServer, body: dict[str, object]) -> list[Event]:
+def run(server: GatewayServer, body: dict[str, object]) -> list[ServerSentEvent]:
     stream = server.stream("POST", "/v1/streams", {"prompt": "x", **body})
     assert stream.status == 200
     return stream.read_all()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.providers.sdk import POOL_STREAMS
+from sse_gateway.providers.sdk import POOL_STREAMS
 from tests.fake_provider import FakeProvider
 from tests.live.conftest import HEARTBEAT_S, gateway_env
 from tests.live.gateway import GatewayServer, tokens_text

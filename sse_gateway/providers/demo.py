@@ -12,7 +12,14 @@ import re
 import time
 from collections.abc import Generator, Iterator
 
-from app.providers.base import ChatRequest, Delta, Finished, TextDelta, UpstreamBadRequest, Usage
+from sse_gateway.providers.base import (
+    ChatRequest,
+    Delta,
+    Finished,
+    TextDelta,
+    UpstreamBadRequest,
+    Usage,
+)
 
 LOREM = (
     "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed",

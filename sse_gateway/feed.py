@@ -21,8 +21,9 @@ from typing import Any
 
 import gevent
 
-from app import metrics, sse
-from app.broker import Batch, Broker, BrokerUnavailable, PositionGone, StreamNotFound
+from sse_gateway import events, metrics
+from sse_gateway.broker import Batch, Broker, BrokerUnavailable, PositionGone, StreamNotFound
+from sse_gateway.transports import sse
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ class Feed:
                     batch = self._broker.read(self._stream_id, position, timeout=wait)
                     if self.client_gone:
                         return
-                if batch.frames:
+                if batch.events:
                     position = batch.last_id
-                    yield from _chunks(batch.frames)
+                    yield from _chunks(sse.render_all(batch.events))
                     sent_at = time.monotonic()
                 elif not batch.ended and time.monotonic() >= sent_at + heartbeat:
                     yield sse.PING
@@ -97,11 +98,7 @@ class Feed:
             log.info("stream %s: a reader fell behind the kept events", self._stream_id)
         except BrokerUnavailable:
             log.warning("stream %s: the broker is unreachable; ending a reader", self._stream_id)
-            # Unnumbered: the client's last event id stays where it was, so a
-            # resume once the store is back loses nothing.
-            yield sse.encode_event(None, "error", {
-                "code": "internal_error", "message": "the stream store is unreachable; resume later",
-                "retryable": True, "provider": self._provider})
+            yield sse.render(events.store_unreachable(self._provider))
         finally:
             self.close()
 
@@ -177,9 +174,8 @@ class _SocketWatch:
             self._pause = None
 
 
-def _chunks(frames: list[bytes]) -> Iterator[bytes]:
-    """The frames as writes of at most _WRITE_CHUNK bytes (a big frame is split)."""
-    data = b"".join(frames)
+def _chunks(data: bytes) -> Iterator[bytes]:
+    """The rendered events as writes of at most _WRITE_CHUNK bytes (a big one is split)."""
     if len(data) <= _WRITE_CHUNK:
         yield data  # the usual case: no slice, no copy
         return

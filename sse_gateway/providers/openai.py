@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 import openai
 
-from app.providers.base import (
+from sse_gateway.providers.base import (
     ChatRequest,
     Delta,
     Finished,
@@ -24,7 +24,7 @@ from app.providers.base import (
     error_for_event,
     error_type_of,
 )
-from app.providers.sdk import ClientPools, drain, guarded, payload, sse_events
+from sse_gateway.providers.sdk import ClientPools, drain, guarded, payload, sse_events
 
 
 class OpenAIProvider:

@@ -1,16 +1,19 @@
-"""Encode and decode the Server-Sent Events wire format.
+"""The Server-Sent Events transport's wire format: render events, decode streams.
 
-Pure functions on bytes and strings: no Flask, no I/O. The gateway frames every
-event's ``data`` as one line of JSON, so no content (newlines, ``data:`` lines,
-carriage returns) can ever break the framing; the decoder follows the WHATWG
-event-stream parsing rules so tests read streams the way a browser does.
+Pure functions on bytes and strings: no Flask, no I/O. Every event's ``data``
+is one line of JSON (``events.encode``), so no content (newlines, ``data:``
+lines, carriage returns) can ever break the framing; the decoder follows the
+WHATWG event-stream parsing rules so tests read streams the way a browser does.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
+
+from sse_gateway import events
+from sse_gateway.events import Event
 
 # A heartbeat is a comment line with no blank line after it: a blank line ends
 # a block, and httpx-sse and fetch-event-source dispatch even a block without
@@ -18,14 +21,35 @@ from typing import Any, NamedTuple
 PING = b": ping\n"
 
 
+def render(event: Event) -> bytes:
+    """Frame one event: ``id`` (none for an unnumbered one), ``event``, one ``data`` line."""
+    if event.id is None:
+        return b"event: %s\ndata: %s\n\n" % (_name(event.name), event.data)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, _name(event.name), event.data)
+
+
+def render_all(batch: Sequence[Event]) -> bytes:
+    """Frame a run of stored (numbered) events as one write."""
+    if len(batch) == 1:
+        return render(batch[0])
+    return b"".join([render(e) for e in batch])
+
+
+_NAMES: dict[str, bytes] = {}
+
+
+def _name(name: str) -> bytes:
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        if "\n" in name or "\r" in name:
+            raise ValueError("an SSE event name cannot contain a line break")
+        encoded = _NAMES[name] = name.encode()
+    return encoded
+
+
 def encode_event(event_id: int | None, event: str, data: Any) -> bytes:
-    """Frame one event: ``id`` (None: no id line), ``event``, one ``data`` line of JSON."""
-    payload = json.dumps(data, ensure_ascii=False)
-    # Only lone surrogates fail to encode; backslashreplace writes them as the
-    # JSON escapes they were (\udXXX), so any Python string round-trips.
-    head = "" if event_id is None else f"id: {event_id}\n"
-    frame = f"{head}event: {event}\ndata: {payload}\n\n"
-    return frame.encode("utf-8", "backslashreplace")
+    """Frame one event from its parts (``data`` is serialised as the events module does)."""
+    return render(events.make(event_id, event, data))
 
 
 def encode_retry(milliseconds: int) -> bytes:
@@ -45,7 +69,7 @@ def encode_comment(text: str) -> bytes:
     return f": {text}\n".encode()
 
 
-class Event(NamedTuple):
+class ServerSentEvent(NamedTuple):
     """One dispatched event as a WHATWG client sees it (a tuple: cheap to build)."""
 
     event: str
@@ -75,7 +99,7 @@ class Decoder:
         self.retry: int | None = None
         self.comments: list[str] = []
 
-    def feed(self, chunk: bytes) -> list[Event]:
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Consume ``chunk`` and return every event it completes."""
         self._buffer += chunk
         events = []
@@ -123,7 +147,7 @@ class Decoder:
             text = text.removeprefix("\ufeff")  # a byte order mark only at the very start
         return text
 
-    def _process(self, line: str) -> Event | None:
+    def _process(self, line: str) -> ServerSentEvent | None:
         if line == "":
             return self._dispatch()
         if line.startswith(":"):
@@ -142,10 +166,10 @@ class Decoder:
             self.retry = int(value)
         return None
 
-    def _dispatch(self) -> Event | None:
+    def _dispatch(self) -> ServerSentEvent | None:
         if not self._has_data:
             self._event = ""
             return None
-        event = Event(self._event or "message", "\n".join(self._data), self.last_event_id)
+        event = ServerSentEvent(self._event or "message", "\n".join(self._data), self.last_event_id)
         self._event, self._data, self._has_data = "", [], False
         return event

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from app.providers.base import ChatRequest, Message
+from sse_gateway.providers.base import ChatRequest, Message
 
 
 class InvalidBody(ValueError):

@@ -2,11 +2,11 @@
 
 Per stream, all in one hash slot (``sse:{id}:...``):
 
-    sse:{id}:log      Redis Stream; event n is entry ``0-(n+1)``, field ``f`` = the frame
+    sse:{id}:log      Redis Stream; event n is entry ``0-(n+1)``, field ``f`` = ``stored(event)``
     sse:{id}:meta     hash: owner, model, created, status, last_event_id, usage, cancel_reason
     sse:{id}:readers  sorted set: reader lease -> expiry (ms)
     sse:{id}:alive    set by the producer every few seconds with a short expiry
-    sse:ev:{id}       channel: "new frames" (tells waiting readers to look)
+    sse:ev:{id}       channel: "new events" (tells waiting readers to look)
     sse:ctl:{id}      channel: "cancel" / "readers" (tells the producer)
     sse:slots:<key>   sorted set: a key's running streams -> expiry (ms)
     sse:held:<holder> sorted set: a holder's reader leases (on any stream) -> expiry (ms)
@@ -41,13 +41,11 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.broker.base import (
+from sse_gateway import events
+from sse_gateway.broker.base import (
     CANCEL,
-    ENDED,
-    ERROR,
     EVENT_OVERHEAD,
     READERS,
-    RUNNING,
     Batch,
     Broker,
     BrokerOptions,
@@ -58,20 +56,23 @@ from app.broker.base import (
     StreamNotFound,
     TooManyReaders,
     Watcher,
+    stored,
+    unstored,
 )
-from app.broker.redis_hub import Hub
+from sse_gateway.broker.redis_hub import Hub
+from sse_gateway.events import ENDED, ERROR, RUNNING, Event
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # the longest a waiting reader goes without looking at Redis itself
-_READ_COUNT = 1000  # frames per read at most
+_READ_COUNT = 1000  # events per read at most
 
 # Lua: trim a log from its oldest entry until it keeps at most max_events entries
 # and max_bytes; never its newest entry (the terminal event is always kept).
 # Reads what it drops in small batches: O(1) amortized per append.
 _KEEP_WITHIN = """
-local function keep_within(meta, log, frame, max_events, max_bytes, overhead)
-  local kept = redis.call('HINCRBY', meta, 'bytes', #frame + overhead)
+local function keep_within(meta, log, entry, max_events, max_bytes, overhead)
+  local kept = redis.call('HINCRBY', meta, 'bytes', #entry + overhead)
   local count = redis.call('XLEN', log)
   local start, first, batch = '-', nil, 2
   while (kept > max_bytes or count > max_events) and count > 1 do
@@ -102,18 +103,18 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return 1
 """
 
-# Whether event ``id`` (its ``frame``) may be written now (KEYS meta log): nil,
+# Whether event ``id`` (its ``entry``) may be written now (KEYS meta log): nil,
 # or what the script answers instead. A write sent again (its first attempt
-# timed out, but was applied) finds its frame already stored under its id: 1,
+# timed out, but was applied) finds its entry already stored under its id: 1,
 # success. 0: the stream is not running; -1: out of order.
 _REFUSAL = """
-local function refusal(id, frame)
+local function refusal(id, entry)
   local meta = redis.call('HMGET', KEYS[1], 'status', 'last_event_id')
   local last = tonumber(meta[2])
   if meta[1] == 'running' and last == id - 1 then return nil end
   if last ~= nil and last >= id then
-    local entry = redis.call('XRANGE', KEYS[2], '0-' .. (id + 1), '0-' .. (id + 1))
-    if entry[1] ~= nil and entry[1][2][2] == frame then return 1 end
+    local found = redis.call('XRANGE', KEYS[2], '0-' .. (id + 1), '0-' .. (id + 1))
+    if found[1] ~= nil and found[1][2][2] == entry then return 1 end
   end
   if meta[1] ~= 'running' then return 0 end
   return -1
@@ -123,7 +124,7 @@ local refused = refusal(id, ARGV[2])
 if refused then return refused end
 """
 
-# KEYS meta log; ARGV id frame ttl_ms max_events+1 channel max_events max_bytes overhead
+# KEYS meta log; ARGV id entry ttl_ms max_events+1 channel max_events max_bytes overhead
 # (XADD's MAXLEN is only a safety net: keep_within trims first, counting bytes.)
 _APPEND = _REFUSAL + """
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (id + 1), 'f', ARGV[2])
@@ -135,7 +136,7 @@ redis.call('PUBLISH', ARGV[5], '')
 return 1
 """
 
-# KEYS meta log readers alive; ARGV id frame status usage ttl_ms max_events+1 channel
+# KEYS meta log readers alive; ARGV id entry status usage ttl_ms max_events+1 channel
 #   max_events max_bytes overhead now_ms max_stored_bytes stream_id
 _FINISH = _REFUSAL + """
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], '0-' .. (id + 1), 'f', ARGV[2])
@@ -182,7 +183,7 @@ return 1
 # only if the key is still missing confirm_ms later, two producer ticks, which
 # a live producer uses to tick again (and clear the suspicion).
 # Returns 1: declared lost; 0: nothing to do; -n: suspected, confirmable in n ms.
-# KEYS meta log readers alive; ARGV expected_last frame ttl_ms max_events channel confirm_ms
+# KEYS meta log readers alive; ARGV expected_last entry ttl_ms max_events channel confirm_ms
 _LOST = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
@@ -313,22 +314,24 @@ class RedisBroker(Broker):
             return bool(self._create(keys=[meta, alive],
                                      args=[self._running_ttl_ms, self._producer_ms, *fields]))
 
-    def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
+    def append(self, stream_id: str, event: Event) -> None:
         meta, log_key, _, _ = _keys(stream_id)
+        event_id = _numbered(event)
         with _reachable():
             appended = self._append(keys=[meta, log_key],
-                                    args=[event_id, frame, self._running_ttl_ms,
+                                    args=[event_id, stored(event), self._running_ttl_ms,
                                           self._options.max_events + 1, _events(stream_id),
                                           *self._trim_args])
         if appended != 1:
             _refuse(stream_id, event_id, appended)
         self._hub.poke(_events(stream_id))
 
-    def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
+    def finish(self, stream_id: str, event: Event, status: str,
                usage: dict[str, Any] | None = None) -> None:
+        event_id = _numbered(event)
         with _reachable():
             finished = self._finish(keys=list(_keys(stream_id)),
-                                    args=[event_id, frame, status, json.dumps(usage),
+                                    args=[event_id, stored(event), status, json.dumps(usage),
                                           self._ttl_ms, self._options.max_events + 1,
                                           _events(stream_id), *self._trim_args,
                                           int(time.time() * 1000),
@@ -347,7 +350,7 @@ class RedisBroker(Broker):
                 seen = interest.epoch
                 batch = self._fetch(stream_id, after)
                 remaining = deadline - time.monotonic()
-                if batch.frames or batch.ended or remaining <= 0:
+                if batch.events or batch.ended or remaining <= 0:
                     return batch
                 if not interest.wait_change(seen, min(remaining, look_in)):
                     # Nothing for a while: is the producer still there?
@@ -370,12 +373,13 @@ class RedisBroker(Broker):
             if first != after + 1:
                 raise PositionGone(stream_id)
             last_id = int(entries[-1][0].split(b"-")[1]) - 1
-            frames = [fields[b"f"] for _, fields in entries]
+            found = [unstored(event_id, fields[b"f"])
+                     for event_id, (_, fields) in enumerate(entries, start=first)]
         elif last_event_id > after:
             raise PositionGone(stream_id)  # trimmed, or the log expired
         else:
-            last_id, frames = after, []
-        return Batch(frames, last_id, status.decode() in ENDED and last_id >= last_event_id)
+            last_id, found = after, []
+        return Batch(found, last_id, status.decode() in ENDED and last_id >= last_event_id)
 
     def _look(self, stream_id: str) -> tuple[StreamInfo | None, bool]:
         """The stream's status, and whether its producer's alive key is there."""
@@ -394,13 +398,12 @@ class RedisBroker(Broker):
         the seconds until it can be confirmed (else 0).
         """
         info, alive = self._look(stream_id)
-        lost_frame = self._options.lost_frame
-        if info is None or info.status != RUNNING or alive or lost_frame is None:
+        if info is None or info.status != RUNNING or alive:
             return info, 0.0
-        frame = lost_frame(info.last_event_id + 1, info)
+        lost = events.stream_lost(info.last_event_id + 1, info.model)
         with _reachable():
             result = self._lost(keys=list(_keys(stream_id)),
-                                args=[info.last_event_id, frame, self._ttl_ms,
+                                args=[info.last_event_id, stored(lost), self._ttl_ms,
                                       self._options.max_events, _events(stream_id),
                                       self._confirm_ms])
         if result < 0:
@@ -553,6 +556,12 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._hub.stop()
         self._redis.close()
+
+
+def _numbered(event: Event) -> int:
+    if event.id is None:
+        raise ValueError("only numbered events are stored")
+    return event.id
 
 
 def _refuse(stream_id: str, event_id: int, result: int) -> None:

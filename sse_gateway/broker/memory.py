@@ -5,7 +5,7 @@ costs a deque append, a fresh event, and a wake-up only when someone waits
 (no lock, no condition). Under gunicorn's gevent worker ``threading`` is patched, so the
 events are gevent's; the same code works with real threads when unpatched
 (one writer per stream, as the pump is). A stream keeps its last
-``max_events`` frames within ``max_bytes``; reads are of the last few, taken
+``max_events`` events within ``max_bytes``; reads are of the last few, taken
 from the right. Ended streams are forgotten ``ttl`` seconds after they end, or
 sooner, oldest first, when their owner's ended streams keep more than
 ``max_stored_bytes``.
@@ -22,11 +22,9 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
 
-from app.broker.base import (
+from sse_gateway.broker.base import (
     CANCEL,
-    ENDED,
     READERS,
-    RUNNING,
     Batch,
     Broker,
     BrokerOptions,
@@ -38,14 +36,15 @@ from app.broker.base import (
     Watcher,
     event_cost,
 )
+from sse_gateway.events import ENDED, RUNNING, Event
 
 
 @dataclass
 class _Record:
     info: StreamInfo
-    frames: deque[bytes] = field(default_factory=deque)
-    offset: int = 0  # event id of frames[0]; older frames were dropped
-    kept: int = 0  # the event_cost of the frames kept
+    events: deque[Event] = field(default_factory=deque)
+    offset: int = 0  # id of events[0]; older events were dropped
+    kept: int = 0  # the event_cost of the events kept
     forgotten: bool = False  # expired, or pushed out by its owner's newer streams
     # Set, and replaced by a fresh one, on every change: readers wait on it.
     changed: threading.Event = field(default_factory=lambda: threading.Event())
@@ -78,19 +77,19 @@ class MemoryBroker(Broker):
         self._records[info.stream_id] = _Record(replace(info))
         return True
 
-    def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
+    def append(self, stream_id: str, event: Event) -> None:
         record = self._get(stream_id)
-        if self._stored(record, event_id, frame):
+        if self._stored(record, event):
             return
-        self._add(record, event_id, frame)
+        self._add(record, event)
         self._changed(record)
 
-    def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
+    def finish(self, stream_id: str, event: Event, status: str,
                usage: dict[str, Any] | None = None) -> None:
         record = self._get(stream_id)
-        if self._stored(record, event_id, frame):
+        if self._stored(record, event):
             return
-        self._add(record, event_id, frame)
+        self._add(record, event)
         record.info.status = status
         record.info.usage = usage
         self._changed(record)
@@ -113,9 +112,9 @@ class MemoryBroker(Broker):
         last_id = record.info.last_event_id
         if after + 1 < record.offset:
             raise PositionGone(stream_id)
-        # From the right: O(frames returned), however long the log.
-        frames = list(islice(reversed(record.frames), max(0, last_id - after)))[::-1]
-        return Batch(frames, max(after, last_id), record.info.status in ENDED)
+        # From the right: O(events returned), however long the log.
+        events = list(islice(reversed(record.events), max(0, last_id - after)))[::-1]
+        return Batch(events, max(after, last_id), record.info.status in ENDED)
 
     def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
         self._expire()  # nothing to confirm: the producer lives in this process
@@ -207,26 +206,27 @@ class MemoryBroker(Broker):
         return record
 
     @staticmethod
-    def _stored(record: _Record, event_id: int, frame: bytes) -> bool:
-        """This very frame is already stored under this id (a write sent again)."""
-        index = event_id - record.offset
-        return (event_id <= record.info.last_event_id and 0 <= index < len(record.frames)
-                and record.frames[index] == frame)
+    def _stored(record: _Record, event: Event) -> bool:
+        """This very event is already stored under its id (a write sent again)."""
+        assert event.id is not None, "only numbered events are stored"
+        index = event.id - record.offset
+        return (event.id <= record.info.last_event_id and 0 <= index < len(record.events)
+                and record.events[index] == event)
 
-    def _add(self, record: _Record, event_id: int, frame: bytes) -> None:
+    def _add(self, record: _Record, event: Event) -> None:
         if record.info.status in ENDED:
             raise StreamEnded(f"stream {record.info.stream_id} has ended")
-        if event_id != record.info.last_event_id + 1:
-            raise ValueError(f"event {event_id} appended after {record.info.last_event_id}")
-        frames = record.frames
-        frames.append(frame)
-        record.kept += event_cost(frame)
-        # The newest frame stays, so the terminal event is always kept.
-        while len(frames) > 1 and (len(frames) > self._max_events
+        if event.id != record.info.last_event_id + 1:
+            raise ValueError(f"event {event.id} appended after {record.info.last_event_id}")
+        events = record.events
+        events.append(event)
+        record.kept += event_cost(event)
+        # The newest event stays, so the terminal event is always kept.
+        while len(events) > 1 and (len(events) > self._max_events
                                    or record.kept > self._max_bytes):
-            record.kept -= event_cost(frames.popleft())
+            record.kept -= event_cost(events.popleft())
             record.offset += 1
-        record.info.last_event_id = event_id
+        record.info.last_event_id = event.id
 
     def _keep_owner_within(self, record: _Record) -> None:
         """Count an ended stream for its owner; forget the owner's oldest while over."""

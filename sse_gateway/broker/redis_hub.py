@@ -22,7 +22,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.broker.base import Watcher
+from sse_gateway.broker.base import Watcher
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import gevent
 
-from app.providers.base import (
+from sse_gateway.providers.base import (
     ChatRequest,
     Delta,
     Provider,

@@ -1,6 +1,6 @@
-"""``flask --app app.cli stream "prompt"``: stream one answer from a running gateway.
+"""``flask --app sse_gateway_client.cli stream "prompt"``: stream one answer from a running gateway.
 
-A client of the HTTP API (``app.client``), not of this process's app: it talks
+A client of the HTTP API (``sse_gateway_client``), not of this process's app: it talks
 to the gateway at ``--url`` as any other client would, so it serves a local
 ``make run`` and a remote deployment alike. Tokens go to stdout the moment
 they arrive (so the answer can be piped), everything else to stderr.
@@ -17,7 +17,7 @@ broker; the server's start-up log lines on stderr), and ``wsgi`` also
 monkey-patches the process with gevent, late (``flask`` has imported ``ssl``
 by then). httpx still works there, over TLS too, but a client has no use for
 gevent, and on Ctrl-C gevent's hub prints the ``KeyboardInterrupt`` itself.
-``flask --app app.cli`` finds ``create_app`` below: a bare Flask app with just
+``flask --app sse_gateway_client.cli`` finds ``create_app`` below: a bare Flask app with just
 this command, no gevent, ready in a fraction of a second.
 """
 
@@ -28,7 +28,7 @@ import secrets
 import click
 from flask import Flask
 
-from app.client import (
+from sse_gateway_client import (
     Cancelled,
     ClientError,
     Done,
@@ -116,7 +116,7 @@ def _err(message: str, mid_line: bool) -> None:
 
 
 def create_app() -> Flask:
-    """A bare Flask app with only the client commands, for ``flask --app app.cli``.
+    """A bare Flask app with only the client commands, for ``flask --app sse_gateway_client.cli``.
 
     The gateway's own factory (``flask --app app``) registers them as well, but
     building the gateway imports both provider SDKs (seconds), opens its broker

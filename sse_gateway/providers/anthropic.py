@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from app.providers.base import (
+from sse_gateway.providers.base import (
     ChatRequest,
     Delta,
     Finished,
@@ -23,7 +23,7 @@ from app.providers.base import (
     error_for_event,
     error_type_of,
 )
-from app.providers.sdk import ClientPools, drain, guarded, payload, sse_events
+from sse_gateway.providers.sdk import ClientPools, drain, guarded, payload, sse_events
 
 # Anthropic's stop reasons, in the OpenAI vocabulary the gateway reports.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",

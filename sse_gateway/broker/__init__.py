@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from app.broker.base import (
+from sse_gateway.broker.base import (
     CANCEL,
-    CANCELLED,
-    DONE,
-    ENDED,
-    ERROR,
     READERS,
-    RUNNING,
     Batch,
     Broker,
     BrokerError,
@@ -23,6 +18,7 @@ from app.broker.base import (
     StreamNotFound,
     TooManyReaders,
 )
+from sse_gateway.events import CANCELLED, DONE, ENDED, ERROR, RUNNING
 
 __all__ = ["CANCEL", "CANCELLED", "DONE", "ENDED", "ERROR", "READERS", "RUNNING", "Batch",
            "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone",
@@ -33,11 +29,11 @@ def open_broker(url: str, options: BrokerOptions) -> Broker:
     """The backend for ``url``: ``memory://`` (this process) or ``redis://``/``rediss://``."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        from app.broker.memory import MemoryBroker
+        from sse_gateway.broker.memory import MemoryBroker
 
         return MemoryBroker(options)
     if scheme in ("redis", "rediss"):
-        from app.broker.redis import RedisBroker
+        from sse_gateway.broker.redis import RedisBroker
 
         return RedisBroker(url, options)
     raise ValueError(f"broker URL {url!r} has an unknown scheme {scheme!r}")

@@ -8,27 +8,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.providers.base import ChatRequest, Delta, Provider, ProviderError
-from app.settings import Settings
+from sse_gateway.config import StreamsConfig
+from sse_gateway.providers.base import ChatRequest, Delta, Provider, ProviderError
 
 __all__ = ["Catalog", "ChatRequest", "Delta", "ModelUnavailable", "Provider", "ProviderError",
            "build_providers"]
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
+def build_providers(config: StreamsConfig) -> dict[str, Provider]:
     """Build each provider once per process, with pools sized for the worker."""
-    from app.providers.anthropic import AnthropicProvider
-    from app.providers.demo import DemoProvider
-    from app.providers.openai import OpenAIProvider
+    from sse_gateway.providers.anthropic import AnthropicProvider
+    from sse_gateway.providers.demo import DemoProvider
+    from sse_gateway.providers.openai import OpenAIProvider
 
-    http: dict[str, Any] = {"max_connections": settings.max_active_streams,
-                            "connect_timeout": settings.provider_connect_timeout_s}
+    http: dict[str, Any] = {"max_connections": config.max_active_streams,
+                            "connect_timeout": config.provider_connect_timeout_s}
     providers: list[Provider] = [
-        DemoProvider(ttft_s=settings.demo_ttft_s, token_delay_s=settings.demo_token_delay_s),
-        OpenAIProvider(api_key=settings.openai_api_key, base_url=settings.openai_base_url, **http),
-        AnthropicProvider(api_key=settings.anthropic_api_key,
-                          base_url=settings.anthropic_base_url,
-                          default_max_tokens=settings.default_max_tokens, **http),
+        DemoProvider(ttft_s=config.demo_ttft_s, token_delay_s=config.demo_token_delay_s),
+        OpenAIProvider(api_key=config.openai_api_key, base_url=config.openai_base_url, **http),
+        AnthropicProvider(api_key=config.anthropic_api_key,
+                          base_url=config.anthropic_base_url,
+                          default_max_tokens=config.default_max_tokens, **http),
     ]
     return {p.name: p for p in providers}
 

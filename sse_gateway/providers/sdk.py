@@ -36,8 +36,7 @@ from typing import Any, Generic, TypeVar
 import gevent
 import httpx2
 
-from app import sse
-from app.providers.base import (
+from sse_gateway.providers.base import (
     Delta,
     ProviderError,
     UpstreamError,
@@ -47,6 +46,7 @@ from app.providers.base import (
     parse_retry_after,
     status_message,
 )
+from sse_gateway.transports import sse
 
 DRAIN_S = 0.1  # the longest a finished stream's body end is waited for (as the async SDKs do)
 POOL_STREAMS = 64  # streams per connection pool (see ClientPools)

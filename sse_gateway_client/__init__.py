@@ -1,6 +1,6 @@
 """A Python client for the gateway: typed events, automatic resume, cancel.
 
-    from app.client import GatewayClient, Token, Done
+    from sse_gateway_client import GatewayClient, Token, Done
 
     with GatewayClient("http://127.0.0.1:8000", api_key="sk-...") as client:
         with client.stream(prompt="Hello", model="openai/gpt-4o-mini") as chat:

@@ -28,8 +28,8 @@ from typing import Any
 import gevent
 import gevent.queue
 
-from app import metrics, sse
-from app.broker import (
+from sse_gateway import events, metrics
+from sse_gateway.broker import (
     CANCEL,
     CANCELLED,
     DONE,
@@ -38,10 +38,10 @@ from app.broker import (
     Broker,
     BrokerUnavailable,
     StreamEnded,
-    StreamInfo,
 )
-from app.providers.base import Finished, ProviderError, TextDelta, Usage
-from app.upstream import Answering, Candidate, Retrying, RetryPolicy, stream_deltas
+from sse_gateway.events import Event
+from sse_gateway.providers.base import Finished, ProviderError, TextDelta, Usage
+from sse_gateway.upstream import Answering, Candidate, Retrying, RetryPolicy, stream_deltas
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Outcome:
 
 
 class Pump:
-    """Produce one stream: provider deltas in, numbered SSE frames out."""
+    """Produce one stream: provider deltas in, numbered events out."""
 
     def __init__(self, *, broker: Broker, candidates: Sequence[Candidate], policy: RetryPolicy,
                  stream_id: str, created: float, grace_s: float, tick_s: float,
@@ -126,9 +126,8 @@ class Pump:
     def start(self) -> None:
         """Append the ``start`` event, then produce in the background."""
         self._started = time.monotonic()
-        frame = sse.encode_event(0, "start", {"stream_id": self.public_id,
-                                              "model": self._model, "created": self._created})
-        self._broker.append(self.stream_id, 0, frame)  # failing: the view answers 503
+        start = events.start(0, self.public_id, self._model, self._created)
+        self._broker.append(self.stream_id, start)  # failing: the view answers 503
         self._next_id = 1
         self._unwatch = self._broker.watch(self.stream_id, self._inbox.put)
         self.greenlet = gevent.spawn(self._run)
@@ -346,7 +345,7 @@ class Pump:
             self._first_token_at = now
             metrics.TIME_TO_FIRST_TOKEN.labels(self._provider_name).observe(
                 now - self._started)
-        self._append("token", {"content": text})
+        self._append(events.token(self._next_id, text))
 
     def _count_tokens(self) -> None:
         """Add the text deltas relayed since the last call to the tokens metric.
@@ -359,15 +358,14 @@ class Pump:
             metrics.TOKENS.labels(self._provider_name).inc(relayed - self._counted)
             self._counted = relayed
 
-    def _append(self, event: str, data: dict[str, Any]) -> None:
-        frame = sse.encode_event(self._next_id, event, data)
+    def _append(self, event: Event) -> None:
         try:
-            self._broker.append(self.stream_id, self._next_id, frame)
+            self._broker.append(self.stream_id, event)
         except BrokerUnavailable:
-            self._append_again(frame)  # the slow path: the hot one costs nothing more
+            self._append_again(event)  # the slow path: the hot one costs nothing more
         self._next_id += 1
 
-    def _append_again(self, frame: bytes) -> None:
+    def _append_again(self, event: Event) -> None:
         """Ride through a store outage: send the same append again until it lands.
 
         Appends are idempotent, so one that timed out here but was applied by
@@ -385,7 +383,7 @@ class Pump:
                 raise _Interrupted
             failed_at = time.monotonic()
             try:
-                self._broker.append(self.stream_id, self._next_id, frame)
+                self._broker.append(self.stream_id, event)
             except BrokerUnavailable:
                 continue
             self._store_answered()
@@ -418,9 +416,9 @@ class Pump:
         pause = _STORE_RETRY_FIRST_S
         resynced = False
         while True:
-            frame = sse.encode_event(self._next_id, outcome.event, outcome.data)
+            event = events.make(self._next_id, outcome.event, outcome.data)
             try:
-                self._broker.finish(self.stream_id, self._next_id, frame, outcome.status,
+                self._broker.finish(self.stream_id, event, outcome.status,
                                     usage if any(v is not None for v in usage.values())
                                     else None)
             except StreamEnded:
@@ -501,13 +499,6 @@ class Pump:
             "outcome": outcome.status, "reason": reason, "ttft_ms": ttft,
             "tokens": self._text_deltas, "duration_ms": round(duration * 1000, 1),
             "retries": self._retries})
-
-
-def lost_frame(event_id: int, info: StreamInfo) -> bytes:
-    """The terminal frame readers write for a stream whose producer died."""
-    return sse.encode_event(event_id, "error", {
-        "code": "stream_lost", "message": "the process producing this stream stopped",
-        "retryable": True, "provider": info.model.partition("/")[0]})
 
 
 class PumpGroup:

@@ -1,13 +1,14 @@
 """The broker: the only state streams share, behind one small interface.
 
-A stream is a numbered log of encoded SSE frames (ids from 0), a status, a
-cancel flag and a set of reader leases. The pump is the single writer; every
-SSE response is a reader that asks for the frames after a position. Backends
+A stream is a numbered log of events (``events.Event``, ids from 0), a
+status, a cancel flag and a set of reader leases. The pump is the single writer; every
+SSE response is a reader that asks for the events after a position. Backends
 are chosen by URL scheme (``memory://``, ``redis://``) and must pass the same
 contract tests (``tests/test_broker.py``).
 
-Frames are stored exactly as first encoded, so a replay is byte-identical to
-the first delivery by construction.
+Events are stored exactly as the producer built them (name and serialised
+payload), never as a transport's bytes: a transport renders them, the same
+way on every delivery, so a replay is identical to the first one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-RUNNING, DONE, ERROR, CANCELLED = "running", "done", "error", "cancelled"
-ENDED = (DONE, ERROR, CANCELLED)
+from sse_gateway.events import RUNNING, Event
 
 # What a watcher is told: the stream was cancelled, or its readers changed.
 CANCEL, READERS = "cancel", "readers"
@@ -90,26 +90,38 @@ class BrokerOptions:
     # Bytes of ended streams kept per owner; over it, its oldest ended streams go.
     max_stored_bytes: int = 64 << 20
     max_connections: int = 64  # connections to the backend, per process
-    # Builds the terminal frame of a stream whose producer died: (event id, info).
-    lost_frame: Callable[[int, StreamInfo], bytes] | None = None
 
 
-# What one kept event counts for besides its frame: in memory a bytes object's
-# header and its slot in the log, so many tiny events cannot hide in the bound.
+# What one kept event counts for besides its name and payload: in memory the
+# objects' headers and its slot in the log, so many tiny events cannot hide in
+# the bound.
 EVENT_OVERHEAD = 48
 
 
-def event_cost(frame: bytes) -> int:
-    """The bytes an event counts for against ``max_bytes`` and ``max_stored_bytes``."""
-    return len(frame) + EVENT_OVERHEAD
+def event_cost(event: Event) -> int:
+    """The bytes an event counts for against ``max_bytes`` and ``max_stored_bytes``
+    (``len(stored(event))`` plus the overhead, as the Redis scripts count it)."""
+    return len(event.name) + 1 + len(event.data) + EVENT_OVERHEAD
+
+
+def stored(event: Event) -> bytes:
+    """An event as one string for a backend that keeps strings: ``name LF data``
+    (a payload is one line of JSON, so the first line break ends the name)."""
+    return event.name.encode() + b"\n" + event.data
+
+
+def unstored(event_id: int, raw: bytes) -> Event:
+    """The event ``stored`` wrote, under its id."""
+    name, _, data = raw.partition(b"\n")
+    return Event(event_id, name.decode(), data)
 
 
 class Batch(NamedTuple):
-    """The result of one read: frames after a position, and whether the stream ended."""
+    """The result of one read: events after a position, and whether the stream ended."""
 
-    frames: list[bytes]
-    last_id: int  # id of the last frame returned, or the position asked for
-    ended: bool  # nothing will follow these frames
+    events: list[Event]
+    last_id: int  # id of the last event returned, or the position asked for
+    ended: bool  # nothing will follow these events
 
 
 class Broker(ABC):
@@ -120,18 +132,18 @@ class Broker(ABC):
         """Register a running stream; False if the id is taken."""
 
     @abstractmethod
-    def append(self, stream_id: str, event_id: int, frame: bytes) -> None:
-        """Add the next frame (``event_id`` is last_event_id + 1) and wake readers.
+    def append(self, stream_id: str, event: Event) -> None:
+        """Add the next event (its id is last_event_id + 1) and wake readers.
 
-        Idempotent: the same frame sent again under an id already stored (a retry
+        Idempotent: the same event sent again under an id already stored (a retry
         of an append whose answer was lost) succeeds and changes nothing. Any
         other id raises ValueError; StreamEnded when the stream has ended.
         """
 
     @abstractmethod
-    def finish(self, stream_id: str, event_id: int, frame: bytes, status: str,
+    def finish(self, stream_id: str, event: Event, status: str,
                usage: dict[str, Any] | None = None) -> None:
-        """Append the terminal frame, set the final status, start the expiry clock.
+        """Append the terminal event, set the final status, start the expiry clock.
 
         Idempotent as ``append``; ValueError for an id out of order while the
         stream runs, StreamEnded when it has already ended otherwise.
@@ -139,7 +151,7 @@ class Broker(ABC):
 
     @abstractmethod
     def read(self, stream_id: str, after: int, timeout: float) -> Batch:
-        """Frames with ids > ``after``; wait up to ``timeout`` s when there are none yet.
+        """Events with ids > ``after``; wait up to ``timeout`` s when there are none yet.
 
         Raises StreamNotFound or PositionGone.
         """
