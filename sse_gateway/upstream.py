@@ -32,12 +32,13 @@ from dataclasses import dataclass
 
 import gevent
 
+from sse_gateway.clock import REAL, Timer
 from sse_gateway.providers.base import (
     ChatRequest,
     Delta,
+    Output,
     Provider,
     ProviderError,
-    TextDelta,
     UpstreamTimeout,
 )
 
@@ -92,11 +93,12 @@ Item = Delta | Answering | Retrying
 def stream_deltas(candidates: Sequence[Candidate], policy: RetryPolicy,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], object] = gevent.sleep,
+                  timeout: Callable[[float, BaseException], Timer] = REAL.timeout,
                   ) -> Generator[Item, None, None]:
     """Yield the deltas of the first candidate that answers; raise the last error if none does.
 
     The rules (one budget for the chain, Retry-After per provider) are in the
-    module docstring.
+    module docstring. ``timeout`` starts the time-to-first-token timer.
     """
     budget_ends = clock() + policy.budget_s
     retries_left = policy.max_attempts - 1
@@ -121,8 +123,8 @@ def stream_deltas(candidates: Sequence[Candidate], policy: RetryPolicy,
                 sleep(starts - now)
             answered = False
             try:
-                for delta in _timed(candidate, policy):
-                    if not answered and isinstance(delta, TextDelta):
+                for delta in _timed(candidate, policy, timeout):
+                    if not answered and isinstance(delta, Output):
                         answered = True
                         yield Answering(candidate.model)
                     yield delta
@@ -142,21 +144,21 @@ def stream_deltas(candidates: Sequence[Candidate], policy: RetryPolicy,
     raise error
 
 
-def _timed(candidate: Candidate, policy: RetryPolicy) -> Iterator[Delta]:
+def _timed(candidate: Candidate, policy: RetryPolicy,
+           start_timer: Callable[[float, BaseException], Timer]) -> Iterator[Delta]:
     """The candidate's deltas, with the time-to-first-token timeout.
 
-    The silence between later tokens is the pump's to watch (one deadline it
+    The silence between later outputs is the pump's to watch (one deadline it
     checks anyway), which spares a timer per token on the hot path.
     """
     deltas = candidate.provider.stream(candidate.request)
     name = candidate.provider.name
     timeout = policy.ttft_timeout_s
-    timer = gevent.Timeout(timeout, UpstreamTimeout(
+    timer = start_timer(timeout, UpstreamTimeout(
         f"{name} sent no first token within {timeout:g} s", provider=name))
-    timer.start()
     try:
         for delta in deltas:
-            if isinstance(delta, TextDelta):
+            if isinstance(delta, Output):
                 timer.close()
             yield delta
     finally:

@@ -39,8 +39,22 @@ class ChatRequest:
     temperature: float | None = None
 
 
+class Output:
+    """A delta that is part of the answer, as opposed to news about it (usage, finish).
+
+    The one definition of output: the first one answers the request (no retry
+    or fallback after it), ends the time-to-first-token wait, and each one
+    restarts the silence clock. Text is its only kind today; reasoning, tool
+    calls and refusals will be more.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
-class TextDelta:
+class TextDelta(Output):
+    """Text of the answer."""
+
     text: str
 
 
