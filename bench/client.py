@@ -3,7 +3,8 @@
 Per received chunk the hot path does one ``time.monotonic()`` and one list
 append (``Conn.data_received``); HTTP de-chunking, SSE parsing and JSON happen
 after the scenario (``Conn.parse``), so the generator stays cheap while the
-servers are measured. Scenarios that must react to events as they arrive
+servers are measured. The event stream is read by the gateway's own decoder
+(``sse_gateway.transports.sse.Decoder``, WHATWG rules), the one the tests use. Scenarios that must react to events as they arrive
 (drop after the first token, reconnect) ask for ``live=True``: then each chunk
 is parsed on arrival, which is fine for the few streams those scenarios open.
 
@@ -20,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from sse_gateway.transports.sse import Decoder
 
 T = TypeVar("T")
 
@@ -48,14 +51,14 @@ _SIZE, _DATA, _CRLF = 0, 1, 2
 
 
 class Parser:
-    """Incremental HTTP/1.1 response (chunked or not) + event-stream parser."""
+    """Incremental HTTP/1.1 response (chunked or not), its body through a ``Decoder``."""
 
-    __slots__ = ("_buf", "_cstate", "_left", "_sse", "chunked", "events", "headers", "state",
-                 "status")
+    __slots__ = ("_buf", "_cstate", "_decoder", "_left", "chunked", "events", "headers",
+                 "state", "status")
 
     def __init__(self) -> None:
         self._buf = b""
-        self._sse = b""
+        self._decoder = Decoder()
         self._cstate = _SIZE  # in a chunked body: expecting a size line, data, or its CRLF
         self._left = 0  # bytes of the current chunk (or of its CRLF) still to come
         self.state = HEAD
@@ -81,13 +84,13 @@ class Parser:
         if self.state != BODY:
             return
         if not self.chunked:
-            self._sse += self._buf
-            self._buf = b""
+            body, self._buf = self._buf, b""
         else:
-            self._dechunk()
-        self._split(t)
+            body = self._dechunk()
+        self.events += [(t, e.event, e.data, e.id) for e in self._decoder.feed(body)]
 
-    def _dechunk(self) -> None:
+    def _dechunk(self) -> bytes:
+        """The body bytes in ``_buf`` (whole chunks or not); the rest stays for later."""
         buf = self._buf
         n = len(buf)
         pos = 0
@@ -113,39 +116,7 @@ class Parser:
             if self._left == 0:
                 self._cstate, self._left = (_CRLF, 2) if self._cstate == _DATA else (_SIZE, 0)
         self._buf = buf[pos:]
-        self._sse += b"".join(out)
-
-    def _split(self, t: float) -> None:
-        buf = self._sse
-        pos = 0
-        while True:
-            lf = buf.find(b"\n\n", pos)
-            crlf = buf.find(b"\r\n\r\n", pos)
-            if lf < 0 and crlf < 0:
-                break
-            if crlf < 0 or (0 <= lf < crlf):
-                block, pos = buf[pos:lf], lf + 2
-            else:
-                block, pos = buf[pos:crlf], crlf + 4
-            self._event(t, block)
-        self._sse = buf[pos:]
-
-    def _event(self, t: float, block: bytes) -> None:
-        name, data, event_id = "message", [], None
-        for raw in block.split(b"\n"):
-            line = raw.rstrip(b"\r").decode("utf-8", "replace")
-            if not line or line.startswith(":"):
-                continue
-            key, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if key == "data":
-                data.append(value)
-            elif key == "event":
-                name = value
-            elif key == "id":
-                event_id = value
-        if data:
-            self.events.append((t, name, "\n".join(data), event_id))
+        return b"".join(out)
 
 
 # --------------------------------------------------------------------------- requests

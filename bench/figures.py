@@ -27,7 +27,7 @@ from bench.client import (
     tokens_of,
 )
 from bench.stats import peak_overlap, summary
-from tests.fake_provider.__main__ import lorem_tokens
+from fake_wire import lorem_tokens
 
 now = time.monotonic
 MS = 1000.0

@@ -5,7 +5,8 @@ environment), keeps ``--streams`` streams of ``--delay``-spaced tokens running,
 and samples the worker with py-spy (``pip install -r requirements-bench.txt``)
 for ``--seconds``. Writes to ``--out`` (default ``bench/results/profile``):
 
-* ``stacks.txt``: py-spy's collapsed stacks (feed it to any flame-graph tool);
+* ``stacks.txt``: py-spy's collapsed stacks (feed it to any flame-graph tool),
+  kept out of git (.gitignore): a raw dump, large, and specific to one run;
 * ``profile.md``: the worker's CPU per token over the window, then where the
   samples went: by package, by function (self), and by function (inclusive).
 """

@@ -1,10 +1,10 @@
 """The benchmark's fake provider: ``python -m bench.provider [--port N]``.
 
 It speaks the OpenAI chat-completions streaming wire format byte for byte as
-the test suite's fake (``tests/fake_provider``) does: every event is produced
-by that fake's own dialect code (``_OpenAI``: the role chunk, one chunk per
-token, the finish chunk, the usage chunk when asked, ``[DONE]``), each event one
-HTTP chunk, written at once with Nagle off. What differs is the server: an
+the test suite's fake (``tests/fake_provider``) does: both write the events of
+``fake_wire.OpenAIDialect`` (the role chunk, one chunk per token, the finish
+chunk, the usage chunk when asked, ``[DONE]``), each event one HTTP chunk,
+written at once with Nagle off. What differs is the server: an
 asyncio (uvloop when installed) event loop instead of a thread per connection.
 The threaded fake spends about 67 us of CPU per token on this 2-core machine and
 could not serve 2,000 streams at 10 tokens/s (measured while building this
@@ -45,9 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.client import run_loop
-from tests.fake_provider import Behaviour
-from tests.fake_provider.__main__ import lorem_tokens
-from tests.fake_provider.server import _OpenAI  # the test fake's wire format, reused as is
+from fake_wire import LAST_CHUNK, Behaviour, OpenAIDialect, http_chunk, lorem_tokens
 
 now = time.monotonic
 _MARK = "@@token@@"
@@ -95,10 +93,6 @@ class State:
 STATE = State()
 
 
-def _chunk(event: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(event), event)
-
-
 class Exchange:
     """One streamed answer on one connection."""
 
@@ -109,15 +103,15 @@ class Exchange:
         self.record = CallRecord()
         if scenario.record:
             STATE.calls.setdefault(model, []).append(self.record)
-        dialect = _OpenAI(model, body)
+        dialect = OpenAIDialect(model, body)
         prefix, suffix = dialect.token(_MARK).split(json.dumps(_MARK).encode(), 1)
-        self.frames = [_chunk(prefix + text + suffix) for text in scenario.token_json]
-        self.epilogue = b"".join(_chunk(e) for e in dialect.epilogue(scenario.behaviour))
+        self.frames = [http_chunk(prefix + text + suffix) for text in scenario.token_json]
+        self.epilogue = b"".join(http_chunk(e) for e in dialect.epilogue(scenario.behaviour))
         head = (b"HTTP/1.1 200 OK\r\nServer: FakeProvider/1.0\r\n"
                 b"Content-Type: text/event-stream; charset=utf-8\r\n"
                 b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
                 b"x-request-id: " + dialect.request_id.encode() + b"\r\n\r\n")
-        conn.write(head + b"".join(_chunk(e) for e in dialect.preamble(scenario.behaviour)))
+        conn.write(head + b"".join(http_chunk(e) for e in dialect.preamble(scenario.behaviour)))
         self.t0 = now() + scenario.ttft
         self.handle: asyncio.TimerHandle | None = None
         STATE.streams += 1
@@ -145,7 +139,7 @@ class Exchange:
         self.conn.write(self.epilogue)
         record.finish("complete")
         STATE.streams -= 1
-        self.conn.write(b"0\r\n\r\n")
+        self.conn.write(LAST_CHUNK)
         self.conn.exchange_done()
 
     def peer_closed(self) -> None:
@@ -240,7 +234,7 @@ class ProviderConnection(asyncio.Protocol):
                                            "type": "invalid_request_error", "param": None,
                                            "code": "model_not_found"}})
             elif not body.get("stream"):
-                self._json(200, _OpenAI(model, body).complete_body(scenario.behaviour))
+                self._json(200, OpenAIDialect(model, body).complete_body(scenario.behaviour))
             else:
                 self.exchange = Exchange(self, model, body, scenario)
         elif path == "/_scenario" and method == "POST":

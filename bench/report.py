@@ -95,7 +95,7 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
     out.append("## Profile\n\nNot part of this run: `python -m bench.profile` samples the "
                "gateway's worker with py-spy while it relays tokens and writes "
                "`bench/results/profile/profile.md` (where the time goes per token) and "
-               "`stacks.txt` (collapsed stacks).\n")
+               "`stacks.txt` (collapsed stacks, not committed).\n")
     if plots:
         out.append("## Plots\n")
         out += [f"![{p}]({p})\n" for p in plots]

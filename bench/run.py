@@ -4,8 +4,10 @@ One run starts the fake provider (``bench/provider.py``), then, one at a time,
 each server under test against it, drives it with the load generator
 (``bench/client.py``, asyncio + raw sockets, uvloop when installed, in this
 process), and writes ``results.md``, ``results.json`` and PNG plots to
-``bench/results/`` (or ``--out``). ``--smoke`` runs tiny counts on the gateway,
-the lower bound and one or two alternatives in well under 30 s.
+``bench/results/`` (or ``--out``). Git keeps ``results.md`` and the plots;
+``results.json`` (every number, what ``--report-only`` re-renders from) stays on
+the machine that ran it (.gitignore). ``--smoke`` runs tiny counts on the
+gateway, the lower bound and one or two alternatives in well under 30 s.
 
 Every process started here is stopped by its pid, also on failure or Ctrl-C.
 """
@@ -248,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                              "the results.json in --out")
     args = parser.parse_args(argv)
     if args.report_only:
-        results = json.loads((args.out / "results.json").read_text())
+        raw = args.out / "results.json"
+        if not raw.exists():
+            parser.error(f"no {raw}: --report-only re-renders a run made on this machine "
+                         "(results.json is not committed)")
+        results = json.loads(raw.read_text())
         plots = [] if args.no_plots else report.plots(results, args.out)
         (args.out / "results.md").write_text(report.markdown(results, plots))
         log(f"written: {args.out / 'results.md'}")

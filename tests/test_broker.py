@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -30,18 +29,20 @@ from sse_gateway.broker import (
 )
 from sse_gateway.broker.base import event_cost
 from sse_gateway.events import Event
+from tests.redis_server import REDIS_URL
+
+# Every backend; the Redis one is skipped when no Redis answers (tests/redis_server.py).
+BACKENDS = ["memory://", pytest.param(REDIS_URL, marks=pytest.mark.redis, id="redis")]
 
 
 def data(batch: Batch) -> list[bytes]:
     """The payloads a read returned."""
     return [event.data for event in batch.events]
 
-# The machine's Redis; a database of its own, and random stream ids.
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 OPTIONS = BrokerOptions(ttl=0.5, lease_ttl=30, producer_timeout=5, max_events=50)
 
 
-@pytest.fixture(params=["memory://", REDIS_URL])
+@pytest.fixture(params=BACKENDS)
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     backend = open_broker(request.param, OPTIONS)
     yield backend
@@ -269,7 +270,7 @@ SMALL = BrokerOptions(ttl=30, lease_ttl=30, producer_timeout=5, max_events=50,
                       max_bytes=1000, max_stored_bytes=3000)
 
 
-@pytest.fixture(params=["memory://", REDIS_URL])
+@pytest.fixture(params=BACKENDS)
 def small(request: pytest.FixtureRequest) -> Iterator[Broker]:
     backend = open_broker(request.param, SMALL)
     yield backend

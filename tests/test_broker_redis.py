@@ -15,7 +15,10 @@ from sse_gateway.broker import CANCEL, ERROR, READERS, RUNNING, BrokerOptions, S
 from sse_gateway.broker.base import EVENT_OVERHEAD
 from sse_gateway.broker.redis import RedisBroker
 from sse_gateway.events import Event, stream_lost
-from tests.test_broker import REDIS_URL, data
+from tests.redis_server import REDIS_URL
+from tests.test_broker import data
+
+pytestmark = pytest.mark.redis  # skipped when no Redis answers: tests/redis_server.py
 
 OPTIONS = BrokerOptions(ttl=1.0, lease_ttl=30, producer_timeout=0.5, max_events=100)
 

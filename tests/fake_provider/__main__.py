@@ -8,23 +8,12 @@ Every model name gets the same behaviour (``--tokens`` lorem words, ``--delay``,
 from __future__ import annotations
 
 import argparse
-import itertools
 import signal
 import threading
 from types import FrameType
 
+from fake_wire import lorem_tokens
 from tests.fake_provider.server import Behaviour, FakeProvider
-
-LOREM = (
-    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
-    "incididunt ut labore et dolore magna aliqua"
-)
-
-
-def lorem_tokens(n: int) -> list[str]:
-    """``n`` tokens of lorem ipsum, each word after the first with its leading space."""
-    words = itertools.islice(itertools.cycle(LOREM.split()), n)
-    return [word if i == 0 else f" {word}" for i, word in enumerate(words)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
