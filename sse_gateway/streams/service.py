@@ -38,21 +38,17 @@ from sse_gateway.config import StreamsConfig
 from sse_gateway.errors import (
     InvalidRequest,
     NotFound,
-    Overloaded,
     PositionGone,
     StoreUnreachable,
     StreamExists,
-    TooManyReaders,
-    TooManyStreams,
     UnknownModel,
 )
 from sse_gateway.providers import Catalog, ModelUnavailable, Provider, build_providers
 from sse_gateway.pump import Pump, PumpGroup
 from sse_gateway.reader import Reader
+from sse_gateway.streams.admission import admit, scoped, too_many_readers
 from sse_gateway.upstream import Candidate, RetryPolicy
 from sse_gateway.validation import InvalidBody, StreamRequest, parse_stream_request
-
-__all__ = ["NothingFollows", "Reader", "Streams"]
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -152,8 +148,8 @@ class Streams:
         candidates = [self._candidate(model, body, "model" if i == 0 else f"fallbacks.{i - 1}")
                       for i, model in enumerate((body.model, *body.fallbacks))]
         stream_id = stream_id or secrets.token_urlsafe(18)
-        key = _scoped(owner, stream_id)
-        slot_owner = self._admit(holder, key)
+        key = scoped(owner, stream_id)
+        slot_owner = admit(self.config, self.broker, self._pumps, holder, key)
         created = round(time.time(), 3)
         try:
             if not self.broker.create(StreamInfo(key, owner=owner, model=body.model,
@@ -246,26 +242,6 @@ class Streams:
         for provider in self.catalog.providers.values():
             provider.close()
 
-    def _admit(self, holder: str, key: str) -> str | None:
-        """Refuse a stream this worker or ``holder`` cannot take; take its slot."""
-        config = self.config
-        if self._pumps.draining:
-            raise Overloaded("this instance is shutting down; retry", retry_after=1)
-        if len(self._pumps) >= config.max_active_streams:
-            raise Overloaded("this worker is at its stream limit; retry", retry_after=1)
-        # The new stream's own reader is taken after the stream exists, so its
-        # holder's cap is checked here, before any provider is asked (concurrent
-        # starts of one holder are bounded by its slots; follows are capped
-        # atomically).
-        cap = config.max_readers_per_key
-        if cap and self.broker.holder_readers(holder) >= cap:
-            raise _too_many_readers("holder", cap)
-        slot_owner = holder if config.max_streams_per_key else None
-        if slot_owner and not self.broker.take_slot(slot_owner, key, config.max_streams_per_key):
-            raise TooManyStreams(f"at most {config.max_streams_per_key} streams may run at once "
-                                 "for one key; wait for one to end", retry_after=1)
-        return slot_owner
-
     def _candidate(self, model: str, body: StreamRequest, param: str) -> Candidate:
         try:
             provider, provider_model = self.catalog.resolve(model)
@@ -295,14 +271,14 @@ class Streams:
             lease = self.broker.attach_reader(key, holder, config.max_readers_per_stream,
                                               config.max_readers_per_key)
         except ReadersRefused as refused:
-            raise _too_many_readers(refused.scope, refused.limit) from None
+            raise too_many_readers(refused.scope, refused.limit) from None
         return Reader(self.broker, key, stream_id=stream_id, after=after, lease=lease,
                       idle_s=config.heartbeat_s, model=info.model,
                       first=first)
 
     def _owned(self, stream_id: str, owner: str, *, confirm: bool = False) -> StreamInfo | None:
         """``owner``'s stream of this id, or None."""
-        info = self.broker.info(_scoped(owner, stream_id), confirm=confirm)
+        info = self.broker.info(scoped(owner, stream_id), confirm=confirm)
         if info is None or not hmac.compare_digest(info.owner, owner):
             return None
         return info
@@ -316,14 +292,3 @@ class Streams:
             raise NotFound(f"no stream {stream_id!r}")
         return info
 
-
-def _scoped(owner: str, stream_id: str) -> str:
-    """The broker's key of an owner's stream: each owner has its own ids, so a
-    client-chosen id neither collides with nor reveals another owner's stream."""
-    return f"{owner}.{stream_id}" if owner else stream_id
-
-
-def _too_many_readers(scope: str, limit: int) -> TooManyReaders:
-    whose = "this stream" if scope == "stream" else "one key"
-    return TooManyReaders(f"at most {limit} readers may follow {whose} at once; "
-                          "close one first", retry_after=1)
