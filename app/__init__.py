@@ -14,34 +14,29 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.errors import (
-    ApiError,
     InternalError,
     MethodNotAllowed,
-    NotFound,
-    Overloaded,
     PayloadTooLarge,
     RateLimited,
     UnsupportedMediaType,
+    answer,
     error_body,
 )
 from sse_gateway import metrics
-from sse_gateway.broker import BrokerUnavailable, StreamNotFound
+from sse_gateway.broker import BrokerUnavailable
+from sse_gateway.errors import NotFound, StoreUnreachable, StreamsError
 
 log = logging.getLogger(__name__)
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
-    from app.api import ops, streams, web
+    from app.api import Gateway, ops, streams, web
     from app.api.caller import authenticate
-    from app.gateway import Gateway
     from app.limits import limiter
     from app.security import Keys
     from app.settings import Settings
-    from sse_gateway.broker import BrokerOptions, open_broker
-    from sse_gateway.providers import Catalog, build_providers
-    from sse_gateway.pump import PumpGroup
-    from sse_gateway.upstream import RetryPolicy
+    from sse_gateway.streams import Streams
     from sse_gateway_client.cli import stream_command
 
     settings = Settings.load(overrides=overrides)
@@ -52,22 +47,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
-    broker = open_broker(settings.streams.broker_url, BrokerOptions(
-        ttl=settings.streams.stream_ttl_s,
-        # A feed renews its lease at each heartbeat, but not while a write to a
-        # slow client blocks (up to the write timeout).
-        lease_ttl=max(3 * settings.streams.heartbeat_s,
-                      settings.streams.write_timeout_s + 2 * settings.streams.heartbeat_s),
-        producer_timeout=settings.streams.producer_timeout_s,
-        max_events=settings.streams.max_events_per_stream, max_bytes=settings.streams.max_stream_bytes,
-        max_stored_bytes=settings.streams.max_stored_bytes_per_key,
-        max_connections=settings.streams.redis_max_connections))
-    catalog = Catalog(build_providers(settings.streams), settings.streams.models)
+    service = Streams(settings.streams)
     keys = Keys(settings.all_api_keys())
-    policy = RetryPolicy(settings.streams.retry_max_attempts, settings.streams.retry_budget_s,
-                         settings.streams.retry_base_delay_s, settings.streams.retry_max_delay_s,
-                         settings.streams.ttft_timeout_s, settings.streams.token_timeout_s)
-    app.extensions["gateway"] = Gateway(settings, broker, catalog, PumpGroup(), keys, policy)
+    app.extensions["streams"] = service
+    app.extensions["gateway"] = Gateway(settings, keys)
     # Registered before the limiter's and CORS's own, so it runs after them.
     app.after_request(_response_headers)
     # Rates are counted where streams live: in Redis when there is one.
@@ -89,7 +72,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         log.warning("no API keys configured (API_KEYS, API_KEYS_FILE): the gateway runs "
                     "open, for development only")
     log.info("gateway ready: broker %s, models %s", settings.streams.broker_url.split("://")[0],
-             ", ".join(m["id"] for m in catalog.listing() if m.get("available", True)))
+             ", ".join(m["id"] for m in service.models() if m.get("available", True)))
     return app
 
 
@@ -142,42 +125,39 @@ class _TextFormatter(logging.Formatter):
 
 
 def _register_error_handlers(app: Flask) -> None:
-    by_status: dict[int, type[ApiError]] = {404: NotFound, 405: MethodNotAllowed,
-                                            413: PayloadTooLarge, 415: UnsupportedMediaType}
+    by_status: dict[int, type[StreamsError]] = {404: NotFound, 405: MethodNotAllowed,
+                                                413: PayloadTooLarge, 415: UnsupportedMediaType}
 
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError) -> tuple[Response, int, dict[str, str]]:
+    @app.errorhandler(StreamsError)
+    def refused(exc: StreamsError) -> tuple[Response, int, dict[str, str]]:
         if exc.code in ("rate_limited", "too_many_streams", "too_many_readers", "overloaded"):
             metrics.REJECTIONS.labels(exc.code).inc()
-        return jsonify(exc.body()), exc.status, exc.headers()
+        body, status, headers = answer(exc)
+        return jsonify(body), status, headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
         status = exc.code or 500
         cls = by_status.get(status)
         if cls is not None:
-            return api_error(cls(_HTTP_MESSAGES[status]))
+            return refused(cls(_HTTP_MESSAGES[status]))
         code = "invalid_request" if status < 500 else "internal_error"
         return jsonify(error_body(code, exc.name)), status, {}
 
     @app.errorhandler(RateLimitExceeded)
     def rate_limited(exc: RateLimitExceeded) -> tuple[Response, int, dict[str, str]]:
-        return api_error(RateLimited(f"rate limit exceeded ({exc.description}); slow down"))
+        return refused(RateLimited(f"rate limit exceeded ({exc.description}); slow down"))
 
     @app.errorhandler(BrokerUnavailable)
     def broker_down(exc: BrokerUnavailable) -> tuple[Response, int, dict[str, str]]:
+        # The service answers this itself; a store call outside it lands here.
         log.warning("broker unavailable: %s", exc)
-        return api_error(Overloaded("the stream store is unreachable; retry shortly",
-                                    retry_after=5))
-
-    @app.errorhandler(StreamNotFound)
-    def stream_gone(exc: StreamNotFound) -> tuple[Response, int, dict[str, str]]:
-        return api_error(NotFound("no such stream (it may have expired)"))
+        return refused(StoreUnreachable())
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int, dict[str, str]]:
         log.exception("unhandled error")
-        return api_error(InternalError("the gateway failed; the error is in its log"))
+        return refused(InternalError("the gateway failed; the error is in its log"))
 
 
 _HTTP_MESSAGES = {

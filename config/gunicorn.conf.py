@@ -86,15 +86,23 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook
 
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    gateway = worker.wsgi.extensions["gateway"]
+    streams = worker.wsgi.extensions["streams"]
     default_handler = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):  # noqa: ANN001, ANN202
-        gateway.drain(worker.cfg.graceful_timeout)
+        streams.drain(worker.cfg.graceful_timeout)
         default_handler(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.siginterrupt(signal.SIGTERM, False)
+
+
+def worker_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook
+    """In the worker, as it ends: close the stream store's connections (and its
+    pub/sub thread) and the SDK clients' pools."""
+    streams = getattr(worker.wsgi, "extensions", {}).get("streams")
+    if streams is not None:
+        streams.close()
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook

@@ -1,13 +1,34 @@
-"""The blueprints, by feature, and the one way they reach the app's objects."""
+"""The blueprints, by feature, and the one way they reach the app's objects.
+
+``app.extensions["streams"]`` is the engine (``sse_gateway.Streams``);
+``app.extensions["gateway"]`` holds what only the HTTP gateway has: its
+settings and API keys.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import current_app
 
-from app.gateway import Gateway
+from app.security import Keys
+from app.settings import Settings
+from sse_gateway.streams import Streams
+
+
+@dataclass(frozen=True)
+class Gateway:
+    settings: Settings
+    keys: Keys
 
 
 def current_gateway() -> Gateway:
-    """The running app's Gateway (settings, broker, catalog, pumps, keys, policy)."""
+    """The running app's settings and keys."""
     gateway: Gateway = current_app.extensions["gateway"]
     return gateway
+
+
+def current_streams() -> Streams:
+    """The running app's streams service."""
+    streams: Streams = current_app.extensions["streams"]
+    return streams

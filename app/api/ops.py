@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app.api import current_gateway
+from app.api import current_streams
 from app.limits import limiter, rate, unlimited
 from sse_gateway import metrics
-from sse_gateway.broker import BrokerError
+from sse_gateway.errors import StoreUnreachable
 
 bp = Blueprint("ops", __name__)
 
@@ -20,15 +20,14 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """Can this worker serve: its broker answers, it is not draining; and with what."""
-    gateway = current_gateway()
-    providers = {name: provider.available for name, provider in gateway.catalog.providers.items()}
-    body = {"status": "ok", "broker": gateway.settings.streams.broker_url.split("://")[0],
-            "providers": providers}
+    streams = current_streams()
+    body = {"status": "ok", "broker": streams.config.broker_url.split("://")[0],
+            "providers": streams.providers()}
     try:
-        gateway.broker.ping()
-    except BrokerError:
+        streams.ping()
+    except StoreUnreachable:
         return jsonify({**body, "status": "unavailable", "broker": "unreachable"}), 503
-    if gateway.pumps.draining:
+    if streams.draining:
         return jsonify({**body, "status": "draining"}), 503
     return jsonify(body), 200
 
@@ -42,4 +41,4 @@ def metrics_() -> Response:
 @bp.get("/v1/models")
 @limiter.limit(rate("ratelimit_models"), exempt_when=unlimited("ratelimit_models"))
 def models() -> Response:
-    return jsonify({"data": current_gateway().catalog.listing()})
+    return jsonify({"data": current_streams().models()})

@@ -167,6 +167,10 @@ class Provider(Protocol):
         """Yield the deltas of one generation; raise ProviderError on failure."""
         ...
 
+    def close(self) -> None:
+        """Release what the provider holds (its SDK clients' connection pools)."""
+        ...
+
 
 _ERROR_TYPES: dict[str, type[ProviderError]] = {
     "rate_limit_error": UpstreamRateLimited,

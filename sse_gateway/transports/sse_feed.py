@@ -1,31 +1,30 @@
-"""Deliver one stream from the broker as SSE bytes: the body of every SSE response.
+"""Deliver a stream's reader as SSE bytes: the body of every SSE response.
 
-A feed holds a reader lease while it runs, so the pump knows someone is
-listening. Under WSGI a vanished client is normally seen only when a write
+The reader (``sse_gateway.reader``) holds the lease and yields batches of
+events; this transport adds what belongs to SSE over WSGI: the ``retry:``
+line, ``: ping`` heartbeats on idle ticks, bounded writes, and the client
+socket watch. Under WSGI a vanished client is normally seen only when a write
 fails, which can be long while the provider is silent; so the feed watches
 the client socket (an event-loop callback, no greenlet) and peeks when it
-becomes readable: zero bytes means the client (or nginx) closed. The lease is
-given back at once, which starts the pump's resume-grace clock, and the feed
-stops.
+becomes readable: zero bytes means the client (or nginx) closed. The reader
+is abandoned at once (its lease goes back, which starts the pump's
+resume-grace clock), and the feed stops.
 """
 
 from __future__ import annotations
 
 import _socket
-import logging
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
 from typing import Any
 
 import gevent
 
-from sse_gateway import events, metrics
-from sse_gateway.broker import Batch, Broker, BrokerUnavailable, PositionGone, StreamNotFound
+from sse_gateway import metrics
+from sse_gateway.broker import Batch
+from sse_gateway.reader import Reader
 from sse_gateway.transports import sse
-
-log = logging.getLogger(__name__)
 
 # How long to look away when the client sent bytes we must not consume
 # (a pipelined request); a peek would see them again at once.
@@ -36,24 +35,17 @@ _WRITE_CHUNK = 64 * 1024
 
 
 class Feed:
-    """An iterable of SSE bytes from position ``after``; WSGI calls ``close``."""
+    """An iterable of SSE bytes from a reader; WSGI calls ``close``."""
 
-    def __init__(self, broker: Broker, stream_id: str, *, after: int, lease: str,
-                 heartbeat_s: float, retry_ms: int, provider: str, write_timeout_s: float,
-                 first: Batch | None = None, client_socket: Any = None) -> None:
-        self._broker = broker
-        self._stream_id = stream_id
-        self._after = after
-        self._lease: str | None = lease
-        self._heartbeat_s = heartbeat_s
+    def __init__(self, reader: Reader, *, retry_ms: int, write_timeout_s: float,
+                 client_socket: Any = None) -> None:
+        self._reader = reader
         self._retry_ms = retry_ms
-        self._provider = provider
-        self._first = first  # read by the view, which had to check the position
         self._socket = client_socket
         self._write_timeout_s = write_timeout_s
         self._socket_timeout: float | None = None  # what gunicorn had set, restored at the end
         self._watch: _SocketWatch | None = None
-        self.client_gone = False
+        self._batches: Generator[Batch, None, None] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         if self._socket is not None:
@@ -65,42 +57,22 @@ class Feed:
                 # then fails, gunicorn closes the connection and calls close().
                 self._socket_timeout = self._socket.gettimeout()
                 self._socket.settimeout(self._write_timeout_s)
-            self._watch = _SocketWatch(self._socket, self._gone)
-        heartbeat = self._heartbeat_s
+            self._watch = _SocketWatch(self._socket, self._reader.abandon)
         try:
             yield sse.encode_retry(self._retry_ms)
-            position = self._after
-            sent_at = renewed_at = time.monotonic()
-            batch, self._first = self._first, None
-            while not self.client_gone:
-                if batch is None:
-                    wait = max(0.0, sent_at + heartbeat - time.monotonic())
-                    batch = self._broker.read(self._stream_id, position, timeout=wait)
-                    if self.client_gone:
-                        return
+            self._batches = batches = self._reader.batches()
+            for batch in batches:
                 if batch.events:
-                    position = batch.last_id
                     yield from _chunks(sse.render_all(batch.events))
-                    sent_at = time.monotonic()
-                elif not batch.ended and time.monotonic() >= sent_at + heartbeat:
+                elif not batch.ended:  # an idle tick
                     yield sse.PING
                     metrics.HEARTBEATS.inc()
-                    sent_at = time.monotonic()
-                if batch.ended:
-                    return
-                batch = None
-                if time.monotonic() - renewed_at >= heartbeat and self._lease is not None:
-                    self._broker.renew_reader(self._stream_id, self._lease)
-                    renewed_at = time.monotonic()
-        except StreamNotFound:
-            log.info("stream %s expired while a reader followed it", self._stream_id)
-        except PositionGone:
-            log.info("stream %s: a reader fell behind the kept events", self._stream_id)
-        except BrokerUnavailable:
-            log.warning("stream %s: the broker is unreachable; ending a reader", self._stream_id)
-            yield sse.render(events.store_unreachable(self._provider))
         finally:
             self.close()
+
+    @property
+    def client_gone(self) -> bool:
+        return self._reader.abandoned
 
     def close(self) -> None:
         """Stop watching the socket and give the lease back (idempotent)."""
@@ -110,17 +82,10 @@ class Feed:
         if self._socket is not None:
             with suppress(OSError):
                 self._socket.settimeout(self._socket_timeout)
-        self._release()
-
-    def _release(self) -> None:
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            self._broker.release_reader(self._stream_id, lease)
-
-    def _gone(self) -> None:
-        """The client closed (called in the hub): stop, and give the lease back now."""
-        self.client_gone = True
-        gevent.spawn(self._release)  # a broker call may block: not in the hub
+        batches, self._batches = self._batches, None
+        if batches is not None:
+            batches.close()
+        self._reader.close()
 
 
 class _SocketWatch:

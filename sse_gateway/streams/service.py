@@ -1,0 +1,294 @@
+"""The streams service: start, follow, cancel, look up, drain and close streams.
+
+Everything a transport needs, with plain values in and out and no web
+framework: a view parses its request, calls one method, renders the result
+(``Reader`` batches as SSE, say). Admission lives here: a draining or full
+worker, per-holder stream slots and reader caps. So do owners: a stream's
+broker key is ``<owner>.<id>``, each owner has its own ids, and another
+owner's stream is as unknown as a missing one. Refusals are
+``sse_gateway.errors``; a store that does not answer is ``StoreUnreachable``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any, NamedTuple, ParamSpec, TypeVar
+
+from sse_gateway.broker import (
+    ENDED,
+    RUNNING,
+    Broker,
+    BrokerError,
+    BrokerOptions,
+    BrokerUnavailable,
+    StreamInfo,
+    StreamNotFound,
+    open_broker,
+)
+from sse_gateway.broker import PositionGone as EventsDropped
+from sse_gateway.broker import TooManyReaders as ReadersRefused
+from sse_gateway.config import StreamsConfig
+from sse_gateway.errors import (
+    InvalidRequest,
+    NotFound,
+    PositionGone,
+    StoreUnreachable,
+    StreamExists,
+    UnknownModel,
+)
+from sse_gateway.providers import Catalog, ModelUnavailable, Provider, build_providers
+from sse_gateway.pump import Pump, PumpGroup
+from sse_gateway.reader import Reader
+from sse_gateway.streams.admission import admit, scoped, too_many_readers
+from sse_gateway.upstream import Candidate, RetryPolicy
+from sse_gateway.validation import InvalidBody, StreamRequest, parse_stream_request
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class NothingFollows(NamedTuple):
+    """A reader's position is at or past the end of an ended stream: no event will
+    ever follow (over HTTP: 204, so a browser's EventSource stops reconnecting)."""
+
+    stream_id: str
+
+
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn the store's own failures into the service's errors."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _store_errors():
+            return method(*args, **kwargs)
+
+    return call
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    try:
+        yield
+    except BrokerUnavailable as exc:
+        log.warning("broker unavailable: %s", exc)
+        raise StoreUnreachable() from None
+    except StreamNotFound:
+        raise NotFound("no such stream (it may have expired)") from None
+
+
+class Streams:
+    """The engine's one entry point: one per process, built from a ``StreamsConfig``."""
+
+    def __init__(self, config: StreamsConfig, *, broker: Broker | None = None,
+                 providers: Mapping[str, Provider] | None = None) -> None:
+        self.config = config
+        if broker is None:
+            broker = open_broker(config.broker_url, BrokerOptions(
+                ttl=config.stream_ttl_s, lease_ttl=config.reader_lease_ttl_s,
+                producer_timeout=config.producer_timeout_s,
+                max_events=config.max_events_per_stream, max_bytes=config.max_stream_bytes,
+                max_stored_bytes=config.max_stored_bytes_per_key,
+                max_connections=config.redis_max_connections))
+        self.broker = broker
+        self.catalog = Catalog(dict(build_providers(config) if providers is None else providers),
+                               config.models)
+        self.policy = RetryPolicy(config.retry_max_attempts, config.retry_budget_s,
+                                  config.retry_base_delay_s, config.retry_max_delay_s,
+                                  config.ttft_timeout_s, config.token_timeout_s)
+        self._pumps = PumpGroup()
+
+    def parse(self, raw: bytes) -> StreamRequest:
+        """Validate a request body (JSON) within this service's bounds."""
+        config = self.config
+        try:
+            return parse_stream_request(raw, max_tokens_limit=config.max_tokens_limit,
+                                        max_messages=config.max_messages,
+                                        max_resume_grace_s=config.max_resume_grace_s,
+                                        max_fallbacks=config.max_fallbacks)
+        except InvalidBody as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from None
+
+    @_translated
+    def start(self, request: StreamRequest | Callable[[], StreamRequest], *, owner: str,
+              holder: str, caller: str = "", stream_id: str | None = None, digest: str = "",
+              position: int | None = None) -> Reader | NothingFollows:
+        """Start a stream of ``owner``'s and return its first reader (held by ``holder``).
+
+        ``stream_id`` is the client's own id (else one is drawn), ``digest``
+        the request's fingerprint. A start naming an existing stream of the
+        owner is a client retrying a request whose answer it lost: with the
+        same digest, or with a ``position`` (the last event it saw), it
+        resumes that stream instead of paying for a second answer; with
+        another request it is StreamExists. ``request`` may be a callable that
+        validates the body: it is called only when a new stream starts.
+        ``caller`` names the client in the stream's log lines.
+        """
+        existing = self._owned(stream_id, owner) if stream_id is not None else None
+        if existing is not None and (position is not None
+                                     or hmac.compare_digest(existing.request_digest, digest)):
+            assert stream_id is not None
+            return self._follow(stream_id, existing, -1 if position is None else position, holder)
+        if position is not None:
+            if stream_id is None:
+                raise InvalidRequest("Last-Event-ID: a POST resumes only the stream named by "
+                                     "its X-Stream-ID", param="Last-Event-ID")
+            raise NotFound(f"no stream {stream_id!r} to resume")
+        body = request() if callable(request) else request
+        if existing is not None:
+            raise StreamExists(f"a stream with id {stream_id!r} already exists (with another "
+                               "request)", param="X-Stream-ID")
+        candidates = [self._candidate(model, body, "model" if i == 0 else f"fallbacks.{i - 1}")
+                      for i, model in enumerate((body.model, *body.fallbacks))]
+        stream_id = stream_id or secrets.token_urlsafe(18)
+        key = scoped(owner, stream_id)
+        slot_owner = admit(self.config, self.broker, self._pumps, holder, key)
+        created = round(time.time(), 3)
+        try:
+            if not self.broker.create(StreamInfo(key, owner=owner, model=body.model,
+                                                 created=created, request_digest=digest)):
+                raise StreamExists(f"a stream with id {stream_id!r} already exists",
+                                   param="X-Stream-ID")
+            lease = self.broker.attach_reader(key, holder)
+        except Exception:
+            if slot_owner:
+                self.broker.release_slot(slot_owner, key)
+            raise
+        config = self.config
+        grace = config.resume_grace_s if body.resume_grace_s is None else body.resume_grace_s
+        pump = Pump(
+            broker=self.broker, candidates=candidates, policy=self.policy,
+            stream_id=key, public_id=stream_id, created=created, grace_s=grace,
+            tick_s=config.producer_timeout_s / 4, stream_timeout_s=config.stream_timeout_s,
+            slot_owner=slot_owner, caller=caller, on_exit=self._pumps.discard)
+        try:
+            self._pumps.start(pump)  # appends the start event: the store may fail here
+        except BaseException:
+            self._pumps.discard(pump)  # never produced: it must not count for the worker
+            with suppress(BrokerError):
+                self.broker.release_reader(key, lease)
+                if slot_owner:
+                    self.broker.release_slot(slot_owner, key)
+            raise
+        return Reader(self.broker, key, stream_id=stream_id, after=-1, lease=lease,
+                      idle_s=config.heartbeat_s, model=body.model,
+                      started=True)
+
+    @_translated
+    def follow(self, stream_id: str, owner: str, position: int | None,
+               holder: str) -> Reader | NothingFollows:
+        """A reader of ``owner``'s stream from ``position`` (None: from the start)."""
+        info = self._info(stream_id, owner)
+        return self._follow(stream_id, info, -1 if position is None else position, holder)
+
+    @_translated
+    def info(self, stream_id: str, owner: str) -> StreamInfo:
+        """What is known of ``owner``'s stream, named by the id its client knows."""
+        return dataclasses.replace(self._info(stream_id, owner), stream_id=stream_id)
+
+    @_translated
+    def cancel(self, stream_id: str, owner: str, reason: str = "deleted") -> tuple[StreamInfo, bool]:
+        """Ask ``owner``'s running stream to stop; True if it was running (and now is asked)."""
+        info = self._info(stream_id, owner)
+        running = info.status == RUNNING
+        if running:
+            info = self.broker.cancel(info.stream_id, reason) or info
+        return dataclasses.replace(info, stream_id=stream_id), running
+
+    def models(self) -> list[dict[str, Any]]:
+        """The models clients may name, for pickers."""
+        return self.catalog.listing()
+
+    def providers(self) -> dict[str, bool]:
+        """Each provider, and whether it is configured."""
+        return {name: p.available for name, p in self.catalog.providers.items()}
+
+    def ping(self) -> None:
+        """Raise StoreUnreachable when the stream store does not answer (not logged:
+        a readiness probe asks this often)."""
+        try:
+            self.broker.ping()
+        except BrokerError:
+            raise StoreUnreachable() from None
+
+    @property
+    def draining(self) -> bool:
+        return self._pumps.draining
+
+    @property
+    def active(self) -> int:
+        """Streams this process is producing."""
+        return len(self._pumps)
+
+    def drain(self, graceful_timeout_s: float) -> None:
+        """Start shutting down: refuse new streams, end the rest before the timeout
+        (``shutdown_margin_s`` before it, with ``cancelled``/``shutdown``)."""
+        self._pumps.drain(max(0.0, graceful_timeout_s - self.config.shutdown_margin_s))
+
+    def close(self) -> None:
+        """Release the store's connections (and its pub/sub thread) and the SDK pools.
+
+        Call it when the process is done with streams (after ``drain``):
+        streams still running are not ended by it.
+        """
+        self.broker.close()
+        for provider in self.catalog.providers.values():
+            provider.close()
+
+    def _candidate(self, model: str, body: StreamRequest, param: str) -> Candidate:
+        try:
+            provider, provider_model = self.catalog.resolve(model)
+        except ModelUnavailable as exc:
+            raise UnknownModel(str(exc), param=param) from None
+        return Candidate(model, provider, body.chat(provider_model))
+
+    def _follow(self, stream_id: str, info: StreamInfo, after: int,
+                holder: str) -> Reader | NothingFollows:
+        """A reader of ``info`` from position ``after``, or NothingFollows past its end."""
+        if after >= info.last_event_id and info.status in ENDED:
+            return NothingFollows(stream_id)
+        if after > info.last_event_id:
+            raise PositionGone(f"event {after} is past the last event of this stream "
+                               f"({info.last_event_id}); the store lost it",
+                               param="last_event_id")
+        key = info.stream_id
+        try:  # read now: a position that is gone must be refused before any event
+            first = self.broker.read(key, after, timeout=0)
+        except EventsDropped:
+            raise PositionGone(f"events after {after} are no longer kept; start a new stream",
+                               param="last_event_id") from None
+        except StreamNotFound:
+            raise NotFound(f"no stream {stream_id!r}") from None
+        config = self.config
+        try:
+            lease = self.broker.attach_reader(key, holder, config.max_readers_per_stream,
+                                              config.max_readers_per_key)
+        except ReadersRefused as refused:
+            raise too_many_readers(refused.scope, refused.limit) from None
+        return Reader(self.broker, key, stream_id=stream_id, after=after, lease=lease,
+                      idle_s=config.heartbeat_s, model=info.model,
+                      first=first)
+
+    def _owned(self, stream_id: str, owner: str, *, confirm: bool = False) -> StreamInfo | None:
+        """``owner``'s stream of this id, or None."""
+        info = self.broker.info(scoped(owner, stream_id), confirm=confirm)
+        if info is None or not hmac.compare_digest(info.owner, owner):
+            return None
+        return info
+
+    def _info(self, stream_id: str, owner: str) -> StreamInfo:
+        """The stream, if it exists and ``owner`` owns it; another owner's is as unknown."""
+        # confirm: a stream whose producer died is reported ended (stream_lost),
+        # not running, by this very look.
+        info = self._owned(stream_id, owner, confirm=True)
+        if info is None:
+            raise NotFound(f"no stream {stream_id!r}")
+        return info
+
