@@ -27,7 +27,7 @@ from sse_gateway.broker import (
     TooManyReaders,
     open_broker,
 )
-from sse_gateway.broker.base import event_cost
+from sse_gateway.broker.base import READ_COUNT, event_cost
 from sse_gateway.events import Event
 from tests.redis_server import REDIS_URL
 
@@ -90,6 +90,31 @@ def test_read_from_any_position_and_finish(broker: Broker) -> None:
     assert info is not None
     assert (info.status, info.last_event_id, info.usage) == (
         DONE, 3, {"input_tokens": 1, "output_tokens": 2})
+
+
+@pytest.fixture(params=BACKENDS)
+def long_log(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    backend = open_broker(request.param, replace(OPTIONS, max_events=3000))
+    yield backend
+    backend.close()
+
+
+def test_a_reader_far_behind_is_served_in_bounded_batches(long_log: Broker) -> None:
+    """At most READ_COUNT events a read, in order, and ``ended`` only with the last."""
+    sid = make(long_log)
+    for i in range(2500):
+        long_log.append(sid, Event(i, "x", b"%d" % i))
+    long_log.finish(sid, Event(2500, "x", b"end"), DONE)
+    position, seen = -1, []
+    while True:
+        batch = long_log.read(sid, position, timeout=0)
+        assert 0 < len(batch.events) <= READ_COUNT
+        assert [e.id for e in batch.events] == list(range(position + 1, batch.last_id + 1))
+        seen.extend(batch.events)
+        position = batch.last_id
+        if batch.ended:
+            break
+    assert [e.id for e in seen] == list(range(2501)) and seen[-1].data == b"end"
 
 
 def test_append_out_of_order_is_refused(broker: Broker) -> None:

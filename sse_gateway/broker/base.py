@@ -96,6 +96,7 @@ class BrokerOptions:
 # objects' headers and its slot in the log, so many tiny events cannot hide in
 # the bound.
 EVENT_OVERHEAD = 48
+READ_COUNT = 1000  # events one read returns at most
 
 
 def event_cost(event: Event) -> int:

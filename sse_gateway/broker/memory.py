@@ -24,6 +24,8 @@ from typing import Any
 
 from sse_gateway.broker.base import (
     CANCEL,
+    EVENT_OVERHEAD,
+    READ_COUNT,
     READERS,
     Batch,
     Broker,
@@ -42,8 +44,12 @@ from sse_gateway.events import ENDED, RUNNING, Event
 @dataclass
 class _Record:
     info: StreamInfo
-    events: deque[Event] = field(default_factory=deque)
-    offset: int = 0  # id of events[0]; older events were dropped
+    # Each event as its name (one shared string per kind) and its payload, in
+    # two deques: an Event tuple per event would hold about 100 bytes more per
+    # token, and reads build their tuples without copying a payload.
+    names: deque[str] = field(default_factory=deque)
+    payloads: deque[bytes] = field(default_factory=deque)
+    offset: int = 0  # id of the first kept event; older events were dropped
     kept: int = 0  # the event_cost of the events kept
     forgotten: bool = False  # expired, or pushed out by its owner's newer streams
     # Set, and replaced by a fresh one, on every change: readers wait on it.
@@ -113,8 +119,16 @@ class MemoryBroker(Broker):
         if after + 1 < record.offset:
             raise PositionGone(stream_id)
         # From the right: O(events returned), however long the log.
-        events = list(islice(reversed(record.events), max(0, last_id - after)))[::-1]
-        return Batch(events, max(after, last_id), record.info.status in ENDED)
+        # At most READ_COUNT events a read, as Redis: a reader far behind is
+        # served in bounded batches, so what it renders at once is bounded too.
+        behind = max(0, last_id - after)
+        count = min(behind, READ_COUNT)
+        skip = behind - count  # the newer events, left for the next read
+        names = list(islice(reversed(record.names), skip, skip + count))[::-1]
+        payloads = list(islice(reversed(record.payloads), skip, skip + count))[::-1]
+        first = after + 1
+        return Batch(list(map(Event, range(first, first + count), names, payloads)),
+                     after + count, record.info.status in ENDED and skip == 0)
 
     def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
         self._expire()  # nothing to confirm: the producer lives in this process
@@ -210,21 +224,22 @@ class MemoryBroker(Broker):
         """This very event is already stored under its id (a write sent again)."""
         assert event.id is not None, "only numbered events are stored"
         index = event.id - record.offset
-        return (event.id <= record.info.last_event_id and 0 <= index < len(record.events)
-                and record.events[index] == event)
+        return (event.id <= record.info.last_event_id and 0 <= index < len(record.names)
+                and record.names[index] == event.name and record.payloads[index] == event.data)
 
     def _add(self, record: _Record, event: Event) -> None:
         if record.info.status in ENDED:
             raise StreamEnded(f"stream {record.info.stream_id} has ended")
         if event.id != record.info.last_event_id + 1:
             raise ValueError(f"event {event.id} appended after {record.info.last_event_id}")
-        events = record.events
-        events.append(event)
+        names, payloads = record.names, record.payloads
+        names.append(event.name)
+        payloads.append(event.data)
         record.kept += event_cost(event)
         # The newest event stays, so the terminal event is always kept.
-        while len(events) > 1 and (len(events) > self._max_events
-                                   or record.kept > self._max_bytes):
-            record.kept -= event_cost(events.popleft())
+        while len(names) > 1 and (len(names) > self._max_events
+                                  or record.kept > self._max_bytes):
+            record.kept -= len(names.popleft()) + 1 + len(payloads.popleft()) + EVENT_OVERHEAD
             record.offset += 1
         record.info.last_event_id = event.id
 

@@ -45,6 +45,7 @@ from sse_gateway import events
 from sse_gateway.broker.base import (
     CANCEL,
     EVENT_OVERHEAD,
+    READ_COUNT,
     READERS,
     Batch,
     Broker,
@@ -65,7 +66,6 @@ from sse_gateway.events import ENDED, ERROR, RUNNING, Event
 log = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # the longest a waiting reader goes without looking at Redis itself
-_READ_COUNT = 1000  # events per read at most
 
 # Lua: trim a log from its oldest entry until it keeps at most max_events entries
 # and max_bytes; never its newest entry (the terminal event is always kept).
@@ -361,7 +361,7 @@ class RedisBroker(Broker):
     def _fetch(self, stream_id: str, after: int) -> Batch:
         meta, log_key, _, _ = _keys(stream_id)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.xrange(log_key, min=f"(0-{after + 1}", max="+", count=_READ_COUNT)
+        pipe.xrange(log_key, min=f"(0-{after + 1}", max="+", count=READ_COUNT)
         pipe.hmget(meta, "status", "last_event_id")
         with _reachable():
             entries, (status, last) = pipe.execute()

@@ -9,13 +9,14 @@ batching outputs into fewer events will go.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 from sse_gateway import events
 from sse_gateway.events import Event
 from sse_gateway.providers.base import Output, TextDelta, Usage
+
+_JOIN = 256  # deltas joined into one string of the text so far
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,17 @@ class StreamState:
         self.retries = 0
         self.usage = Usage()
         self.finish_reason = "stop"
-        # The text so far, in one buffer: a list of the deltas would keep an
-        # object per token (about 29 MiB for 1 MiB of one-letter words).
-        self._text = io.StringIO()
+        # The text so far: the last deltas, and the earlier ones joined in runs
+        # of _JOIN. Keeping every delta would hold an object per token (about
+        # 29 MiB for 1 MiB of one-letter words); one growing buffer would be
+        # copied as it grows, and leave its old copies behind in the heap.
+        self._joined: list[str] = []
+        self._recent: list[str] = []
 
     @property
     def text(self) -> str:
         """The answer's text so far."""
-        return self._text.getvalue()
+        return "".join(self._joined) + "".join(self._recent)
 
     def start(self, now: float) -> Event:
         """The ``start`` event (id 0)."""
@@ -82,7 +86,11 @@ class StreamState:
         if self.first_output_at is None:
             self.first_output_at = now
         if isinstance(delta, TextDelta):
-            self._text.write(delta.text)
+            recent = self._recent
+            recent.append(delta.text)
+            if len(recent) >= _JOIN:
+                self._joined.append("".join(recent))
+                recent.clear()
             return events.token(self.next_id, delta.text)
         raise TypeError(f"no event for output of kind {type(delta).__name__}")
 
