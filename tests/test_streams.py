@@ -346,3 +346,14 @@ def test_close_stops_the_redis_hub_thread() -> None:
     streams.close()
     hub.join(timeout=5)
     assert not hub.is_alive() and provider.closed
+
+
+def test_the_public_api_is_importable_from_the_package() -> None:
+    import sse_gateway
+
+    assert set(sse_gateway.__all__) == {"__version__", *sse_gateway._EXPORTS}
+    for name in sse_gateway.__all__:
+        assert getattr(sse_gateway, name) is not None
+    assert sse_gateway.Streams is Streams
+    with pytest.raises(AttributeError):
+        _ = sse_gateway.Pump
