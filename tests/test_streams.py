@@ -43,6 +43,7 @@ from sse_gateway.providers.base import (
 from sse_gateway.reader import Reader
 from sse_gateway.streams import NothingFollows, Streams
 from sse_gateway.validation import StreamRequest, parse_stream_request
+from tests.redis_server import REDIS_URL
 
 OWNER, HOLDER = "key_a", "key_a"
 
@@ -327,21 +328,14 @@ def test_close_releases_the_providers() -> None:
     assert provider.closed
 
 
+@pytest.mark.redis  # skipped with the reason when no Redis answers (make unit)
 def test_close_stops_the_redis_hub_thread() -> None:
-    import redis
-
-    url = "redis://127.0.0.1:6379/15"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        pytest.skip("no Redis answers on 127.0.0.1:6379 (the Redis broker's hub needs one)")
-
     def hubs() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if t.name == "redis-hub"}
 
     before = hubs()
     provider = Scripted(HELLO)
-    streams = Streams(StreamsConfig(redis_url=url), providers={"scripted": provider})
+    streams = Streams(StreamsConfig(redis_url=REDIS_URL), providers={"scripted": provider})
     (hub,) = hubs() - before
     streams.close()
     hub.join(timeout=5)
