@@ -136,7 +136,8 @@ class World:
         pump = Pump(broker=self.broker, candidates=candidates, policy=policy, stream_id=SID,
                     public_id="public", created=1.0, grace_s=grace_s, tick_s=tick_s,
                     stream_timeout_s=stream_timeout_s, caller="test",
-                    on_exit=self.exited.append if group is None else group.discard, clock=self.clock)
+                    on_exit=self.exited.append if group is None else group.discard, clock=self.clock,
+                    keep_text=True)
         if group is not None:
             group.start(pump)
         else:

@@ -10,7 +10,7 @@ from sse_gateway.pump import StreamState
 
 
 def state() -> StreamState:
-    s = StreamState("public", "openai/a", "openai", created=1.5)
+    s = StreamState("public", "openai/a", "openai", created=1.5, keep_text=True)
     assert s.start(100.0) == Event(0, "start", b'{"stream_id": "public", "model": "openai/a", '
                                                b'"created": 1.5}')
     s.next_id = 1  # stored
@@ -29,6 +29,20 @@ def test_outputs_are_numbered_and_assembled() -> None:
     assert relay(s, "lo\n\"", 100.75) == Event(2, "token", b'{"content": "lo\\n\\""}')
     assert s.text == 'Hello\n"'
     assert (s.output_deltas, s.first_output_at, s.last_output_at) == (2, 100.5, 100.75)
+
+
+def test_the_text_is_kept_only_when_asked_for() -> None:
+    """A second copy of the answer, as large as it: nobody pays for it unasked."""
+    s = StreamState("public", "openai/a", "openai", created=1.5)
+    s.start(100.0)
+    for i in range(600):  # more than one run of joined deltas
+        s.output(TextDelta("ab"), 100.0 + i)
+    assert (s.text, s.output_deltas) == ("", 600)
+    kept = StreamState("public", "openai/a", "openai", created=1.5, keep_text=True)
+    kept.start(100.0)
+    for i in range(600):
+        kept.output(TextDelta(f"{i % 10}"), 100.0 + i)
+    assert kept.text == "".join(f"{i % 10}" for i in range(600))
 
 
 def test_done_carries_usage_and_metrics() -> None:

@@ -49,7 +49,8 @@ class Outcome:
 class StreamState:
     """One stream's numbering, output, usage, model and timings."""
 
-    def __init__(self, public_id: str, model: str, provider: str, created: float) -> None:
+    def __init__(self, public_id: str, model: str, provider: str, created: float, *,
+                 keep_text: bool = False) -> None:
         self.public_id = public_id  # the id its client knows
         self.created = created  # wall-clock seconds, as the start event says
         self.model = model  # the candidate that answered (the first until one does)
@@ -62,16 +63,19 @@ class StreamState:
         self.retries = 0
         self.usage = Usage()
         self.finish_reason = "stop"
-        # The text so far: the last deltas, and the earlier ones joined in runs
-        # of _JOIN. Keeping every delta would hold an object per token (about
-        # 29 MiB for 1 MiB of one-letter words); one growing buffer would be
-        # copied as it grows, and leave its old copies behind in the heap.
+        # The text so far, only when asked for (whoever consumes the finished
+        # answer): it is a second copy of what the broker keeps, as large as the
+        # answer, for as long as the stream runs. Kept as the last deltas and the
+        # earlier ones joined in runs of _JOIN: keeping every delta would hold
+        # an object per token (about 29 MiB for 1 MiB of one-letter words); one
+        # growing buffer would be copied as it grows and fragment the heap.
+        self.keep_text = keep_text
         self._joined: list[str] = []
         self._recent: list[str] = []
 
     @property
     def text(self) -> str:
-        """The answer's text so far."""
+        """The answer's text so far ("" unless the state was made with ``keep_text``)."""
         return "".join(self._joined) + "".join(self._recent)
 
     def start(self, now: float) -> Event:
@@ -86,11 +90,12 @@ class StreamState:
         if self.first_output_at is None:
             self.first_output_at = now
         if isinstance(delta, TextDelta):
-            recent = self._recent
-            recent.append(delta.text)
-            if len(recent) >= _JOIN:
-                self._joined.append("".join(recent))
-                recent.clear()
+            if self.keep_text:
+                recent = self._recent
+                recent.append(delta.text)
+                if len(recent) >= _JOIN:
+                    self._joined.append("".join(recent))
+                    recent.clear()
             return events.token(self.next_id, delta.text)
         raise TypeError(f"no event for output of kind {type(delta).__name__}")
 

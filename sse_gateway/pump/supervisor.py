@@ -65,11 +65,12 @@ class Pump:
                  stream_id: str, created: float, grace_s: float, tick_s: float,
                  stream_timeout_s: float, slot_owner: str | None = None, caller: str = "",
                  on_exit: Callable[[Pump], None] = lambda pump: None,
-                 public_id: str | None = None, clock: Clock = REAL) -> None:
+                 public_id: str | None = None, clock: Clock = REAL,
+                 keep_text: bool = False) -> None:
         self.stream_id = stream_id  # the broker's key
         self.public_id = public_id or stream_id  # the id its client knows
         self.state = StreamState(self.public_id, candidates[0].model,
-                                 candidates[0].provider.name, created)
+                                 candidates[0].provider.name, created, keep_text=keep_text)
         self._broker = broker
         self._policy = policy
         self._grace_s = grace_s

@@ -119,7 +119,7 @@ class Streams:
     @_translated
     def start(self, request: StreamRequest | Callable[[], StreamRequest], *, owner: str,
               holder: str, caller: str = "", stream_id: str | None = None, digest: str = "",
-              position: int | None = None) -> Reader | NothingFollows:
+              position: int | None = None, keep_text: bool = False) -> Reader | NothingFollows:
         """Start a stream of ``owner``'s and return its first reader (held by ``holder``).
 
         ``stream_id`` is the client's own id (else one is drawn), ``digest``
@@ -129,7 +129,9 @@ class Streams:
         resumes that stream instead of paying for a second answer; with
         another request it is StreamExists. ``request`` may be a callable that
         validates the body: it is called only when a new stream starts.
-        ``caller`` names the client in the stream's log lines.
+        ``caller`` names the client in the stream's log lines. ``keep_text``
+        keeps the answer's text in the producer's state while it runs (for
+        whoever consumes the finished answer; a copy as large as the answer).
         """
         existing = self._owned(stream_id, owner) if stream_id is not None else None
         if existing is not None and (position is not None
@@ -167,7 +169,8 @@ class Streams:
             broker=self.broker, candidates=candidates, policy=self.policy,
             stream_id=key, public_id=stream_id, created=created, grace_s=grace,
             tick_s=config.producer_timeout_s / 4, stream_timeout_s=config.stream_timeout_s,
-            slot_owner=slot_owner, caller=caller, on_exit=self._pumps.discard)
+            slot_owner=slot_owner, caller=caller, on_exit=self._pumps.discard,
+            keep_text=keep_text)
         try:
             self._pumps.start(pump)  # appends the start event: the store may fail here
         except BaseException:
