@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sse_gateway import events as model
 from sse_gateway.transports import sse
 from sse_gateway.transports.sse import Decoder, ServerSentEvent
 from sse_gateway.transports.sse import ServerSentEvent as SSE
@@ -25,8 +26,8 @@ from sse_gateway.transports.sse import ServerSentEvent as SSE
     ((6, "cancelled", {"reason": "deleted"}),
      b'id: 6\nevent: cancelled\ndata: {"reason": "deleted"}\n\n'),
 ])
-def test_encode_event_bytes(args: tuple[int, str, dict[str, str]], expected: bytes) -> None:
-    assert sse.encode_event(*args) == expected
+def test_rendered_event_bytes(args: tuple[int, str, dict[str, str]], expected: bytes) -> None:
+    assert sse.render(model.make(*args)) == expected
 
 
 def test_retry_ping_and_comment_bytes() -> None:
@@ -79,7 +80,7 @@ def test_decoder_counts_comments() -> None:
 @given(texts=st.lists(st.text(), min_size=1, max_size=8), data=st.data())
 def test_any_text_survives_encoding_and_any_chunking(texts: list[str], data: st.DataObject) -> None:
     stream = sse.encode_retry(2000) + sse.PING + b"".join(
-        sse.encode_event(i, "token", {"content": text}) for i, text in enumerate(texts))
+        sse.render(model.token(i, text)) for i, text in enumerate(texts))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     decoder = Decoder()

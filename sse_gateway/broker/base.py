@@ -100,21 +100,9 @@ READ_COUNT = 1000  # events one read returns at most
 
 
 def event_cost(event: Event) -> int:
-    """The bytes an event counts for against ``max_bytes`` and ``max_stored_bytes``
-    (``len(stored(event))`` plus the overhead, as the Redis scripts count it)."""
+    """The bytes an event counts for against ``max_bytes`` and ``max_stored_bytes``:
+    its name, a separator and its payload (as Redis stores it), plus the overhead."""
     return len(event.name) + 1 + len(event.data) + EVENT_OVERHEAD
-
-
-def stored(event: Event) -> bytes:
-    """An event as one string for a backend that keeps strings: ``name LF data``
-    (a payload is one line of JSON, so the first line break ends the name)."""
-    return event.name.encode() + b"\n" + event.data
-
-
-def unstored(event_id: int, raw: bytes) -> Event:
-    """The event ``stored`` wrote, under its id."""
-    name, _, data = raw.partition(b"\n")
-    return Event(event_id, name.decode(), data)
 
 
 class Batch(NamedTuple):

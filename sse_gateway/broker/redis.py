@@ -2,7 +2,7 @@
 
 Per stream, all in one hash slot (``sse:{id}:...``):
 
-    sse:{id}:log      Redis Stream; event n is entry ``0-(n+1)``, field ``f`` = ``stored(event)``
+    sse:{id}:log      Redis Stream; event n is entry ``0-(n+1)``, field ``f`` = ``name LF payload``
     sse:{id}:meta     hash: owner, model, created, status, last_event_id, usage, cancel_reason
     sse:{id}:readers  sorted set: reader lease -> expiry (ms)
     sse:{id}:alive    set by the producer every few seconds with a short expiry
@@ -57,8 +57,6 @@ from sse_gateway.broker.base import (
     StreamNotFound,
     TooManyReaders,
     Watcher,
-    stored,
-    unstored,
 )
 from sse_gateway.broker.redis_hub import Hub
 from sse_gateway.events import ENDED, ERROR, RUNNING, Event
@@ -556,6 +554,18 @@ class RedisBroker(Broker):
     def close(self) -> None:
         self._hub.stop()
         self._redis.close()
+
+
+def stored(event: Event) -> bytes:
+    """An event as the one string a log entry keeps: ``name LF payload`` (a
+    payload is one line of JSON, so the first line break ends the name)."""
+    return event.name.encode() + b"\n" + event.data
+
+
+def unstored(event_id: int, raw: bytes) -> Event:
+    """The event ``stored`` wrote, under its id."""
+    name, _, data = raw.partition(b"\n")
+    return Event(event_id, name.decode(), data)
 
 
 def _numbered(event: Event) -> int:

@@ -31,11 +31,8 @@ class Outcome:
         return self.terminal.name
 
     @property
-    def event(self) -> str:
-        return self.terminal.name
-
-    @property
     def data(self) -> dict[str, Any]:
+        """The terminal event's payload."""
         payload: dict[str, Any] = self.terminal.payload()
         return payload
 

@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from sse_gateway import events
 from sse_gateway.events import Event
 
 # A heartbeat is a comment line with no blank line after it: a blank line ends
@@ -45,11 +44,6 @@ def _name(name: str) -> bytes:
             raise ValueError("an SSE event name cannot contain a line break")
         encoded = _NAMES[name] = name.encode()
     return encoded
-
-
-def encode_event(event_id: int | None, event: str, data: Any) -> bytes:
-    """Frame one event from its parts (``data`` is serialised as the events module does)."""
-    return render(events.make(event_id, event, data))
 
 
 def encode_retry(milliseconds: int) -> bytes:
