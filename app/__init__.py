@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,11 +21,11 @@ from app.errors import (
     RateLimited,
     UnsupportedMediaType,
     answer,
-    error_body,
 )
 from sse_gateway import metrics
 from sse_gateway.broker import BrokerUnavailable
 from sse_gateway.errors import NotFound, StoreUnreachable, StreamsError
+from sse_gateway.flask.responses import error_body
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from app.limits import limiter
     from app.security import Keys
     from app.settings import Settings
-    from sse_gateway.streams import Streams
+    from sse_gateway.flask import CONFIG_PREFIX, Streaming
     from sse_gateway_client.cli import stream_command
 
     settings = Settings.load(overrides=overrides)
@@ -47,9 +48,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
-    service = Streams(settings.streams)
+    # The engine's settings, as the Flask extension reads them (SSE_GATEWAY_*):
+    # the environment's variables mapped onto them. Its routes are the gateway's own.
+    app.config.update({CONFIG_PREFIX + f.name.upper(): getattr(settings.streams, f.name)
+                       for f in dataclasses.fields(settings.streams)})
+    Streaming(url_prefix=None).init_app(app)
+    service = app.extensions["sse_gateway"].streams
     keys = Keys(settings.all_api_keys())
-    app.extensions["streams"] = service
     app.extensions["gateway"] = Gateway(settings, keys)
     # Registered before the limiter's and CORS's own, so it runs after them.
     app.after_request(_response_headers)

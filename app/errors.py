@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sse_gateway.errors import StreamsError
+from sse_gateway.flask.responses import error_body
 
 
 class ApiError(StreamsError):
@@ -69,11 +70,3 @@ def answer(exc: StreamsError) -> tuple[dict[str, Any], int, dict[str, str]]:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return error_body(exc.code, exc.message, exc.param), exc.status, headers
-
-
-def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """The JSON body of every non-2xx answer."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if param is not None:
-        error["param"] = param
-    return {"error": error}

@@ -17,7 +17,7 @@ from typing import Any
 import limits
 
 import config
-from sse_gateway.config import ConfigError, StreamsConfig
+from sse_gateway.config import ConfigError, StreamsConfig, parse_value
 
 # The per-route request rates, flask-limiter's notation; empty means no limit.
 RATE_SETTINGS = ("ratelimit_create", "ratelimit_events", "ratelimit_status",
@@ -126,20 +126,7 @@ class Settings:
 
 
 def _parse(name: str, raw: Any, kind: Any) -> Any:
-    """Turn one raw value (string from the environment, or a Python value) into ``kind``."""
     try:
-        if kind in ("float", float):
-            if isinstance(raw, bool):
-                raise ValueError
-            return float(raw)
-        if kind in ("int", int):
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            return int(raw)
-        if kind in ("tuple[str, ...]",):
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return tuple(item.strip() for item in items if item.strip())
-        return "" if raw is None else str(raw).strip()
-    except (TypeError, ValueError):
-        expected = "a number" if kind in ("float", float) else "an integer"
-        raise SettingsError(f"{name} must be {expected}, got {raw!r}") from None
+        return parse_value(name, raw, kind)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None

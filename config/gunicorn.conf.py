@@ -11,7 +11,6 @@ GRACEFUL_TIMEOUT_S (30), KEEPALIVE_S (75), REDIS_URL.
 import os
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 
@@ -84,25 +83,19 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook
     rest with cancelled/shutdown."""
     import gc
 
+    from sse_gateway.flask import gunicorn
+
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    streams = worker.wsgi.extensions["streams"]
-    default_handler = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):  # noqa: ANN001, ANN202
-        streams.drain(worker.cfg.graceful_timeout)
-        default_handler(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.siginterrupt(signal.SIGTERM, False)
+    gunicorn.post_worker_init(worker)
 
 
 def worker_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook
-    """In the worker, as it ends: close the stream store's connections (and its
-    pub/sub thread) and the SDK clients' pools."""
-    streams = getattr(worker.wsgi, "extensions", {}).get("streams")
-    if streams is not None:
-        streams.close()
+    """In the worker, as it ends: completion hooks get their timeout; the stream
+    store's connections (and its pub/sub thread) and the SDK pools are closed."""
+    from sse_gateway.flask import gunicorn
+
+    gunicorn.worker_exit(server, worker)
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook

@@ -25,6 +25,9 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "Streams": "sse_gateway.streams",
     "NothingFollows": "sse_gateway.streams",
+    "Detached": "sse_gateway.streams",
+    "StreamResult": "sse_gateway.results",
+    "Message": "sse_gateway.results",
     "Reader": "sse_gateway.reader",
     "StreamsConfig": "sse_gateway.config",
     "ConfigError": "sse_gateway.config",
@@ -42,7 +45,8 @@ _EXPORTS = {
     "StoreUnreachable": "sse_gateway.errors",
 }
 __all__ = [  # noqa: RUF022 - in the order of _EXPORTS
-    "__version__", "Streams", "NothingFollows", "Reader", "StreamsConfig", "ConfigError",
+    "__version__", "Streams", "NothingFollows", "Detached", "StreamResult", "Message",
+    "Reader", "StreamsConfig", "ConfigError",
     "Event", "CODES", "StreamsError", "InvalidRequest", "UnknownModel", "NotFound",
     "StreamExists", "PositionGone", "TooManyStreams", "TooManyReaders", "Overloaded",
     "StoreUnreachable",
@@ -64,7 +68,8 @@ if TYPE_CHECKING:
     )
     from sse_gateway.events import CODES, Event
     from sse_gateway.reader import Reader
-    from sse_gateway.streams import NothingFollows, Streams
+    from sse_gateway.results import Message, StreamResult
+    from sse_gateway.streams import Detached, NothingFollows, Streams
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,9 @@ first bad value, so a typo fails at start-up, not in the middle of a stream.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 BROKER_SCHEMES = ("memory", "redis", "rediss")
@@ -99,6 +101,8 @@ class StreamsConfig:
     # Seconds before the graceful timeout at which streams still running on a
     # stopping worker are ended with 'cancelled'/'shutdown'.
     shutdown_margin_s: float = 3.0
+    # Seconds a completion hook may run before it is stopped (and counted).
+    end_hook_timeout_s: float = 30.0
     # The demo provider's cadence: time to first token and between tokens.
     demo_ttft_s: float = 0.2
     demo_token_delay_s: float = 0.05
@@ -109,6 +113,27 @@ class StreamsConfig:
     openai_base_url: str = ""
     anthropic_api_key: str = dataclasses.field(default="", repr=False)
     anthropic_base_url: str = ""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], prefix: str = "") -> StreamsConfig:
+        """Build and check a config from ``values`` (``app.config``, the environment):
+        the field ``heartbeat_s`` is ``<prefix>HEARTBEAT_S``; a string is parsed
+        ("15", "a,b"), a Python value taken as is; unset keys keep their default.
+        Keys with the prefix that name no field are refused (a typo fails loudly).
+        """
+        fields = {f.name.upper(): f for f in dataclasses.fields(cls)}
+        known: dict[str, Any] = {}
+        for key, raw in values.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix):]
+            if name not in fields:
+                if prefix:
+                    raise ConfigError(f"{key} is not a setting (known: {prefix}"
+                                      f"{f', {prefix}'.join(sorted(fields))})")
+                continue
+            known[fields[name].name] = parse_value(key, raw, fields[name].type)
+        return cls(**known).check()
 
     @property
     def broker_url(self) -> str:
@@ -128,7 +153,7 @@ class StreamsConfig:
                     "max_stored_bytes_per_key", "producer_timeout_s", "redis_max_connections",
                     "max_active_streams", "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
-                    "stream_timeout_s", "write_timeout_s")
+                    "stream_timeout_s", "write_timeout_s", "end_hook_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
@@ -151,3 +176,24 @@ class StreamsConfig:
             if not provider or not name:
                 raise ConfigError(f"MODELS entry {model!r} is not 'provider/model'")
         return self
+
+
+def parse_value(name: str, raw: Any, kind: Any) -> Any:
+    """One setting's value as ``kind`` (a field's annotation): a string from the
+    environment is parsed, a Python value checked; ConfigError names ``name``."""
+    try:
+        if kind in ("float", float):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if kind in ("int", int):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+        if kind in ("tuple[str, ...]",):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(item.strip() for item in items if item.strip())
+        return "" if raw is None else str(raw).strip()
+    except (TypeError, ValueError):
+        expected = "a number" if kind in ("float", float) else "an integer"
+        raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None

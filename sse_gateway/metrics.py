@@ -49,6 +49,13 @@ CANCEL_TO_CLOSED = Histogram(
     ["reason"], buckets=_LATENCY)
 REJECTIONS = Counter("sse_rejections_total", "Requests refused by a limit.", ["reason"])
 HEARTBEATS = Counter("sse_heartbeats_total", "': ping' comments sent.")
+END_HOOKS = Counter("sse_end_hooks_total",
+                    "Completion hook calls, by outcome (ok, error, timeout).", ["outcome"])
+END_HOOK_DELAY = Histogram("sse_end_hook_delay_seconds",
+                           "From a stream's terminal event stored to its hooks starting.",
+                           buckets=_LATENCY)
+END_HOOK_DURATION = Histogram("sse_end_hook_duration_seconds", "How long a hook call ran.",
+                              ["outcome"], buckets=_SECONDS)
 
 
 def render() -> tuple[bytes, str]:

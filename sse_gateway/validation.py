@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sse_gateway.providers.base import ChatRequest, Message
+
+# The metadata a stream keeps: a few short strings (contract, "Richer requests").
+MAX_METADATA_ITEMS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 
 
 class InvalidBody(ValueError):
@@ -36,6 +40,8 @@ class StreamRequest:
     temperature: float | None
     fallbacks: tuple[str, ...]
     resume_grace_s: float | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    detach: bool = False  # start with no reader (answered at once, read later)
 
     def chat(self, provider_model: str) -> ChatRequest:
         return ChatRequest(provider_model, self.messages, self.max_tokens, self.temperature)
@@ -56,6 +62,9 @@ class _Body(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     fallbacks: list[Annotated[str, Field(min_length=3, max_length=256)]] = []
     resume_grace_s: Annotated[float, Field(ge=0)] | None = None
+    metadata: dict[Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY)],
+                   Annotated[str, Field(max_length=MAX_METADATA_VALUE)]] = {}
+    detach: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> _Body:
@@ -66,13 +75,18 @@ class _Body(BaseModel):
         return self
 
 
-def parse_stream_request(raw: bytes, *, max_tokens_limit: int, max_messages: int,
-                         max_resume_grace_s: float, max_fallbacks: int) -> StreamRequest:
-    """Validate a request body; raise InvalidBody with a message for the client."""
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise InvalidBody("the body is not valid JSON") from None
+def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: int,
+                         max_messages: int, max_resume_grace_s: float,
+                         max_fallbacks: int) -> StreamRequest:
+    """Validate a request body (JSON text, or its value); raise InvalidBody with a
+    message for the client."""
+    if isinstance(raw, Mapping):
+        data: Any = dict(raw)
+    else:
+        try:
+            data = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise InvalidBody("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidBody("the body must be a JSON object")
     try:
@@ -97,8 +111,12 @@ def parse_stream_request(raw: bytes, *, max_tokens_limit: int, max_messages: int
         raise InvalidBody(f"resume_grace_s: must be at most {max_resume_grace_s:g}",
                           "resume_grace_s")
     _check_fallbacks(body.model, body.fallbacks, max_fallbacks)
+    if len(body.metadata) > MAX_METADATA_ITEMS:
+        raise InvalidBody(f"metadata: at most {MAX_METADATA_ITEMS} entries are accepted",
+                          "metadata")
     return StreamRequest(body.model, messages, body.max_tokens, body.temperature,
-                         tuple(body.fallbacks), body.resume_grace_s)
+                         tuple(body.fallbacks), body.resume_grace_s, dict(body.metadata),
+                         body.detach)
 
 
 def _has_control(text: str) -> bool:
@@ -128,8 +146,11 @@ def _reject_constant(name: str) -> Any:
 def _first_error(exc: ValidationError) -> InvalidBody:
     error: Any = exc.errors(include_url=False, include_input=False)[0]
     location = [str(part) for part in error["loc"]]
-    param = ".".join(location) if location else None
     message = error["msg"]
+    if "[key]" in location:  # a mapping's key (its value, in the location before it)
+        location = location[:location.index("[key]") - 1]
+        message = f"each key: {message[0].lower()}{message[1:]}"
+    param = ".".join(location) if location else None
     if error["type"] == "extra_forbidden":
         message = "unknown field"
     elif error["type"] == "missing":

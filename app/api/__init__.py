@@ -1,6 +1,7 @@
 """The blueprints, by feature, and the one way they reach the app's objects.
 
-``app.extensions["streams"]`` is the engine (``sse_gateway.Streams``);
+``app.extensions["sse_gateway"].streams`` is the engine (``sse_gateway.Streams``,
+bound by the Flask extension from ``SSE_GATEWAY_*`` settings);
 ``app.extensions["gateway"]`` holds what only the HTTP gateway has: its
 settings and API keys.
 """
@@ -29,6 +30,6 @@ def current_gateway() -> Gateway:
 
 
 def current_streams() -> Streams:
-    """The running app's streams service."""
-    streams: Streams = current_app.extensions["streams"]
+    """The running app's streams service (the extension's)."""
+    streams: Streams = current_app.extensions["sse_gateway"].streams
     return streams

@@ -20,14 +20,14 @@ from app.errors import PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from app.limits import limiter, rate, unlimited
 from app.settings import Settings
 from sse_gateway.errors import InvalidRequest
-from sse_gateway.streams import NothingFollows, Reader, Streams
-from sse_gateway.transports.sse_feed import Feed
+from sse_gateway.flask.responses import sse_response
+from sse_gateway.flask.views import parse_position
+from sse_gateway.streams import Detached, NothingFollows, Reader, Streams
 
 bp = Blueprint("streams", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
-EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only (a str pattern's \d takes any script's)
 
 
 @bp.post("/streams")
@@ -39,15 +39,30 @@ def create_stream() -> Response:
     if requested is not None and not STREAM_ID.fullmatch(requested):
         raise InvalidRequest("X-Stream-ID: must be 16 to 128 characters of A-Z a-z 0-9 _ -",
                              param="X-Stream-ID")
-    position = _position(request.headers.get("Last-Event-ID"))
+    position = parse_position(request.headers.get("Last-Event-ID"))
     # The body is validated only if a new stream starts: a retried POST resumes.
     result = streams.start(lambda: streams.parse(raw), owner=owner(), holder=caller(),
                            caller=key_id() or request.remote_addr or "", stream_id=requested,
                            digest=hashlib.sha256(raw).hexdigest(), position=position)
+    if isinstance(result, Detached):
+        log.info("stream %s: %s for %s (%s), detached", result.stream_id, result.model,
+                 request.remote_addr, key_id() or "open")
+        return _detached(result)
     if isinstance(result, Reader) and result.started:
         log.info("stream %s: %s for %s (%s)", result.stream_id, result.model,
                  request.remote_addr, key_id() or "open")
     return _render(streams, result)
+
+
+def _detached(result: Detached) -> Response:
+    """201: the stream runs with no reader; here is where to read it."""
+    status_url = f"/v1/streams/{result.stream_id}"
+    response = jsonify({"stream_id": result.stream_id, "events_url": f"{status_url}/events",
+                        "status_url": status_url})
+    response.status_code = 201
+    response.headers["X-Stream-ID"] = result.stream_id
+    response.headers["Location"] = status_url
+    return response
 
 
 def _read_body(settings: Settings) -> bytes:
@@ -93,7 +108,7 @@ def _body_within(seconds: float) -> bytes:
 @limiter.limit(rate("ratelimit_events"), exempt_when=unlimited("ratelimit_events"))
 def stream_events(stream_id: str) -> Response:
     raw = request.headers.get("Last-Event-ID")
-    position = _position(request.args.get("last_event_id") if raw is None else raw)
+    position = parse_position(request.args.get("last_event_id") if raw is None else raw)
     streams = current_streams()
     return _render(streams, streams.follow(stream_id, owner(), position, caller()))
 
@@ -101,7 +116,11 @@ def stream_events(stream_id: str) -> Response:
 @bp.get("/streams/<stream_id>")
 @limiter.limit(rate("ratelimit_status"), exempt_when=unlimited("ratelimit_status"))
 def stream_status(stream_id: str) -> Response:
-    return jsonify(current_streams().info(stream_id, owner()).public())
+    streams = current_streams()
+    body = streams.info(stream_id, owner()).public()
+    if "message" in request.args.getlist("include"):
+        body["message"] = streams.message(stream_id, owner()).public()
+    return jsonify(body)
 
 
 @bp.delete("/streams/<stream_id>")
@@ -111,30 +130,6 @@ def cancel_stream(stream_id: str) -> tuple[Response, int]:
     return jsonify(info.public()), 202 if asked else 200
 
 
-def _position(raw: str | None) -> int | None:
-    """The event id a client last saw (None: none); ASCII digits only, else 400."""
-    if raw is None or raw == "":
-        return None
-    if not EVENT_ID.fullmatch(raw):
-        raise InvalidRequest("last_event_id: must be an event id (ASCII digits, at most 18)",
-                             param="last_event_id")
-    return int(raw)
-
-
 def _render(streams: Streams, result: Reader | NothingFollows) -> Response:
     """A reader as an SSE response; nothing to follow as 204."""
-    if isinstance(result, NothingFollows):
-        # Nothing will ever follow: 204 makes a browser's EventSource stop
-        # reconnecting (a 200 with no event would have it come back forever).
-        response = Response(status=204, headers={"X-Stream-ID": result.stream_id})
-        del response.headers["Content-Type"]
-        return response
-    config = streams.config
-    feed = Feed(result, retry_ms=config.retry_ms, write_timeout_s=config.write_timeout_s,
-                client_socket=request.environ.get("gunicorn.socket"))
-    return Response(feed, status=200, content_type="text/event-stream; charset=utf-8", headers={
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-        "X-Stream-ID": result.stream_id,
-        "Location": f"/v1/streams/{result.stream_id}",
-    })
+    return sse_response(streams, result, f"/v1/streams/{result.stream_id}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from sse_gateway.events import RUNNING, Event
@@ -70,12 +70,14 @@ class StreamInfo:
     # A digest of the request that created it: a retried POST of the same
     # request resumes this stream instead of being refused as a duplicate.
     request_digest: str = ""
+    # The creator's own values (string to string), for the status route and hooks.
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """The status body of the HTTP contract."""
         return {"stream_id": self.stream_id, "status": self.status, "model": self.model,
                 "created": self.created, "last_event_id": self.last_event_id,
-                "usage": self.usage}
+                "usage": self.usage, "metadata": self.metadata}
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,12 @@ class Batch(NamedTuple):
 
 class Broker(ABC):
     """Create, append, read from a position, finish, cancel, watch, lease readers."""
+
+    # Called with a stream's key when this process ended it as ``stream_lost``
+    # (its producer died elsewhere): exactly one process does, per stream.
+    on_lost: Callable[[str], None] | None = None
+    # Whether ``sweep`` has work to do: streams here can outlive their producer.
+    sweeps = False
 
     @abstractmethod
     def create(self, info: StreamInfo) -> bool:
@@ -220,6 +228,10 @@ class Broker(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise BrokerUnavailable when the backend cannot serve."""
+
+    def sweep(self) -> None:  # noqa: B027 - optional: only shared backends lose producers
+        """End as ``stream_lost`` the running streams whose producer went silent,
+        whether or not anyone reads them (called every few seconds)."""
 
     def close(self) -> None:  # noqa: B027 - optional: only networked backends hold anything
         """Release connections."""

@@ -12,6 +12,7 @@ Per stream, all in one hash slot (``sse:{id}:...``):
     sse:held:<holder> sorted set: a holder's reader leases (on any stream) -> expiry (ms)
     sse:ended:<owner> sorted set: an owner's ended streams "<id>/<bytes>" -> end (ms)
     sse:stored:<owner> the bytes those streams keep (the sum of the members' <bytes>)
+    sse:running       sorted set: running streams -> when their producer last ticked (ms)
 
 A stream's log keeps at most ``max_events`` entries and ``max_bytes`` (the
 ``bytes`` field of its meta hash counts each entry's ``event_cost``); an owner's
@@ -64,6 +65,7 @@ from sse_gateway.events import ENDED, ERROR, RUNNING, Event
 log = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # the longest a waiting reader goes without looking at Redis itself
+_SWEEP_COUNT = 100  # streams one sweep looks at, at most
 
 # Lua: trim a log from its oldest entry until it keeps at most max_events entries
 # and max_bytes; never its newest entry (the terminal event is always kept).
@@ -93,11 +95,13 @@ local function keep_within(meta, log, entry, max_events, max_bytes, overhead)
 end
 """
 
+# KEYS meta alive; ARGV running_ttl_ms producer_ms stream_id now_ms field value ...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+redis.call('ZADD', 'sse:running', ARGV[4], ARGV[3])
 return 1
 """
 
@@ -142,6 +146,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'last_event_id', ARGV[1], 'usage'
 redis.call('HDEL', KEYS[1], 'suspected')
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 redis.call('DEL', KEYS[4])
+redis.call('ZREM', 'sse:running', ARGV[13])
 """ + _KEEP_WITHIN + """
 local kept = keep_within(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[8]), tonumber(ARGV[9]),
                          tonumber(ARGV[10]))
@@ -182,8 +187,12 @@ return 1
 # a live producer uses to tick again (and clear the suspicion).
 # Returns 1: declared lost; 0: nothing to do; -n: suspected, confirmable in n ms.
 # KEYS meta log readers alive; ARGV expected_last entry ttl_ms max_events channel confirm_ms
+#   stream_id
 _LOST = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  redis.call('ZREM', 'sse:running', ARGV[7])
+  return 0
+end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -200,6 +209,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. (id + 1), 'f', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'error', 'last_event_id', id)
 redis.call('HDEL', KEYS[1], 'suspected')
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+redis.call('ZREM', 'sse:running', ARGV[7])
 redis.call('PUBLISH', ARGV[5], '')
 return 1
 """
@@ -307,10 +317,12 @@ class RedisBroker(Broker):
         fields = [b for k, v in (("owner", info.owner), ("model", info.model),
                                  ("created", repr(info.created)), ("status", RUNNING),
                                  ("last_event_id", "-1"),
-                                 ("request_digest", info.request_digest)) for b in (k, v)]
+                                 ("request_digest", info.request_digest),
+                                 ("metadata", json.dumps(info.metadata))) for b in (k, v)]
         with _reachable():
             return bool(self._create(keys=[meta, alive],
-                                     args=[self._running_ttl_ms, self._producer_ms, *fields]))
+                                     args=[self._running_ttl_ms, self._producer_ms,
+                                           info.stream_id, int(time.time() * 1000), *fields]))
 
     def append(self, stream_id: str, event: Event) -> None:
         meta, log_key, _, _ = _keys(stream_id)
@@ -403,14 +415,34 @@ class RedisBroker(Broker):
             result = self._lost(keys=list(_keys(stream_id)),
                                 args=[info.last_event_id, stored(lost), self._ttl_ms,
                                       self._options.max_events, _events(stream_id),
-                                      self._confirm_ms])
+                                      self._confirm_ms, stream_id])
         if result < 0:
             return info, -result / 1000
         if result == 1:
             log.warning("stream %s: its producer stopped (silent for %g s while the stream "
                         "store answered); ended as stream_lost", stream_id,
                         (self._producer_ms + self._confirm_ms) / 1000)
+            if self.on_lost is not None:
+                self.on_lost(stream_id)
         return self._look(stream_id)[0], 0.0
+
+    sweeps = True
+
+    def sweep(self) -> None:
+        """Settle the running streams whose producer has not ticked for a producer
+        timeout (a few at a time, oldest first): a stream nobody reads is ended
+        as lost too, so its end is recorded (and its hooks run) all the same."""
+        now_ms = int(time.time() * 1000)
+        with _reachable():
+            suspects = self._redis.zrangebyscore("sse:running", "-inf",
+                                                 now_ms - self._producer_ms, start=0,
+                                                 num=_SWEEP_COUNT)
+        for raw in suspects:
+            stream_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            info, _ = self._settle(stream_id)
+            if info is None:  # expired without an end: nothing left to settle
+                with _reachable():
+                    self._redis.zrem("sse:running", stream_id)
 
     def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
         info, pending = self._settle(stream_id)
@@ -511,8 +543,9 @@ class RedisBroker(Broker):
             pipe.pexpire(key, self._running_ttl_ms)
         pipe.hget(meta, "cancel_reason")
         pipe.hdel(meta, "suspected")  # heard of: whoever suspected it was wrong
+        now_ms = int(time.time() * 1000)
+        pipe.zadd("sse:running", {stream_id: now_ms}, xx=True)
         if slot_owner is not None:
-            now_ms = int(time.time() * 1000)
             pipe.zadd(_slots(slot_owner), {stream_id: now_ms + 2 * self._producer_ms}, xx=True)
             pipe.pexpire(_slots(slot_owner), 2 * self._producer_ms)
         results = self._count_live(pipe, readers)
@@ -588,4 +621,4 @@ def _info(stream_id: str, fields: dict[bytes, bytes]) -> StreamInfo | None:
     return StreamInfo(stream_id, text.get("owner", ""), text.get("model", ""),
                       float(text.get("created", "0")), text.get("status", ERROR),
                       int(text.get("last_event_id", "-1")), usage, text.get("cancel_reason"),
-                      text.get("request_digest", ""))
+                      text.get("request_digest", ""), json.loads(text.get("metadata") or "{}"))

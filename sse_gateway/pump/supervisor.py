@@ -66,7 +66,8 @@ class Pump:
                  stream_timeout_s: float, slot_owner: str | None = None, caller: str = "",
                  on_exit: Callable[[Pump], None] = lambda pump: None,
                  public_id: str | None = None, clock: Clock = REAL,
-                 keep_text: bool = False) -> None:
+                 keep_text: bool = False, detached: bool = False,
+                 on_end: Callable[[StreamState, Outcome], None] | None = None) -> None:
         self.stream_id = stream_id  # the broker's key
         self.public_id = public_id or stream_id  # the id its client knows
         self.state = StreamState(self.public_id, candidates[0].model,
@@ -79,6 +80,8 @@ class Pump:
         self._slot_owner = slot_owner
         self._caller = caller
         self._on_exit = on_exit
+        self._on_end = on_end  # called once its terminal event is stored (by this pump)
+        self._detached = detached  # no reader yet: the resume grace runs from the start
         self._clock = clock
         self._inbox: gevent.queue.Queue[Control] = gevent.queue.Queue()
         self._outage = Outage(stream_id, tick_s, clock)
@@ -135,6 +138,8 @@ class Pump:
             try:
                 if not ended_elsewhere:
                     self._finish(outcome)
+                    if self._on_end is not None:
+                        self._on_end(self.state, outcome)
             except StreamEnded:
                 log.warning("stream %s: its end could not be recorded: the stream was "
                             "ended elsewhere meanwhile, or its record is gone", self.stream_id)
@@ -150,7 +155,8 @@ class Pump:
     def _supervise(self) -> Outcome:
         """Wait for control messages and deadlines; return how the stream ends."""
         state, clock, policy = self.state, self._clock, self._policy
-        grace_ends: float | None = None  # set while no reader is attached
+        # Set while no reader is attached (a detached stream starts without one).
+        grace_ends = clock.monotonic() + self._grace_s if self._detached else None
         next_tick = clock.monotonic() + self._tick_s
         gives_up = state.started + self._stream_timeout_s
         while True:

@@ -43,9 +43,13 @@ from sse_gateway.errors import (
     StreamExists,
     UnknownModel,
 )
+from sse_gateway.hooks import EndHooks, Hook
 from sse_gateway.providers import Catalog, ModelUnavailable, Provider, build_providers
 from sse_gateway.pump import Pump, PumpGroup
+from sse_gateway.pump.state import Outcome, StreamState
 from sse_gateway.reader import Reader
+from sse_gateway.results import Message, StreamResult
+from sse_gateway.streams import ended
 from sse_gateway.streams.admission import admit, scoped, too_many_readers
 from sse_gateway.upstream import Candidate, RetryPolicy
 from sse_gateway.validation import InvalidBody, StreamRequest, parse_stream_request
@@ -60,6 +64,13 @@ class NothingFollows(NamedTuple):
     ever follow (over HTTP: 204, so a browser's EventSource stops reconnecting)."""
 
     stream_id: str
+
+
+class Detached(NamedTuple):
+    """A stream started with no reader (``detach``): read it later by its id."""
+
+    stream_id: str
+    model: str
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -104,9 +115,25 @@ class Streams:
                                   config.retry_base_delay_s, config.retry_max_delay_s,
                                   config.ttft_timeout_s, config.token_timeout_s)
         self._pumps = PumpGroup()
+        self.hooks = EndHooks(config.end_hook_timeout_s)
+        self.broker.on_lost = self._lost
+        self._sweeper = ended.Sweeper(self.broker, config.producer_timeout_s / 2)
 
-    def parse(self, raw: bytes) -> StreamRequest:
-        """Validate a request body (JSON) within this service's bounds."""
+    def on_end(self, hook: Hook) -> Hook:
+        """Call ``hook(result)`` once for every stream after its terminal event.
+
+        In the process that stored that event: the producer's, or, for a
+        stream whose producer died, the one that declared it lost. In its own
+        greenlet, bounded by ``end_hook_timeout_s``; what it raises is logged.
+        Register hooks before streams start: only streams started after the
+        first hook keep their text for it.
+        """
+        self.hooks.add(hook)
+        self._sweeper.ensure()
+        return hook
+
+    def parse(self, raw: bytes | Mapping[str, Any]) -> StreamRequest:
+        """Validate a request body (JSON text, or its value) within this service's bounds."""
         config = self.config
         try:
             return parse_stream_request(raw, max_tokens_limit=config.max_tokens_limit,
@@ -119,7 +146,8 @@ class Streams:
     @_translated
     def start(self, request: StreamRequest | Callable[[], StreamRequest], *, owner: str,
               holder: str, caller: str = "", stream_id: str | None = None, digest: str = "",
-              position: int | None = None, keep_text: bool = False) -> Reader | NothingFollows:
+              position: int | None = None,
+              keep_text: bool = False) -> Reader | NothingFollows | Detached:
         """Start a stream of ``owner``'s and return its first reader (held by ``holder``).
 
         ``stream_id`` is the client's own id (else one is drawn), ``digest``
@@ -131,8 +159,12 @@ class Streams:
         validates the body: it is called only when a new stream starts.
         ``caller`` names the client in the stream's log lines. ``keep_text``
         keeps the answer's text in the producer's state while it runs (for
-        whoever consumes the finished answer; a copy as large as the answer).
+        whoever consumes the finished answer; a copy as large as the answer);
+        it is kept anyway while completion hooks are registered. A request
+        with ``detach`` starts with no reader: the answer is ``Detached``, and
+        its resume grace runs until a reader follows it.
         """
+        self._sweeper.ensure()
         existing = self._owned(stream_id, owner) if stream_id is not None else None
         if existing is not None and (position is not None
                                      or hmac.compare_digest(existing.request_digest, digest)):
@@ -155,10 +187,11 @@ class Streams:
         created = round(time.time(), 3)
         try:
             if not self.broker.create(StreamInfo(key, owner=owner, model=body.model,
-                                                 created=created, request_digest=digest)):
+                                                 created=created, request_digest=digest,
+                                                 metadata=body.metadata)):
                 raise StreamExists(f"a stream with id {stream_id!r} already exists",
                                    param="X-Stream-ID")
-            lease = self.broker.attach_reader(key, holder)
+            lease = None if body.detach else self.broker.attach_reader(key, holder)
         except Exception:
             if slot_owner:
                 self.broker.release_slot(slot_owner, key)
@@ -170,16 +203,20 @@ class Streams:
             stream_id=key, public_id=stream_id, created=created, grace_s=grace,
             tick_s=config.producer_timeout_s / 4, stream_timeout_s=config.stream_timeout_s,
             slot_owner=slot_owner, caller=caller, on_exit=self._pumps.discard,
-            keep_text=keep_text)
+            keep_text=keep_text or bool(self.hooks), detached=body.detach,
+            on_end=self._produced(owner, body.metadata) if self.hooks else None)
         try:
             self._pumps.start(pump)  # appends the start event: the store may fail here
         except BaseException:
             self._pumps.discard(pump)  # never produced: it must not count for the worker
             with suppress(BrokerError):
-                self.broker.release_reader(key, lease)
+                if lease is not None:
+                    self.broker.release_reader(key, lease)
                 if slot_owner:
                     self.broker.release_slot(slot_owner, key)
             raise
+        if lease is None:
+            return Detached(stream_id, body.model)
         return Reader(self.broker, key, stream_id=stream_id, after=-1, lease=lease,
                       idle_s=config.heartbeat_s, model=body.model,
                       started=True)
@@ -188,6 +225,7 @@ class Streams:
     def follow(self, stream_id: str, owner: str, position: int | None,
                holder: str) -> Reader | NothingFollows:
         """A reader of ``owner``'s stream from ``position`` (None: from the start)."""
+        self._sweeper.ensure()
         info = self._info(stream_id, owner)
         return self._follow(stream_id, info, -1 if position is None else position, holder)
 
@@ -195,6 +233,15 @@ class Streams:
     def info(self, stream_id: str, owner: str) -> StreamInfo:
         """What is known of ``owner``'s stream, named by the id its client knows."""
         return dataclasses.replace(self._info(stream_id, owner), stream_id=stream_id)
+
+    @_translated
+    def message(self, stream_id: str, owner: str) -> Message:
+        """The assistant message ``owner``'s stream has assembled so far."""
+        try:
+            return ended.message(self.broker, self._info(stream_id, owner))
+        except EventsDropped:
+            raise PositionGone("the first events of this stream are no longer kept: its "
+                               "message cannot be assembled") from None
 
     @_translated
     def cancel(self, stream_id: str, owner: str, reason: str = "deleted") -> tuple[StreamInfo, bool]:
@@ -239,11 +286,32 @@ class Streams:
         """Release the store's connections (and its pub/sub thread) and the SDK pools.
 
         Call it when the process is done with streams (after ``drain``):
-        streams still running are not ended by it.
+        streams still running are not ended by it; completion hooks still
+        running get up to their timeout first.
         """
+        self._sweeper.stop()
+        self.hooks.join(self.config.end_hook_timeout_s)
         self.broker.close()
         for provider in self.catalog.providers.values():
             provider.close()
+
+    def _produced(self, owner: str, metadata: dict[str, str]
+                  ) -> Callable[[StreamState, Outcome], None]:
+        """What a pump calls once it stored its stream's terminal event."""
+        def fire(state: StreamState, outcome: Outcome) -> None:
+            self.hooks.fire(lambda: ended.from_state(state, outcome, owner, metadata),
+                            time.monotonic())
+        return fire
+
+    def _lost(self, key: str) -> None:
+        """The broker ended a stream as lost, here: this process calls its hooks."""
+        def result() -> StreamResult | None:
+            info = self.broker.info(key)
+            if info is None:
+                return None
+            public_id = key[len(info.owner) + 1:] if info.owner else key
+            return ended.from_store(self.broker, key, public_id)
+        self.hooks.fire(result, time.monotonic())
 
     def _candidate(self, model: str, body: StreamRequest, param: str) -> Candidate:
         try:

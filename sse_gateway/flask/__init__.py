@@ -1,0 +1,189 @@
+"""The Flask extension: stream from your own views, under your own login.
+
+    streaming = Streaming()
+
+    def create_app():
+        app = Flask(__name__)
+        streaming.init_app(app, owner=lambda: current_user.get_id())
+        return app
+
+    @app.post("/chat")
+    @login_required
+    def chat():
+        return streaming.stream(model="openai/gpt-4o-mini", messages=build_prompt(),
+                                metadata={"conversation": "42"})
+
+    @streaming.on_end
+    def save(result):           # once per stream, after its end, with an app context
+        db.save_reply(result.metadata["conversation"], result.text, result.status)
+
+Settings come from ``app.config`` under ``SSE_GATEWAY_`` (each field of
+``StreamsConfig``: ``SSE_GATEWAY_REDIS_URL``, ``SSE_GATEWAY_HEARTBEAT_S``, ...;
+``app.config.from_prefixed_env()`` reads them from ``FLASK_SSE_GATEWAY_*``).
+The state lives in ``app.extensions["sse_gateway"]``. Nothing is installed
+app-wide: the blueprint (follow, status, cancel; mount it at any prefix) has
+its own owner check, JSON errors and, when configured, CORS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, current_app, request, url_for
+
+from sse_gateway.config import StreamsConfig, parse_value
+from sse_gateway.errors import StreamsError
+from sse_gateway.flask import views
+from sse_gateway.flask.responses import error_response, sse_response
+from sse_gateway.results import StreamResult
+from sse_gateway.streams import Detached, NothingFollows, Reader, Streams
+
+__all__ = ["CONFIG_PREFIX", "NotSignedIn", "Streaming", "error_response"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_PREFIX = "SSE_GATEWAY_"
+# The extension's own settings besides StreamsConfig's.
+_OWN_SETTINGS = {"CORS_ORIGINS": "tuple[str, ...]"}
+
+Owner = Callable[[], "str | int | None"]
+Hook = Callable[[StreamResult], None]
+
+
+class NotSignedIn(StreamsError):
+    """The owner callable found nobody signed in: 401."""
+
+    code = "unauthorized"
+
+
+@dataclass
+class _State:
+    """What one app holds of the extension: ``app.extensions["sse_gateway"]``."""
+
+    streams: Streams
+    owner: Owner | None
+    blueprint: str | None  # the blueprint's name, where follow/status/cancel live
+    hooks: list[Hook] = field(default_factory=list)
+
+
+class Streaming:
+    """The extension: ``Streaming(app)``, or ``Streaming()`` then ``init_app(app)``."""
+
+    def __init__(self, app: Flask | None = None, *, owner: Owner | None = None,
+                 url_prefix: str | None = "/streams", name: str = "sse_gateway") -> None:
+        self._owner = owner
+        self._url_prefix = url_prefix
+        self._name = name
+        self._hooks: list[Hook] = []
+        self._apps: list[Flask] = []
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, *, owner: Owner | None = None,
+                 url_prefix: Any = ..., streams: Streams | None = None
+                 ) -> None:
+        """Bind to ``app``: build its streams service from ``app.config`` and mount
+        the blueprint at ``url_prefix`` (None: not mounted; the app serves its own).
+
+        ``owner`` returns who the current request acts for (a user id), or None
+        when nobody is signed in: each owner sees only its own streams; without
+        an owner callable every stream is anyone's who knows its id.
+        """
+        prefix = self._url_prefix if url_prefix is ... else url_prefix
+        assert prefix is None or isinstance(prefix, str)
+        settings = {k: v for k, v in app.config.items() if k.startswith(CONFIG_PREFIX)}
+        own = {name: parse_value(CONFIG_PREFIX + name, settings.pop(CONFIG_PREFIX + name),
+                                 kind)
+               for name, kind in _OWN_SETTINGS.items() if CONFIG_PREFIX + name in settings}
+        if streams is None:
+            streams = Streams(StreamsConfig.from_mapping(settings, CONFIG_PREFIX))
+        state = _State(streams, owner or self._owner, self._name if prefix is not None else None)
+        app.extensions["sse_gateway"] = state
+        for hook in self._hooks:
+            self._bind_hook(app, state, hook)
+        if prefix is not None:
+            bp = views.blueprint(self._name, cors_origins=own.get("CORS_ORIGINS", ()))
+            app.register_blueprint(bp, url_prefix=prefix)
+        self._apps.append(app)
+
+    def on_end(self, hook: Hook) -> Hook:
+        """Register ``hook(result)``: called once per stream after its terminal
+        event, with an app context and outside any request, bounded by
+        ``SSE_GATEWAY_END_HOOK_TIMEOUT_S`` (see ``Streams.on_end``)."""
+        self._hooks.append(hook)
+        for app in self._apps:
+            self._bind_hook(app, app.extensions["sse_gateway"], hook)
+        return hook
+
+    @property
+    def streams(self) -> Streams:
+        """The current app's streams service (the engine)."""
+        return state().streams
+
+    def stream(self, *, model: str, messages: Sequence[dict[str, Any]] | None = None,
+               prompt: str | None = None, metadata: dict[str, str] | None = None,
+               owner: str | None = None, stream_id: str | None = None,
+               **options: Any) -> Response:
+        """Start a stream and answer it as SSE, from the host's own view.
+
+        ``options`` are any field of ``POST /v1/streams`` (``max_tokens``,
+        ``temperature``, ``fallbacks``, ``resume_grace_s``). The owner is the
+        owner callable's (or ``owner``). Raises ``InvalidRequest`` (``.param``,
+        ``.message``) for bad arguments, ``NotSignedIn`` when there is no owner,
+        and the other ``StreamsError`` refusals (too many streams, overloaded);
+        ``error_response(exc)`` turns any of them into the product's JSON answer.
+        """
+        current = state()
+        who = owner if owner is not None else current_owner(current)
+        body: dict[str, Any] = {"model": model, **options}
+        if messages is not None:
+            body["messages"] = list(messages)
+        if prompt is not None:
+            body["prompt"] = prompt
+        if metadata is not None:
+            body["metadata"] = metadata
+        streams = current.streams
+        request_ = streams.parse(body)
+        result = streams.start(request_, owner=who, holder=holder(who), stream_id=stream_id,
+                               caller=request.remote_addr or "")
+        assert not isinstance(result, Detached)  # the body above cannot ask for it
+        return sse_response(streams, result, follow_url(current, result))
+
+    @staticmethod
+    def _bind_hook(app: Flask, current: _State, hook: Hook) -> None:
+        def in_context(result: StreamResult) -> None:
+            with app.app_context():
+                hook(result)
+        in_context.__qualname__ = getattr(hook, "__qualname__", repr(hook))
+        current.streams.on_end(in_context)
+
+
+def state() -> _State:
+    """The extension's state in the current app."""
+    found: _State = current_app.extensions["sse_gateway"]
+    return found
+
+
+def current_owner(current: _State) -> str:
+    """Whom the current request acts for; NotSignedIn when the owner callable says nobody."""
+    if current.owner is None:
+        return ""
+    who = current.owner()
+    if who is None or who == "":
+        raise NotSignedIn("sign in to use streams")
+    return str(who)
+
+
+def holder(owner: str) -> str:
+    """Whom limits count a request for: its owner, else (no owners) its address."""
+    return f"owner:{owner}" if owner else f"addr:{request.remote_addr or 'unknown'}"
+
+
+def follow_url(current: _State, result: Reader | NothingFollows) -> str:
+    """Where the stream is followed (the blueprint's events route), for ``Location``."""
+    if current.blueprint is None:
+        return ""
+    return url_for(f"{current.blueprint}.events", stream_id=result.stream_id)
