@@ -29,11 +29,13 @@ OPEN_STREAMS: list[SSEStream] = []  # closed after each test by an autouse fixtu
 
 
 class GatewayServer:
-    """``gunicorn -c config/gunicorn.conf.py wsgi:app`` with a given environment."""
+    """``gunicorn -c config/gunicorn.conf.py wsgi:app`` (or another ``app``) with a given
+    environment."""
 
     def __init__(self, env: Mapping[str, str] | None = None,
-                 args: tuple[str, ...] = (), label: str = "") -> None:
+                 args: tuple[str, ...] = (), label: str = "", app: str = "wsgi:app") -> None:
         self.env = dict(env or {})
+        self.app = app  # the WSGI app gunicorn serves (a test's host app, say)
         self.label = label
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
@@ -57,7 +59,7 @@ class GatewayServer:
                     "SHUTDOWN_MARGIN_S": "3"})
         env.update(self.env)
         command = [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                   "--bind", f"fd://{listener.fileno()}", *self.args, "wsgi:app"]
+                   "--bind", f"fd://{listener.fileno()}", *self.args, self.app]
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT,
                                         pass_fds=(listener.fileno(),))
