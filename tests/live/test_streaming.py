@@ -48,7 +48,11 @@ def test_tokens_relay_exactly_with_ids_and_one_terminal_event(
     status = gateway.request("GET", f"/v1/streams/{stream_id}").json()
     assert status == {"stream_id": stream_id, "status": "done", "model": f"{provider}/{model}",
                       "created": events[0].json()["created"], "last_event_id": len(events) - 1,
-                      "usage": {"input_tokens": 11, "output_tokens": 13}}
+                      "usage": {"input_tokens": 11, "output_tokens": 13}, "metadata": {}}
+    with_message = gateway.request("GET", f"/v1/streams/{stream_id}?include=message").json()
+    assert with_message == {**status, "message": {
+        "role": "assistant", "content": "".join(HOSTILE), "tool_calls": None,
+        "reasoning": None, "refusal": None, "provider_data": None}}
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
