@@ -99,7 +99,7 @@ class Streaming:
                                  kind)
                for name, kind in _OWN_SETTINGS.items() if CONFIG_PREFIX + name in settings}
         if streams is None:
-            streams = Streams(StreamsConfig.from_mapping(settings, CONFIG_PREFIX))
+            streams = Streams(StreamsConfig.from_mapping(settings, CONFIG_PREFIX, _OWN_SETTINGS))
         state = _State(streams, owner or self._owner, self._name if prefix is not None else None)
         app.extensions["sse_gateway"] = state
         for hook in self._hooks:
