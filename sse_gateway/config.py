@@ -10,7 +10,8 @@ first bad value, so a typo fails at start-up, not in the middle of a stream.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -115,11 +116,14 @@ class StreamsConfig:
     anthropic_base_url: str = ""
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], prefix: str = "") -> StreamsConfig:
+    def from_mapping(cls, values: Mapping[str, Any], prefix: str = "",
+                     others: Collection[str] = ()) -> StreamsConfig:
         """Build and check a config from ``values`` (``app.config``, the environment):
         the field ``heartbeat_s`` is ``<prefix>HEARTBEAT_S``; a string is parsed
         ("15", "a,b"), a Python value taken as is; unset keys keep their default.
-        Keys with the prefix that name no field are refused (a typo fails loudly).
+        Keys with the prefix that name no field are refused (a typo fails loudly),
+        except ``others`` (the caller's own settings, e.g. ``CORS_ORIGINS``).
+        Errors name the key as given (``<prefix>HEARTBEAT_S``).
         """
         fields = {f.name.upper(): f for f in dataclasses.fields(cls)}
         known: dict[str, Any] = {}
@@ -128,12 +132,12 @@ class StreamsConfig:
                 continue
             name = key[len(prefix):]
             if name not in fields:
-                if prefix:
+                if prefix and name not in others:
                     raise ConfigError(f"{key} is not a setting (known: {prefix}"
-                                      f"{f', {prefix}'.join(sorted(fields))})")
+                                      f"{f', {prefix}'.join(sorted({*fields, *others}))})")
                 continue
             known[fields[name].name] = parse_value(key, raw, fields[name].type)
-        return cls(**known).check()
+        return cls(**known).check(prefix)
 
     @property
     def broker_url(self) -> str:
@@ -146,8 +150,9 @@ class StreamsConfig:
         heartbeat, but not while a write to a slow client blocks."""
         return max(3 * self.heartbeat_s, self.write_timeout_s + 2 * self.heartbeat_s)
 
-    def check(self) -> StreamsConfig:
-        """Return self, or raise ConfigError naming the first bad value."""
+    def check(self, prefix: str = "") -> StreamsConfig:
+        """Return self, or raise ConfigError naming the first bad value (as
+        ``<prefix>NAME``: the key it was read from)."""
         positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens",
                     "max_messages", "max_events_per_stream", "max_stream_bytes",
                     "max_stored_bytes_per_key", "producer_timeout_s", "redis_max_connections",
@@ -156,25 +161,30 @@ class StreamsConfig:
                     "stream_timeout_s", "write_timeout_s", "end_hook_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{prefix}{name.upper()} must be > 0, "
+                                  f"got {getattr(self, name)!r}")
         non_negative = ("max_streams_per_key", "max_readers_per_stream", "max_readers_per_key",
                         "max_fallbacks", "retry_budget_s", "retry_base_delay_s",
                         "retry_max_delay_s", "resume_grace_s", "max_resume_grace_s",
                         "shutdown_margin_s", "demo_ttft_s", "demo_token_delay_s")
         for name in non_negative:
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name.upper()} must be >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{prefix}{name.upper()} must be >= 0, "
+                                  f"got {getattr(self, name)!r}")
         if self.max_stored_bytes_per_key < self.max_stream_bytes:
-            raise ConfigError("MAX_STORED_BYTES_PER_KEY must be at least MAX_STREAM_BYTES")
+            raise ConfigError(f"{prefix}MAX_STORED_BYTES_PER_KEY must be at least "
+                              f"{prefix}MAX_STREAM_BYTES")
         if self.resume_grace_s > self.max_resume_grace_s:
-            raise ConfigError("RESUME_GRACE_S must not exceed MAX_RESUME_GRACE_S")
+            raise ConfigError(f"{prefix}RESUME_GRACE_S must not exceed "
+                              f"{prefix}MAX_RESUME_GRACE_S")
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in BROKER_SCHEMES:
-            raise ConfigError(f"REDIS_URL {self.redis_url!r} has an unknown scheme {scheme!r}")
+            raise ConfigError(f"{prefix}REDIS_URL {self.redis_url!r} has an unknown scheme "
+                              f"{scheme!r}")
         for model in self.models:
             provider, _, name = model.partition("/")
             if not provider or not name:
-                raise ConfigError(f"MODELS entry {model!r} is not 'provider/model'")
+                raise ConfigError(f"{prefix}MODELS entry {model!r} is not 'provider/model'")
         return self
 
 
@@ -185,15 +195,21 @@ def parse_value(name: str, raw: Any, kind: Any) -> Any:
         if kind in ("float", float):
             if isinstance(raw, bool):
                 raise ValueError
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # nan passes every range check
+                raise ValueError
+            return value
         if kind in ("int", int):
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise ValueError
             return int(raw)
         if kind in ("tuple[str, ...]",):
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise TypeError
             return tuple(item.strip() for item in items if item.strip())
         return "" if raw is None else str(raw).strip()
     except (TypeError, ValueError):
-        expected = "a number" if kind in ("float", float) else "an integer"
+        expected = ("a number" if kind in ("float", float) else "an integer"
+                    if kind in ("int", int) else "a comma-separated string or a list of strings")
         raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None

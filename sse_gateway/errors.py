@@ -2,7 +2,7 @@
 
     StreamsError                  code                status
      ├── InvalidRequest           invalid_request      400   (param names the field)
-     ├── UnknownModel             unknown_model        400   (param: model or fallbacks.N)
+     │    └── UnknownModel        unknown_model        400   (param: model or fallbacks.N)
      ├── NotFound                 not_found            404   (or another owner's stream)
      ├── StreamExists             stream_exists        409
      ├── PositionGone             position_gone        410
@@ -45,7 +45,10 @@ class InvalidRequest(StreamsError):
     code = "invalid_request"
 
 
-class UnknownModel(StreamsError):
+class UnknownModel(InvalidRequest):
+    """The model (or a fallback) is not served here: a bad argument like any
+    other (``except InvalidRequest`` catches it), with its own code."""
+
     code = "unknown_model"
 
 

@@ -8,6 +8,7 @@ and one clear message naming the first offending field.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from sse_gateway.providers.base import ChatRequest, Message
 
 # The metadata a stream keeps: a few short strings (contract, "Richer requests").
 MAX_METADATA_ITEMS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+# A client's own stream id: a URL path segment and a header value as it is, and
+# no "." (a broker key is "<owner>.<id>": an id with one could name another
+# owner's key).
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 class InvalidBody(ValueError):

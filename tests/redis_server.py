@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import functools
 import os
+from urllib.parse import urlsplit
 
 import redis
 
 # The machine's Redis, a database of its own; the tests use random stream ids.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRED = os.environ.get("REQUIRE_REDIS") == "1"
+
+
+def _other_database(url: str) -> str:
+    """``url`` with another database number (14, or 13 when it is 14)."""
+    parts = urlsplit(url)
+    db = 13 if parts.path.strip("/") == "14" else 14
+    return parts._replace(path=f"/{db}").geturl()
+
+
+# The sweep tests' own database. A sweep ends as lost every stream of its
+# database whose producer went silent (``sse:running`` is one key per database):
+# in the shared one it would race a live test's gateway for that test's own
+# SIGKILLed producer, and that gateway's sweeper could declare this process's
+# streams, whose ``on_lost`` these tests count. Same server, so reachable alike.
+SWEEP_REDIS_URL = os.environ.get("TEST_REDIS_SWEEP_URL") or _other_database(REDIS_URL)
 
 
 @functools.cache

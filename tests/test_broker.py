@@ -75,6 +75,26 @@ def test_create_refuses_a_taken_id(broker: Broker) -> None:
         RUNNING, "demo/echo", -1, None)
 
 
+def test_metadata_is_kept_and_returned(broker: Broker) -> None:
+    sid = secrets.token_urlsafe(16)
+    metadata = {"conversation": "42", "ünï": "çödé \u2028 \"quoted\"", "empty": ""}
+    assert broker.create(StreamInfo(sid, owner="k", model="demo/echo", created=1.0,
+                                    metadata=metadata))
+    plain = make(broker)
+    info = broker.info(sid)
+    assert info is not None and info.metadata == metadata
+    assert info.public()["metadata"] == metadata
+    assert broker.info(plain).metadata == {}  # type: ignore[union-attr]
+    # What the caller holds and what it is given are copies: changing either
+    # changes nothing the store keeps.
+    metadata["conversation"] = "changed"
+    info.metadata["empty"] = "changed"
+    broker.finish(sid, Event(0, "x", b"end"), DONE)
+    for kept in (broker.info(sid), broker.cancel(sid, "deleted")):
+        assert kept is not None and kept.metadata == {
+            "conversation": "42", "ünï": "çödé \u2028 \"quoted\"", "empty": ""}
+
+
 def test_read_from_any_position_and_finish(broker: Broker) -> None:
     sid = make(broker)
     for i in range(3):

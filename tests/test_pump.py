@@ -30,6 +30,7 @@ from sse_gateway.providers.base import (
     Usage,
 )
 from sse_gateway.pump import Pump, PumpGroup
+from sse_gateway.pump.state import Outcome, StreamState
 from sse_gateway.upstream import Candidate, RetryPolicy
 from tests.fake_clock import FakeClock
 
@@ -125,7 +126,8 @@ class World:
     def pump(self, *chain: tuple[str, Scripted], grace_s: float = 10.0, tick_s: float = 1.0,
              stream_timeout_s: float = 600.0, max_attempts: int = 3,
              ttft_timeout_s: float = 60.0, token_timeout_s: float = 60.0,
-             group: PumpGroup | None = None) -> Pump:
+             group: PumpGroup | None = None,
+             on_end: Callable[[StreamState, Outcome], None] | None = None) -> Pump:
         """Start a stream over ``chain`` ((model, provider) pairs), with one reader."""
         self.broker.create(StreamInfo(SID, owner="o", model=chain[0][0], created=1.0))
         self.lease = self.broker.attach_reader(SID)
@@ -137,7 +139,7 @@ class World:
                     public_id="public", created=1.0, grace_s=grace_s, tick_s=tick_s,
                     stream_timeout_s=stream_timeout_s, caller="test",
                     on_exit=self.exited.append if group is None else group.discard, clock=self.clock,
-                    keep_text=True)
+                    keep_text=True, on_end=on_end)
         if group is not None:
             group.start(pump)
         else:

@@ -11,6 +11,8 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.settings import Settings, SettingsError
+from sse_gateway.validation import StreamRequest, parse_stream_request
+from tests.test_hooks import settled
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,36 @@ OK = {"model": "demo/echo", "prompt": "hi"}
      "provider 'openai' is not configured: set OPENAI_API_KEY"),
     ({"model": "x" * 300, "prompt": "x"}, 400, "invalid_request", "model",
      "model: String should have at most 256 characters"),
+    # metadata: up to 16 string values, keys of 1 to 64 characters, values up to 512
+    ({**OK, "metadata": "x"}, 400, "invalid_request", "metadata",
+     "metadata: Input should be a valid dictionary"),
+    ({**OK, "metadata": None}, 400, "invalid_request", "metadata",
+     "metadata: Input should be a valid dictionary"),
+    ({**OK, "metadata": [["k", "v"]]}, 400, "invalid_request", "metadata",
+     "metadata: Input should be a valid dictionary"),
+    ({**OK, "metadata": {"k": 1}}, 400, "invalid_request", "metadata.k",
+     "metadata.k: Input should be a valid string"),
+    ({**OK, "metadata": {"k": None}}, 400, "invalid_request", "metadata.k",
+     "metadata.k: Input should be a valid string"),
+    ({**OK, "metadata": {"k": True}}, 400, "invalid_request", "metadata.k",
+     "metadata.k: Input should be a valid string"),
+    ({**OK, "metadata": {"k": {"nested": "v"}}}, 400, "invalid_request", "metadata.k",
+     "metadata.k: Input should be a valid string"),
+    ({**OK, "metadata": {"k": "v" * 513}}, 400, "invalid_request", "metadata.k",
+     "metadata.k: String should have at most 512 characters"),
+    ({**OK, "metadata": {"k" * 65: "v"}}, 400, "invalid_request", "metadata",
+     "metadata: each key: string should have at most 64 characters"),
+    ({**OK, "metadata": {"": "v"}}, 400, "invalid_request", "metadata",
+     "metadata: each key: string should have at least 1 character"),
+    ({**OK, "metadata": {str(i): "v" for i in range(17)}}, 400, "invalid_request", "metadata",
+     "metadata: at most 16 entries are accepted"),
+    # detach: a JSON boolean
+    ({**OK, "detach": "true"}, 400, "invalid_request", "detach",
+     "detach: Input should be a valid boolean"),
+    ({**OK, "detach": 1}, 400, "invalid_request", "detach",
+     "detach: Input should be a valid boolean"),
+    ({**OK, "detach": None}, 400, "invalid_request", "detach",
+     "detach: Input should be a valid boolean"),
 ])
 def test_bad_bodies(client: FlaskClient, body: Any, status: int, code: str, param: str | None,
                     message: str) -> None:
@@ -104,6 +136,37 @@ def test_bad_bodies(client: FlaskClient, body: Any, status: int, code: str, para
     if param is not None:
         expected["param"] = param
     assert (got_status, got) == (status, {"error": expected})
+
+
+def parse(body: dict[str, Any]) -> StreamRequest:
+    return parse_stream_request(json.dumps(body).encode(), max_tokens_limit=100,
+                                max_messages=3, max_resume_grace_s=300, max_fallbacks=0)
+
+
+def test_metadata_and_detach_at_their_bounds_are_accepted() -> None:
+    assert (parse(OK).metadata, parse(OK).detach) == ({}, False)
+    # Lengths are characters, not bytes: a 512-character value of 2-byte letters fits.
+    widest = {("k" * 64 if i == 0 else f"key{i}"): "é" * 512 for i in range(16)}
+    parsed = parse({**OK, "metadata": widest, "detach": True})
+    assert (parsed.metadata, parsed.detach) == (widest, True)
+    assert parse({**OK, "metadata": {"k": ""}, "detach": False}).metadata == {"k": ""}
+
+
+def test_a_detached_stream_answers_201_and_keeps_its_metadata() -> None:
+    app = create_app({"MODELS": "demo/echo", "DEMO_TTFT_S": 0, "DEMO_TOKEN_DELAY_S": 0})
+    streams = app.extensions["sse_gateway"].streams
+    client = app.test_client()
+    try:
+        status, body = post(client, {**OK, "detach": True, "metadata": {"job": "7"}},
+                            headers={"X-Stream-ID": "d" * 16})
+        assert (status, body) == (201, {
+            "stream_id": "d" * 16, "events_url": f"/v1/streams/{'d' * 16}/events",
+            "status_url": f"/v1/streams/{'d' * 16}"})
+        info = client.get(f"/v1/streams/{'d' * 16}").get_json()
+        assert (info["stream_id"], info["metadata"]) == ("d" * 16, {"job": "7"})
+    finally:
+        streams.drain(0)
+        settled(streams)
 
 
 def test_content_type_must_be_json(client: FlaskClient) -> None:
@@ -154,6 +217,8 @@ def test_unknown_routes_and_methods_answer_json(client: FlaskClient) -> None:
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL 'LOUD' is not a logging level"),
     ({"MAX_FALLBACKS": "-1"}, "MAX_FALLBACKS must be >= 0, got -1"),
     ({"BODY_TIMEOUT_S": "0"}, "BODY_TIMEOUT_S must be > 0, got 0.0"),
+    ({"HEARTBEAT_S": "nan"}, "HEARTBEAT_S must be a number, got 'nan'"),
+    ({"PRODUCER_TIMEOUT_S": "inf"}, "PRODUCER_TIMEOUT_S must be a number, got 'inf'"),
 ])
 def test_settings_errors_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:

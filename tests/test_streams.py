@@ -318,8 +318,11 @@ def test_a_readers_lease_is_held_until_it_closes() -> None:
 
 
 def test_error_statuses_come_from_the_code_table() -> None:
-    for cls in StreamsError.__subclasses__():
+    classes = list(StreamsError.__subclasses__())
+    for cls in classes:
+        classes += cls.__subclasses__()
         assert cls("x").status == CODES[cls.code].status
+    assert UnknownModel in classes and issubclass(UnknownModel, InvalidRequest)
 
 
 def test_close_releases_the_providers() -> None:

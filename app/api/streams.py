@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 
 import gevent
 from flask import Blueprint, Response, jsonify, request
@@ -23,11 +22,11 @@ from sse_gateway.errors import InvalidRequest
 from sse_gateway.flask.responses import sse_response
 from sse_gateway.flask.views import parse_position
 from sse_gateway.streams import Detached, NothingFollows, Reader, Streams
+from sse_gateway.validation import STREAM_ID
 
 bp = Blueprint("streams", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
 
-STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 @bp.post("/streams")

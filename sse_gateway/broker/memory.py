@@ -41,6 +41,13 @@ from sse_gateway.broker.base import (
 from sse_gateway.events import ENDED, RUNNING, Event
 
 
+def _copy(info: StreamInfo) -> StreamInfo:
+    """A copy of ``info`` sharing no dict with it: what a caller holds, or is given,
+    may change without changing what is kept (as with Redis)."""
+    return replace(info, metadata=dict(info.metadata),
+                   usage=dict(info.usage) if info.usage is not None else None)
+
+
 @dataclass
 class _Record:
     info: StreamInfo
@@ -80,7 +87,7 @@ class MemoryBroker(Broker):
         self._expire()
         if info.stream_id in self._records:
             return False
-        self._records[info.stream_id] = _Record(replace(info))
+        self._records[info.stream_id] = _Record(_copy(info))
         return True
 
     def append(self, stream_id: str, event: Event) -> None:
@@ -133,7 +140,7 @@ class MemoryBroker(Broker):
     def info(self, stream_id: str, *, confirm: bool = False) -> StreamInfo | None:
         self._expire()  # nothing to confirm: the producer lives in this process
         record = self._records.get(stream_id)
-        return replace(record.info) if record else None
+        return _copy(record.info) if record else None
 
     def cancel(self, stream_id: str, reason: str) -> StreamInfo | None:
         record = self._records.get(stream_id)
@@ -142,7 +149,7 @@ class MemoryBroker(Broker):
         if record.info.status == RUNNING and record.info.cancel_reason is None:
             record.info.cancel_reason = reason
             self._tell(record, CANCEL)
-        return replace(record.info)
+        return _copy(record.info)
 
     def watch(self, stream_id: str, callback: Watcher) -> Callable[[], None]:
         record = self._get(stream_id)

@@ -35,11 +35,12 @@ from typing import Any
 from flask import Flask, Response, current_app, request, url_for
 
 from sse_gateway.config import StreamsConfig, parse_value
-from sse_gateway.errors import StreamsError
+from sse_gateway.errors import InvalidRequest, StreamsError
 from sse_gateway.flask import views
 from sse_gateway.flask.responses import error_response, sse_response
 from sse_gateway.results import StreamResult
 from sse_gateway.streams import Detached, NothingFollows, Reader, Streams
+from sse_gateway.validation import STREAM_ID
 
 __all__ = ["CONFIG_PREFIX", "NotSignedIn", "Streaming", "error_response"]
 
@@ -99,7 +100,7 @@ class Streaming:
                                  kind)
                for name, kind in _OWN_SETTINGS.items() if CONFIG_PREFIX + name in settings}
         if streams is None:
-            streams = Streams(StreamsConfig.from_mapping(settings, CONFIG_PREFIX))
+            streams = Streams(StreamsConfig.from_mapping(settings, CONFIG_PREFIX, _OWN_SETTINGS))
         state = _State(streams, owner or self._owner, self._name if prefix is not None else None)
         app.extensions["sse_gateway"] = state
         for hook in self._hooks:
@@ -130,12 +131,20 @@ class Streaming:
         """Start a stream and answer it as SSE, from the host's own view.
 
         ``options`` are any field of ``POST /v1/streams`` (``max_tokens``,
-        ``temperature``, ``fallbacks``, ``resume_grace_s``). The owner is the
-        owner callable's (or ``owner``). Raises ``InvalidRequest`` (``.param``,
-        ``.message``) for bad arguments, ``NotSignedIn`` when there is no owner,
-        and the other ``StreamsError`` refusals (too many streams, overloaded);
+        ``temperature``, ``fallbacks``, ``resume_grace_s``; not ``detach``: this
+        answers the stream itself). The owner is the owner callable's (or
+        ``owner``); ``stream_id``, if given, is 16 to 128 of ``A-Z a-z 0-9 _ -``.
+        Raises ``InvalidRequest`` (``.param``, ``.message``; ``UnknownModel`` is
+        one) for bad arguments, ``NotSignedIn`` when there is no owner, and the
+        other ``StreamsError`` refusals (too many streams, overloaded);
         ``error_response(exc)`` turns any of them into the product's JSON answer.
         """
+        if "detach" in options:
+            raise InvalidRequest("detach: not accepted here: stream() answers with the stream "
+                                 "itself", param="detach")
+        if stream_id is not None and not STREAM_ID.fullmatch(stream_id):
+            raise InvalidRequest("stream_id: must be 16 to 128 characters of A-Z a-z 0-9 _ -",
+                                 param="stream_id")
         current = state()
         who = owner if owner is not None else current_owner(current)
         body: dict[str, Any] = {"model": model, **options}

@@ -12,8 +12,9 @@ from sse_gateway.transports.sse_feed import Feed
 
 
 def sse_response(streams: Streams, result: Reader | NothingFollows, location: str) -> Response:
-    """A reader as an SSE response (headers all set before the first byte);
-    nothing to follow as 204. Call it in the request that will stream it."""
+    """A reader as an SSE response (headers all set before the first byte; ``Location``
+    when ``location`` is not empty); nothing to follow as 204. Call it in the
+    request that will stream it."""
     if isinstance(result, NothingFollows):
         # Nothing will ever follow: 204 makes a browser's EventSource stop
         # reconnecting (a 200 with no event would have it come back forever).
@@ -23,12 +24,12 @@ def sse_response(streams: Streams, result: Reader | NothingFollows, location: st
     config = streams.config
     feed = Feed(result, retry_ms=config.retry_ms, write_timeout_s=config.write_timeout_s,
                 client_socket=request.environ.get("gunicorn.socket"))
-    return Response(feed, status=200, content_type="text/event-stream; charset=utf-8", headers={
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-        "X-Stream-ID": result.stream_id,
-        "Location": location,
-    })
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+               "X-Stream-ID": result.stream_id}
+    if location:  # none when the host mounted no follow route
+        headers["Location"] = location
+    return Response(feed, status=200, content_type="text/event-stream; charset=utf-8",
+                    headers=headers)
 
 
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:

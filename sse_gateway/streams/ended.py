@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import gevent
 
-from sse_gateway.broker import Broker, BrokerError, StreamInfo
+from sse_gateway.broker import Broker, BrokerError, PositionGone, StreamInfo
 from sse_gateway.events import Event
 from sse_gateway.pump.state import Outcome, StreamState
 from sse_gateway.results import Message, StreamResult, assemble
@@ -36,17 +36,29 @@ def from_state(state: StreamState, outcome: Outcome, owner: str,
 
 
 def from_store(broker: Broker, key: str, public_id: str) -> StreamResult | None:
-    """The result of an ended stream, from what the store keeps (None: it is gone)."""
+    """The result of an ended stream, from what the store keeps (None: it is gone).
+
+    A stream whose first events are no longer kept (a long answer) cannot have
+    its text assembled: its hooks still run, with an empty message, and its
+    terminal event (always kept) for the status and reason.
+    """
     info = broker.info(key)
     if info is None:
         return None
-    stored = list(read_all(broker, key))
+    try:
+        stored = list(read_all(broker, key))
+        message = assemble(stored)
+    except PositionGone:
+        log.warning("stream %s: its first events are no longer kept; its completion hooks "
+                    "get no text", key)
+        stored = list(read_all(broker, key, after=info.last_event_id - 1))
+        message = Message()
     terminal = stored[-1].payload() if stored else {}
     return StreamResult(
         stream_id=public_id, owner=info.owner, status=info.status,
         reason=str(terminal.get("reason") or terminal.get("code")
                    or terminal.get("finish_reason", "")),
-        model=terminal.get("model") or info.model, message=assemble(stored),
+        model=terminal.get("model") or info.model, message=message,
         usage=info.usage, metrics=terminal.get("metrics"), metadata=info.metadata,
         created=info.created, ended=round(time.time(), 3), terminal=terminal)
 
@@ -57,9 +69,11 @@ def message(broker: Broker, info: StreamInfo) -> Message:
     return assemble(read_all(broker, info.stream_id, upto=info.last_event_id))
 
 
-def read_all(broker: Broker, key: str, upto: int | None = None) -> Iterator[Event]:
-    """Every stored event of a stream from its start (up to id ``upto``), without waiting."""
-    position = -1
+def read_all(broker: Broker, key: str, upto: int | None = None, after: int = -1
+             ) -> Iterator[Event]:
+    """Every stored event of a stream after id ``after`` (from its start; up to id
+    ``upto``), without waiting."""
+    position = after
     while upto is None or position < upto:
         batch = broker.read(key, position, timeout=0)
         yield from batch.events

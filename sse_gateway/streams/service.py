@@ -125,8 +125,10 @@ class Streams:
         In the process that stored that event: the producer's, or, for a
         stream whose producer died, the one that declared it lost. In its own
         greenlet, bounded by ``end_hook_timeout_s``; what it raises is logged.
-        Register hooks before streams start: only streams started after the
-        first hook keep their text for it.
+        Register hooks before streams start: a stream started while no hook
+        was registered calls none (it kept no text for them); a stream started
+        with hooks calls every hook registered by the time it ends. A stream
+        declared lost calls the hooks of the process that declares it.
         """
         self.hooks.add(hook)
         self._sweeper.ensure()
