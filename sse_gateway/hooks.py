@@ -11,6 +11,7 @@ changes the stream or holds up the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -71,7 +72,9 @@ class EndHooks:
         outcome = "ok"
         try:
             with gevent.Timeout(self.timeout_s):
-                hook(result)
+                # Its own copy of the metadata: a hook that changes it cannot
+                # change what the next hook sees.
+                hook(dataclasses.replace(result, metadata=dict(result.metadata)))
         except gevent.Timeout:
             outcome = "timeout"
             log.error("completion hook %s: stream %s: still running after %g s; stopped",

@@ -196,7 +196,8 @@ def test_several_hooks_are_each_called_with_the_same_result_in_order() -> None:
     read_all(begin(streams))
     settled(streams)
     assert [len(c) for c in calls] == [1, 1, 1]
-    assert calls[0][0] is calls[1][0] is calls[2][0]
+    assert calls[0][0] == calls[1][0] == calls[2][0]
+    assert calls[0][0].metadata is not calls[1][0].metadata  # each hook its own copy
     assert sorted(order) == ["hook0", "hook1", "hook2"]
 
 

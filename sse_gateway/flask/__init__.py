@@ -28,6 +28,7 @@ its own owner check, JSON errors and, when configured, CORS.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,9 @@ class Streaming:
         self._url_prefix = url_prefix
         self._name = name
         self._hooks: list[Hook] = []
-        self._apps: list[Flask] = []
+        # The apps bound so far, so a hook registered later reaches them too
+        # (weakly: the extension must not keep an app alive).
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -108,7 +111,7 @@ class Streaming:
         if prefix is not None:
             bp = views.blueprint(self._name, cors_origins=own.get("CORS_ORIGINS", ()))
             app.register_blueprint(bp, url_prefix=prefix)
-        self._apps.append(app)
+        self._apps.add(app)
 
     def on_end(self, hook: Hook) -> Hook:
         """Register ``hook(result)``: called once per stream after its terminal
