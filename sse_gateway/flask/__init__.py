@@ -35,7 +35,7 @@ from typing import Any
 from flask import Flask, Response, current_app, request, url_for
 
 from sse_gateway.config import StreamsConfig, parse_value
-from sse_gateway.errors import StreamsError
+from sse_gateway.errors import InvalidRequest, StreamsError
 from sse_gateway.flask import views
 from sse_gateway.flask.responses import error_response, sse_response
 from sse_gateway.results import StreamResult
@@ -136,6 +136,9 @@ class Streaming:
         and the other ``StreamsError`` refusals (too many streams, overloaded);
         ``error_response(exc)`` turns any of them into the product's JSON answer.
         """
+        if "detach" in options:  # it would start a stream this answer could not return
+            raise InvalidRequest("detach: not an option of stream(), which answers with the "
+                                 "stream itself", param="detach")
         current = state()
         who = owner if owner is not None else current_owner(current)
         body: dict[str, Any] = {"model": model, **options}
@@ -149,7 +152,7 @@ class Streaming:
         request_ = streams.parse(body)
         result = streams.start(request_, owner=who, holder=holder(who), stream_id=stream_id,
                                caller=request.remote_addr or "")
-        assert not isinstance(result, Detached)  # the body above cannot ask for it
+        assert not isinstance(result, Detached)  # refused above
         return sse_response(streams, result, follow_url(current, result))
 
     @staticmethod
