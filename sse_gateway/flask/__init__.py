@@ -161,7 +161,7 @@ class Streaming:
         request_ = streams.parse(body)
         result = streams.start(request_, owner=who, holder=holder(who), stream_id=stream_id,
                                caller=request.remote_addr or "")
-        assert not isinstance(result, Detached)  # the body above cannot ask for it
+        assert not isinstance(result, Detached)  # refused above
         return sse_response(streams, result, follow_url(current, result))
 
     @staticmethod

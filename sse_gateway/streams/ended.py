@@ -9,7 +9,6 @@ lost, from the stored events (as far as they are kept).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import gevent
@@ -23,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def from_state(state: StreamState, outcome: Outcome, owner: str,
-               metadata: dict[str, str]) -> StreamResult:
-    """The result of a stream this process produced."""
+               metadata: dict[str, str], ended_at: float) -> StreamResult:
+    """The result of a stream this process produced (its end stored at ``ended_at``,
+    wall-clock seconds)."""
     data = outcome.data
     usage = state.usage_body()
     return StreamResult(
@@ -32,11 +32,13 @@ def from_state(state: StreamState, outcome: Outcome, owner: str,
         model=state.model, message=Message(state.text),
         usage=usage if any(v is not None for v in usage.values()) else None,
         metrics=data.get("metrics"), metadata=metadata, created=state.created,
-        ended=round(time.time(), 3), terminal=data)
+        ended=round(ended_at, 3), terminal=data)
 
 
-def from_store(broker: Broker, key: str, public_id: str) -> StreamResult | None:
-    """The result of an ended stream, from what the store keeps (None: it is gone).
+def from_store(broker: Broker, key: str, public_id: str,
+               ended_at: float) -> StreamResult | None:
+    """The result of an ended stream, from what the store keeps (None: it is gone);
+    ``ended_at``: when its end was stored (wall-clock seconds).
 
     A stream whose first events are no longer kept (a long answer) cannot have
     its text assembled: its hooks still run, with an empty message, and its
@@ -60,7 +62,7 @@ def from_store(broker: Broker, key: str, public_id: str) -> StreamResult | None:
                    or terminal.get("finish_reason", "")),
         model=terminal.get("model") or info.model, message=message,
         usage=info.usage, metrics=terminal.get("metrics"), metadata=info.metadata,
-        created=info.created, ended=round(time.time(), 3), terminal=terminal)
+        created=info.created, ended=round(ended_at, 3), terminal=terminal)
 
 
 def message(broker: Broker, info: StreamInfo) -> Message:
@@ -91,7 +93,8 @@ class Sweeper:
         self._greenlet: gevent.Greenlet[[], None] | None = None
 
     def ensure(self) -> None:
-        """Start sweeping (once; not before this process serves streams)."""
+        """Start sweeping (once): when this process first serves streams or
+        registers a completion hook (not at import: a preloading master must not)."""
         if self._greenlet is None and self._broker.sweeps:
             self._greenlet = gevent.spawn(self._run)
 

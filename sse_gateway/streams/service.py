@@ -301,18 +301,22 @@ class Streams:
                   ) -> Callable[[StreamState, Outcome], None]:
         """What a pump calls once it stored its stream's terminal event."""
         def fire(state: StreamState, outcome: Outcome) -> None:
-            self.hooks.fire(lambda: ended.from_state(state, outcome, owner, metadata),
+            # The result is built later, in the hooks' greenlet: the end is now.
+            ended_at = time.time()
+            self.hooks.fire(lambda: ended.from_state(state, outcome, owner, metadata, ended_at),
                             time.monotonic())
         return fire
 
     def _lost(self, key: str) -> None:
         """The broker ended a stream as lost, here: this process calls its hooks."""
+        ended_at = time.time()
+
         def result() -> StreamResult | None:
             info = self.broker.info(key)
             if info is None:
                 return None
             public_id = key[len(info.owner) + 1:] if info.owner else key
-            return ended.from_store(self.broker, key, public_id)
+            return ended.from_store(self.broker, key, public_id, ended_at)
         self.hooks.fire(result, time.monotonic())
 
     def _candidate(self, model: str, body: StreamRequest, param: str) -> Candidate:
