@@ -118,7 +118,7 @@ class StreamTokens:
         not expired.
         """
         if not token.startswith(PREFIX):
-            raise TokenInvalid("not a stream token")
+            raise TokenInvalid(f"not a stream token (stream tokens begin with {PREFIX})")
         try:
             payload = self._serializer.loads(token[len(PREFIX):])
         except BadSignature:
