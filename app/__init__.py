@@ -68,8 +68,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if settings.cors_origins:
         CORS(app, resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
              allow_headers=["Authorization", "Content-Type", "X-Stream-ID", "Last-Event-ID"],
-             expose_headers=["X-Stream-ID", "X-Stream-Token", "Location", "Retry-After", "X-RateLimit-Limit",
-                             "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+             expose_headers=["X-Stream-ID", "X-Stream-Token", "Location", "Retry-After",
+                             "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"],
              methods=["GET", "POST", "DELETE"], max_age=600)
     app.register_blueprint(streams.bp)
     app.register_blueprint(ops.bp)
