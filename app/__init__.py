@@ -37,6 +37,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from app.limits import limiter
     from app.security import Keys
     from app.settings import Settings
+    from app.tokens import StreamTokens, secret
     from sse_gateway.flask import CONFIG_PREFIX, Streaming
     from sse_gateway_client.cli import stream_command
 
@@ -55,7 +56,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     Streaming(url_prefix=None).init_app(app)
     service = app.extensions["sse_gateway"].streams
     keys = Keys(settings.all_api_keys())
-    app.extensions["gateway"] = Gateway(settings, keys)
+    tokens = StreamTokens(secret(settings.stream_token_secret, keys.digests),
+                          settings.stream_token_ttl_s)
+    app.extensions["gateway"] = Gateway(settings, keys, tokens)
     # Registered before the limiter's and CORS's own, so it runs after them.
     app.after_request(_response_headers)
     # Rates are counted where streams live: in Redis when there is one.
@@ -65,8 +68,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if settings.cors_origins:
         CORS(app, resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
              allow_headers=["Authorization", "Content-Type", "X-Stream-ID", "Last-Event-ID"],
-             expose_headers=["X-Stream-ID", "Location", "Retry-After", "X-RateLimit-Limit",
-                             "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+             expose_headers=["X-Stream-ID", "X-Stream-Token", "Location", "Retry-After",
+                             "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"],
              methods=["GET", "POST", "DELETE"], max_age=600)
     app.register_blueprint(streams.bp)
     app.register_blueprint(ops.bp)
@@ -75,7 +78,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     _register_error_handlers(app)
     if keys.open:
         log.warning("no API keys configured (API_KEYS, API_KEYS_FILE): the gateway runs "
-                    "open, for development only")
+                    "open, for development only%s",
+                    "" if settings.stream_token_secret else
+                    "; stream tokens are signed with a fixed development secret that anyone "
+                    "can use (set STREAM_TOKEN_SECRET)")
     log.info("gateway ready: broker %s, models %s", settings.streams.broker_url.split("://")[0],
              ", ".join(m["id"] for m in service.models() if m.get("available", True)))
     return app
@@ -100,8 +106,16 @@ def _response_headers(response: Response) -> Response:
 
 def _configure_logging(level: str, form: str) -> None:
     """The app's loggers: text for people, or one JSON object a line (with the
-    structured fields of records such as a stream's end)."""
+    structured fields of records such as a stream's end). No line ever holds a
+    stream token (``config/logs.py``): nor does the development server's
+    request line (``flask run``), which prints query strings."""
+    from config.logs import ScrubTokens
+
     handler = logging.StreamHandler()
+    handler.addFilter(ScrubTokens())
+    werkzeug = logging.getLogger("werkzeug")
+    if not any(isinstance(f, ScrubTokens) for f in werkzeug.filters):
+        werkzeug.addFilter(ScrubTokens())
     if form == "json":
         handler.setFormatter(JsonFormatter(
             "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",

@@ -24,6 +24,11 @@ class Keys:
     def open(self) -> bool:
         return not self._digests
 
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        """The keys' SHA-256 digests (what the stream token secret is derived from)."""
+        return tuple(self._digests)
+
     def identify(self, authorization: str | None) -> str | None:
         """The caller's key id from an ``Authorization`` header, or None if it holds no key."""
         scheme, _, token = (authorization or "").partition(" ")

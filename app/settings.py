@@ -17,6 +17,7 @@ from typing import Any
 import limits
 
 import config
+from app.tokens import MIN_SECRET_LENGTH
 from sse_gateway.config import ConfigError, StreamsConfig, parse_value
 
 # The per-route request rates, flask-limiter's notation; empty means no limit.
@@ -49,6 +50,8 @@ class Settings:
     ratelimit_models: str
     ratelimit_auth_failures: str
     cors_origins: tuple[str, ...]
+    stream_token_secret: str = dataclasses.field(repr=False)
+    stream_token_ttl_s: float
     log_level: str
     log_format: str
 
@@ -100,7 +103,7 @@ class Settings:
         return settings
 
     def _check(self) -> None:
-        for name in ("max_content_length", "body_timeout_s"):
+        for name in ("max_content_length", "body_timeout_s", "stream_token_ttl_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be > 0, got {getattr(self, name)!r}")
         if self.trusted_proxies < 0:
@@ -119,6 +122,11 @@ class Settings:
             except OSError as exc:
                 raise SettingsError(f"API_KEYS_FILE {self.api_keys_file!r} cannot be read: "
                                     f"{exc.strerror}") from None
+        if self.stream_token_secret and len(self.stream_token_secret) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                f"STREAM_TOKEN_SECRET must be at least {MIN_SECRET_LENGTH} characters (a random "
+                "one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'), got "
+                f"{len(self.stream_token_secret)}")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT {self.log_format!r} is not 'text' or 'json'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

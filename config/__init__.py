@@ -45,6 +45,13 @@ class Default:
     RATELIMIT_AUTH_FAILURES = "20/minute"
     # Browser origins allowed to call the API (comma-separated); none by default.
     CORS_ORIGINS = ""
+    # Stream tokens (X-Stream-Token; docs/sidecar.md): the secret they are signed
+    # with (at least 32 characters), and how long one is valid, in seconds. Unset,
+    # the secret is derived from the API keys (the same keys agree on every
+    # worker and host; changing them invalidates every token); an open gateway
+    # with no secret signs with a fixed development secret.
+    STREAM_TOKEN_SECRET = ""
+    STREAM_TOKEN_TTL_S = 3600.0
     LOG_LEVEL = "INFO"
     # "text" for people, "json" (one object a line) for log pipelines.
     LOG_FORMAT = "text"

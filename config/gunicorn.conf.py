@@ -31,6 +31,8 @@ preload_app = False
 # Several instances on one host (tests, sidecars) would share one control socket.
 control_socket_disable = True
 accesslog = os.environ.get("ACCESS_LOG", "-") or None
+# gunicorn's logger, scrubbing stream tokens (?token=sst_...) from every line (config/logs.py).
+logger_class = "config.logs.GatewayLogger"
 # The stream id of every stream request is in its access line (stream=...).
 access_log_format = ('%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s '
                      'stream=%({x-stream-id}o)s "%(a)s"')

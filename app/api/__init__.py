@@ -3,7 +3,7 @@
 ``app.extensions["sse_gateway"].streams`` is the engine (``sse_gateway.Streams``,
 bound by the Flask extension from ``SSE_GATEWAY_*`` settings);
 ``app.extensions["gateway"]`` holds what only the HTTP gateway has: its
-settings and API keys.
+settings, API keys and stream tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from flask import current_app
 
 from app.security import Keys
 from app.settings import Settings
+from app.tokens import StreamTokens
 from sse_gateway.streams import Streams
 
 
@@ -21,10 +22,11 @@ from sse_gateway.streams import Streams
 class Gateway:
     settings: Settings
     keys: Keys
+    tokens: StreamTokens
 
 
 def current_gateway() -> Gateway:
-    """The running app's settings and keys."""
+    """The running app's settings, keys and stream tokens."""
     gateway: Gateway = current_app.extensions["gateway"]
     return gateway
 

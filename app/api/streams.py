@@ -3,6 +3,8 @@
 Each view parses its request (headers, body, Last-Event-ID), calls the
 streams service with plain values, and renders the answer: JSON, or the
 service's reader as SSE. Nothing below this module touches ``request``.
+Every successful create answers the stream's token (``X-Stream-Token``,
+``app/tokens.py``), which opens follow, status and cancel of that stream.
 """
 
 from __future__ import annotations
@@ -43,21 +45,26 @@ def create_stream() -> Response:
     result = streams.start(lambda: streams.parse(raw), owner=owner(), holder=caller(),
                            caller=key_id() or request.remote_addr or "", stream_id=requested,
                            digest=hashlib.sha256(raw).hexdigest(), position=position)
+    token = current_gateway().tokens.issue(owner(), result.stream_id)
     if isinstance(result, Detached):
         log.info("stream %s: %s for %s (%s), detached", result.stream_id, result.model,
                  request.remote_addr, key_id() or "open")
-        return _detached(result)
-    if isinstance(result, Reader) and result.started:
-        log.info("stream %s: %s for %s (%s)", result.stream_id, result.model,
-                 request.remote_addr, key_id() or "open")
-    return _render(streams, result)
+        response = _detached(result, token)
+    else:
+        if isinstance(result, Reader) and result.started:
+            log.info("stream %s: %s for %s (%s)", result.stream_id, result.model,
+                     request.remote_addr, key_id() or "open")
+        response = _render(streams, result)
+    response.headers["X-Stream-Token"] = token
+    return response
 
 
-def _detached(result: Detached) -> Response:
-    """201: the stream runs with no reader; here is where to read it."""
+def _detached(result: Detached, token: str) -> Response:
+    """201: the stream runs with no reader; here is where to read it, and the token
+    that may (a browser, say, that the creator hands it to)."""
     status_url = f"/v1/streams/{result.stream_id}"
-    response = jsonify({"stream_id": result.stream_id, "events_url": f"{status_url}/events",
-                        "status_url": status_url})
+    response = jsonify({"stream_id": result.stream_id, "token": token,
+                        "events_url": f"{status_url}/events", "status_url": status_url})
     response.status_code = 201
     response.headers["X-Stream-ID"] = result.stream_id
     response.headers["Location"] = status_url

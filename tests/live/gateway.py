@@ -33,34 +33,48 @@ class GatewayServer:
     environment."""
 
     def __init__(self, env: Mapping[str, str] | None = None,
-                 args: tuple[str, ...] = (), label: str = "", app: str = "wsgi:app") -> None:
+                 args: tuple[str, ...] = (), label: str = "", app: str = "wsgi:app",
+                 config: str | None = "config/gunicorn.conf.py", cwd: Path = ROOT,
+                 ready_path: str = "/healthz") -> None:
         self.env = dict(env or {})
         self.app = app  # the WSGI app gunicorn serves (a test's host app, say)
         self.label = label
         self.args = args
+        self.config = config  # None: gunicorn's defaults (its sync worker), for other apps
+        self.cwd = cwd
+        self.ready_path = ready_path
         self.process: subprocess.Popen[bytes] | None = None
         self._listener: socket.socket | None = None
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             prefix="gateway-", suffix=".log", delete=False)
         self.host, self.port = "127.0.0.1", 0
 
+    def bind(self) -> GatewayServer:
+        """Take a free port now (``url`` is known), before the server starts on it:
+        two servers that must know each other's address start one after the other."""
+        if self._listener is None:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, 0))
+            listener.listen(1024)
+            listener.set_inheritable(True)
+            self._listener = listener
+            self.port = listener.getsockname()[1]
+        return self
+
     def start(self, wait: bool = True) -> GatewayServer:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, 0))
-        listener.listen(1024)
-        listener.set_inheritable(True)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
+        listener = self.bind()._listener
+        assert listener is not None
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_"))}
         # Streams still running when a test stops the server end 2 s after SIGTERM.
         env.update({"PYTHONUNBUFFERED": "1", "ACCESS_LOG": "", "GRACEFUL_TIMEOUT_S": "5",
                     "SHUTDOWN_MARGIN_S": "3"})
         env.update(self.env)
-        command = [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+        config = ("-c", self.config) if self.config else ("--no-control-socket",)
+        command = [sys.executable, "-m", "gunicorn", *config,
                    "--bind", f"fd://{listener.fileno()}", *self.args, self.app]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log,
+        self.process = subprocess.Popen(command, cwd=self.cwd, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT,
                                         pass_fds=(listener.fileno(),))
         if wait:
@@ -81,7 +95,7 @@ class GatewayServer:
             if self.process.poll() is not None:
                 raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if self.request("GET", "/healthz", timeout=1).status == 200:
+                if self.request("GET", self.ready_path, timeout=1).status == 200:
                     return
             except OSError:
                 pass
