@@ -23,6 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         SECRET_KEY="dev-only-change-me",  # set FLASK_SECRET_KEY in production
         SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=64 * 1024,  # a message is a few KiB at most
         DATABASE_URL=f"sqlite:///{os.path.join(app.instance_path, 'chat.db')}",
         # The models a new conversation may use (the first is the default).
         CHAT_MODELS="demo/echo,demo/lorem",

@@ -16,7 +16,7 @@ from flask import Flask, g
 from sqlalchemy import ForeignKey, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.orm import sessionmaker as make_sessionmaker
 from werkzeug.security import generate_password_hash
 
@@ -59,8 +59,6 @@ class Conversation(Base):
     model: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=now)
     updated_at: Mapped[datetime] = mapped_column(default=now)
-    messages: Mapped[list[ChatMessage]] = relationship(
-        back_populates="conversation", order_by="ChatMessage.id")
 
 
 class ChatMessage(Base):
@@ -80,7 +78,6 @@ class ChatMessage(Base):
     stream_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     output_tokens: Mapped[int | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=now)
-    conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
 
 class Database:

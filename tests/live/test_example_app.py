@@ -22,13 +22,14 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from fake_wire import Behaviour
 from tests.fake_provider import FakeProvider
 from tests.live.gateway import GatewayServer, SSEStream, tokens_text
+from tests.live.proxy import CuttableProxy
 from tests.live.test_browser import CHROMIUM_ARGS, SHOTS, ensure_chromium
 from tests.test_broker import REDIS_URL
 
 EXAMPLE = "examples.chat_app.wsgi:app"
 CONFIG = "examples/chat_app/gunicorn.conf.py"
 SYSTEM = "You are a helpful assistant talking to {}. Be concise."
-GRACE_S = 1.0  # the app's resume grace: how long a dropped reply goes on
+GRACE_S = 2.0  # the app's resume grace: how long a dropped reply goes on
 MAX_MESSAGES = 8  # SSE_GATEWAY_MAX_MESSAGES: a longer conversation is refused
 
 ANSWER = ["Bonjour", ", ", "Alice", " — ", "ça", " va", " ?", " 👋🏽", "\n", "日本語", " <b>ok</b>"]
@@ -52,6 +53,7 @@ def models(fake: FakeProvider) -> dict[str, str]:
         "owner": fake.scenario(slow),
         "follow": fake.scenario(slow),
         "limit": fake.scenario(slow),
+        "cut": fake.scenario(tokens=LONG[:60], delay=0.03),
         "long": fake.scenario(tokens=["unused"]),
     }
 
@@ -218,7 +220,8 @@ def test_in_chromium_sign_in_stream_stop_and_reload(
 
     # Tokens arrive one by one: the reply grows through prefixes of the answer.
     expected = "".join(ANSWER)
-    seen = set()
+    wait_reply_length(page, 1)
+    seen = {last_reply_text(page)}
     deadline = time.monotonic() + 10
     while page.locator('[data-state="streaming"]').count() and time.monotonic() < deadline:
         text = last_reply_text(page)
@@ -302,6 +305,35 @@ def test_in_chromium_another_tab_follows_a_running_reply(
     stream_id = page.locator('[data-role="assistant"]').get_attribute("data-stream-id")
     saved = app.saved_reply(stream_id or "")
     assert (saved["status"], saved["content"]) == ("cancelled", last_reply_text(page))
+
+
+def test_in_chromium_a_cut_connection_follows_the_reply_again(
+        app: App, page: Page, fake: FakeProvider, models: dict[str, str]) -> None:
+    """The page's POST connection breaks mid-reply: it follows the reply again
+    (EventSource, from its start) and shows it whole, once, from one provider call."""
+    model = models["cut"]
+    if app.server.label == "redis":
+        pytest.skip("runs once, on the in-process broker")
+    proxy = CuttableProxy(app.server.port)
+    try:
+        sign_in(page, proxy.url, "alice")
+        page.select_option('[data-testid="model-select"]', value=f"openai/{model}")
+        page.fill('[data-testid="prompt"]', "Stream through a flaky network")
+        page.click('[data-testid="send"]')
+        wait_reply_length(page, 30)
+        assert proxy.cut() >= 1
+        page.wait_for_selector('[data-role="assistant"][data-state="done"]')
+        assert last_reply_text(page) == "".join(LONG[:60])
+        assert fake.wait_closed(model).outcome == "complete"
+        assert len(fake.calls(model)) == 1
+        stream_id = page.locator('[data-role="assistant"]').get_attribute("data-stream-id")
+        follows = [path for method, path, _ in proxy.requests() if method == "GET"
+                   and path == f"/api/streams/{stream_id}/events"]
+        assert follows, proxy.requests()
+        saved = app.saved_reply(stream_id or "")
+        assert (saved["status"], saved["content"]) == ("done", "".join(LONG[:60]))
+    finally:
+        proxy.close()
 
 
 def test_on_end_saves_the_reply_after_done(app: App, fake: FakeProvider,

@@ -14,7 +14,6 @@ const sendButton = app.querySelector('[data-testid="send"]');
 const stopButton = app.querySelector('[data-testid="stop"]');
 const errorBox = app.querySelector('[data-testid="error"]');
 const CANCEL_NOTES = JSON.parse(app.dataset.cancelNotes);
-const RESUME_ATTEMPTS = 3;
 const TITLE_LENGTH = 60; // as chat.py's
 
 let streamUrl = null; // the running reply's stream (for Stop)
@@ -115,31 +114,16 @@ async function* serverSentEvents(body) {
   }
 }
 
-// Read a reply to its end; a dropped connection is resumed from the last event
-// seen (GET <stream>/events with Last-Event-ID), a few times.
-async function readReply(item, response, url) {
-  let lastId = null;
-  for (let attempt = 0; ; attempt += 1) {
-    try {
-      for await (const event of serverSentEvents(response.body)) {
-        if (event.id !== null) lastId = event.id;
-        if (apply(item, event.type, event.data)) return;
-      }
-    } catch (error) {
-      // the connection broke: resume below
+// Read a reply to its end; false when the connection broke first.
+async function readReply(item, response) {
+  try {
+    for await (const event of serverSentEvents(response.body)) {
+      if (apply(item, event.type, event.data)) return true;
     }
-    if (attempt === RESUME_ATTEMPTS) break;
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-    const headers = lastId === null ? {} : { "Last-Event-ID": lastId };
-    try {
-      response = await fetch(`${url}/events`, { headers });
-    } catch (error) {
-      continue;
-    }
-    if (response.status === 204) break; // ended, and we had its last event: cannot happen
-    if (!response.ok) break;
+  } catch (error) {
+    // the connection broke
   }
-  finish(item, "error", "the connection was lost: reload to see the saved reply");
+  return false;
 }
 
 async function createConversation() {
@@ -204,17 +188,24 @@ async function send(text) {
     showError(body.error?.message ?? body.error ?? "The message could not be sent.");
     return;
   }
-  const url = new URL(response.headers.get("Location"), window.location.href)
-    .pathname.replace(/\/events$/, "");
   reply.dataset.streamId = response.headers.get("X-Stream-ID");
-  busy(true, url);
-  await readReply(reply, response, url);
-  busy(false);
-  prompt.focus();
+  reply.dataset.eventsUrl = new URL(response.headers.get("Location"), window.location.href)
+    .pathname;
+  busy(true, reply.dataset.eventsUrl.replace(/\/events$/, ""));
+  if (await readReply(reply, response)) {
+    busy(false);
+    prompt.focus();
+    return;
+  }
+  // The connection broke before the reply's end: it goes on for the resume
+  // grace, so follow it again, from its start.
+  textOf(reply).textContent = "";
+  follow(reply);
 }
 
-// A reply still streaming when the page loaded: follow it with the browser's
-// own EventSource (same origin, so the session cookie goes with it).
+// Follow a reply with the browser's own EventSource (same origin, so the
+// session cookie goes with it; it reconnects with Last-Event-ID by itself):
+// one still streaming when the page loaded, or one whose connection broke.
 function follow(item) {
   const eventsUrl = item.dataset.eventsUrl;
   busy(true, eventsUrl.replace(/\/events$/, ""));
