@@ -58,7 +58,7 @@ def models(fake: FakeProvider) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="module", params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def app(fake: FakeProvider, models: dict[str, str], request: pytest.FixtureRequest,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     """The example under its own gunicorn config, the fake provider behind it."""
