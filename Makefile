@@ -6,7 +6,7 @@ BIND ?= 127.0.0.1:8000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint unit live js clients services clean
+.PHONY: help run test lint unit live js clients services clean example
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,16 @@ run: $(VENV)/.runtime ## Start the gateway on $(BIND) with the demo provider
 	@echo "  curl -N http://$(BIND)/v1/streams -H 'Content-Type: application/json' -d '{\"model\": \"demo/echo\", \"prompt\": \"Hello, streaming world\"}'"
 	@echo "Stop with Ctrl-C."
 	BIND=$(BIND) $(BIN)/gunicorn -c config/gunicorn.conf.py wsgi:app
+
+EXAMPLE_BIND ?= 127.0.0.1:8001
+
+$(VENV)/.example: requirements.txt examples/chat_app/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r examples/chat_app/requirements.txt
+	touch $@ $(VENV)/.runtime
+
+example: $(VENV)/.example ## Run the example chat app (examples/chat_app) on $(EXAMPLE_BIND), demo provider
+	@echo "Chat app on http://$(EXAMPLE_BIND) -- sign in as alice/alice or bob/bob. Stop with Ctrl-C."
+	BIND=$(EXAMPLE_BIND) $(BIN)/gunicorn -c examples/chat_app/gunicorn.conf.py examples.chat_app.wsgi:app
 
 # REQUIRE_REDIS=1: a test marked `redis` fails, instead of skipping, when no Redis
 # answers (tests/redis_server.py); `make services` has started one.
