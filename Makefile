@@ -63,7 +63,7 @@ services: ## Install redis-server, nginx, chromium and node if missing; start Re
 	@bash .ci/services.sh
 
 lint: $(VENV)/.dev ## ruff and mypy
-	$(BIN)/ruff check app sse_gateway sse_gateway_client tests config wsgi.py fake_wire.py
+	$(BIN)/ruff check app sse_gateway sse_gateway_client tests config examples wsgi.py fake_wire.py
 	$(BIN)/mypy
 
 clean: ## Remove the virtualenv and build artefacts
