@@ -159,6 +159,8 @@ def test_a_detached_stream_answers_201_and_keeps_its_metadata() -> None:
     try:
         status, body = post(client, {**OK, "detach": True, "metadata": {"job": "7"}},
                             headers={"X-Stream-ID": "d" * 16})
+        token = body.pop("token", "")
+        assert token.startswith("sst_")
         assert (status, body) == (201, {
             "stream_id": "d" * 16, "events_url": f"/v1/streams/{'d' * 16}/events",
             "status_url": f"/v1/streams/{'d' * 16}"})

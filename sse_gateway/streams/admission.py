@@ -33,7 +33,7 @@ def admit(config: StreamsConfig, broker: Broker, pumps: PumpGroup, holder: str,
     slot_owner = holder if config.max_streams_per_key else None
     if slot_owner and not broker.take_slot(slot_owner, key, config.max_streams_per_key):
         raise TooManyStreams(f"at most {config.max_streams_per_key} streams may run at once "
-                             "for one key; wait for one to end", retry_after=1)
+                             "for one key (one owner); wait for one to end", retry_after=1)
     return slot_owner
 
 

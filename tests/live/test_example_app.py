@@ -472,7 +472,7 @@ def test_other_refusals_are_the_products_json(app: App, fake: FakeProvider,
                                {"text": "one too many"}, bob)
     assert (reply.status, reply.headers["retry-after"], reply.json()) == (429, "1", {"error": {
         "code": "too_many_streams",
-        "message": "at most 3 streams may run at once for one key; wait for one to end"}})
+        "message": "at most 3 streams may run at once for one key (one owner); wait for one to end"}})
     assert app.rows(conversation) == before
     for stream in streams:
         path = f"/api/streams/{stream.header('X-Stream-ID')}"
