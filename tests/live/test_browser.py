@@ -8,26 +8,19 @@ Screenshots land in ``build/screenshots/``.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.fake_provider import FakeProvider
+from tests.live.browser import SHOTS, chromium, watched_page
 from tests.live.conftest import gateway_env
-from tests.live.gateway import ROOT, GatewayServer
+from tests.live.gateway import GatewayServer
 from tests.live.proxy import CuttableProxy
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-SHOTS = ROOT / "build" / "screenshots"
 RETRY_MS = 300  # the gateway's `retry:`, so the resume test waits little
 
 # Multi-byte characters, emoji (with a skin tone and a ZWJ family), CJK, newlines, a tab,
@@ -36,21 +29,6 @@ TOKENS = ["Hello", ", wörld", " 👋🏽", "\n", "日本語の", "テキスト"
           "<b>not bold</b>", " &amp;", "\tx", "\r\n", '{"content": 1}', " ça", " va", " ?",
           " naïve", " Ω≈ç√", " 🎉🎉", "\n", "end", "."]
 LONG = [f"word{i} " for i in range(300)]
-
-
-def ensure_chromium() -> Path:
-    """Debian's chromium, installed with apt-get (as root) when missing, with emoji and
-    CJK fonts so that the screenshots show the test's text (as .ci/services.sh does)."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.geteuid() != 0:
-        pytest.skip(f"{CHROMIUM} missing and not root: apt-get install -y chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium",
-                    "fonts-noto-color-emoji", "fonts-wqy-microhei"], check=True, env=env)
-    assert CHROMIUM.exists(), f"apt-get installed chromium but {CHROMIUM} is missing"
-    return CHROMIUM
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -85,29 +63,14 @@ def server(fake: FakeProvider, models: dict[str, str]) -> Iterator[GatewayServer
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = ensure_chromium()
-    playwright: Playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=str(executable), headless=True,
-                                              args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-    finally:
-        playwright.stop()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors == [], f"uncaught errors in the page: {errors}"
+    with watched_page(browser, viewport={"width": 1100, "height": 760}) as opened:
+        yield opened
 
 
 def open_page(page: Page, url: str) -> None:

@@ -17,13 +17,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from fake_wire import Behaviour
 from tests.fake_provider import FakeProvider
+from tests.live.browser import SHOTS, chromium, watched_page
 from tests.live.gateway import GatewayServer, SSEStream, tokens_text
 from tests.live.proxy import CuttableProxy
-from tests.live.test_browser import CHROMIUM_ARGS, SHOTS, ensure_chromium
 from tests.test_broker import REDIS_URL
 
 EXAMPLE = "examples.chat_app.wsgi:app"
@@ -88,28 +88,14 @@ def app(fake: FakeProvider, models: dict[str, str], request: pytest.FixtureReque
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=str(ensure_chromium()),
-                                              headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-    finally:
-        playwright.stop()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 700})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors == [], f"uncaught errors in the page: {errors}"
+    with watched_page(browser, viewport={"width": 1100, "height": 700}) as opened:
+        yield opened
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -583,56 +583,46 @@ def test_a_killed_producers_stream_nobody_reads_is_swept_and_its_hooks_run_once(
 
 def test_a_browsers_eventsource_follows_with_the_session_cookie(
         host: Host, fake: FakeProvider) -> None:
-    from playwright.sync_api import sync_playwright
+    from tests.live.browser import chromium, watched_page
 
-    from tests.live.test_browser import CHROMIUM_ARGS, ensure_chromium
-
-    executable = ensure_chromium()
     tokens = TOKENS * 3
     model = fake.scenario(tokens=tokens, delay=0.02)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(executable), headless=True,
-                                             args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(host.server.url + "/")
-            result = page.evaluate("""async (model) => {
-                const json = {'Content-Type': 'application/json'};
-                await fetch('/login', {method: 'POST', headers: json,
-                                       body: JSON.stringify({user: 'carol'})});
-                const started = await fetch('/chat', {method: 'POST', headers: json,
-                    body: JSON.stringify({model: 'openai/' + model, prompt: 'hi',
-                                          conversation: 'browser', resume_grace_s: 30})});
-                const id = started.headers.get('X-Stream-ID');
-                const location = started.headers.get('Location');
-                await started.body.cancel();   // the page hands the stream to an EventSource
-                return await new Promise((resolve) => {
-                    const source = new EventSource(location);
-                    const seen = {id, location, text: '', ids: [], names: []};
-                    const take = (name) => (event) => {
-                        seen.ids.push(Number(event.lastEventId));
-                        seen.names.push(name);
-                        if (name === 'token') seen.text += JSON.parse(event.data).content;
-                        if (name === 'done') { source.close(); resolve(seen); }
-                    };
-                    for (const name of ['start', 'token', 'done', 'error', 'cancelled'])
-                        source.addEventListener(name, take(name));
-                    source.onerror = () => { seen.failed = source.readyState;
-                                             source.close(); resolve(seen); };
-                });
-            }""", model)
-            # Logged out, the same EventSource is refused (401): the cookie was the key.
-            refused = page.evaluate("""async (location) => {
-                await fetch('/logout', {method: 'POST'});
-                return await new Promise((resolve) => {
-                    const source = new EventSource(location);
-                    source.onopen = () => { source.close(); resolve('opened'); };
-                    source.onerror = () => { resolve(source.readyState); source.close(); };
-                });
-            }""", result["location"])
-        finally:
-            browser.close()
+    with chromium() as browser, watched_page(browser) as page:
+        page.goto(host.server.url + "/")
+        result = page.evaluate("""async (model) => {
+            const json = {'Content-Type': 'application/json'};
+            await fetch('/login', {method: 'POST', headers: json,
+                                   body: JSON.stringify({user: 'carol'})});
+            const started = await fetch('/chat', {method: 'POST', headers: json,
+                body: JSON.stringify({model: 'openai/' + model, prompt: 'hi',
+                                      conversation: 'browser', resume_grace_s: 30})});
+            const id = started.headers.get('X-Stream-ID');
+            const location = started.headers.get('Location');
+            await started.body.cancel();   // the page hands the stream to an EventSource
+            return await new Promise((resolve) => {
+                const source = new EventSource(location);
+                const seen = {id, location, text: '', ids: [], names: []};
+                const take = (name) => (event) => {
+                    seen.ids.push(Number(event.lastEventId));
+                    seen.names.push(name);
+                    if (name === 'token') seen.text += JSON.parse(event.data).content;
+                    if (name === 'done') { source.close(); resolve(seen); }
+                };
+                for (const name of ['start', 'token', 'done', 'error', 'cancelled'])
+                    source.addEventListener(name, take(name));
+                source.onerror = () => { seen.failed = source.readyState;
+                                         source.close(); resolve(seen); };
+            });
+        }""", model)
+        # Logged out, the same EventSource is refused (401): the cookie was the key.
+        refused = page.evaluate("""async (location) => {
+            await fetch('/logout', {method: 'POST'});
+            return await new Promise((resolve) => {
+                const source = new EventSource(location);
+                source.onopen = () => { source.close(); resolve('opened'); };
+                source.onerror = () => { resolve(source.readyState); source.close(); };
+            });
+        }""", result["location"])
     stream_id = result["id"]
     assert result.get("failed") is None, result
     assert refused == 2  # EventSource.CLOSED: a non-200 answer ends it, no reconnecting

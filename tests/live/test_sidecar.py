@@ -21,14 +21,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from app.security import key_id
 from app.tokens import PREFIX, StreamTokens
 from tests.fake_provider import FakeProvider
+from tests.live.browser import chromium, watched_page
 from tests.live.conftest import gateway_env
 from tests.live.gateway import GatewayServer, Reply, tokens_text
-from tests.live.test_browser import CHROMIUM_ARGS, TOKENS, ensure_chromium
+from tests.live.test_browser import TOKENS
 from tests.test_broker import REDIS_URL
 
 # Fresh keys each run: their counts live in Redis, across runs.
@@ -153,29 +154,14 @@ def sidecar(fake: FakeProvider, request: pytest.FixtureRequest) -> Iterator[Gate
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = ensure_chromium()
-    playwright: Playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=str(executable), headless=True,
-                                              args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-    finally:
-        playwright.stop()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors == [], f"uncaught errors in the page: {errors}"
+    with watched_page(browser) as opened:
+        yield opened
 
 
 # ------------------------------------------------------------------------------- detach

@@ -11,12 +11,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.fake_provider import Behaviour, FakeProvider
+from tests.live.browser import chromium, watched_page
 from tests.live.conftest import gateway_env
 from tests.live.gateway import ROOT, GatewayServer
-from tests.live.test_browser import CHROMIUM_ARGS, TOKENS, ensure_chromium
+from tests.live.test_browser import TOKENS
 
 EXAMPLE = ROOT / "examples" / "sidecar"
 KEY = f"sk-sidecar-example-{secrets.token_hex(8)}"
@@ -63,30 +64,14 @@ def servers(fake: FakeProvider, model: str) -> Iterator[tuple[GatewayServer, Gat
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = ensure_chromium()
-    playwright: Playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=str(executable), headless=True,
-                                              args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-    finally:
-        playwright.stop()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors == [], f"errors in the page: {errors}"
+    with watched_page(browser, console_errors=True) as opened:
+        yield opened
 
 
 def ask(page: Page, text: str) -> dict[str, str]:
