@@ -33,6 +33,11 @@ def _other_database(url: str) -> str:
 # SIGKILLed producer, and that gateway's sweeper could declare this process's
 # streams, whose ``on_lost`` these tests count. Same server, so reachable alike.
 SWEEP_REDIS_URL = os.environ.get("TEST_REDIS_SWEEP_URL") or _other_database(REDIS_URL)
+# For the same reason, the live tests that SIGKILL a producer and count which
+# instance declares its stream lost keep their instances on a database of their
+# own: no other server of the suite sweeps it.
+CLUSTER_REDIS_URL = (os.environ.get("TEST_REDIS_CLUSTER_URL")
+                     or urlsplit(REDIS_URL)._replace(path="/12").geturl())
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import Browser
 
 from tests.fake_provider import FakeProvider
 from tests.live.gateway import OPEN_STREAMS, GatewayServer
@@ -42,6 +43,15 @@ def gateway(fake: FakeProvider, request: pytest.FixtureRequest) -> Iterator[Gate
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (Debian's, driven by Playwright), one per test module."""
+    from tests.live.browser import chromium
+
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(autouse=True)

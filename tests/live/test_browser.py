@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.fake_provider import FakeProvider
-from tests.live.browser import SHOTS, chromium, watched_page
+from tests.live.browser import SHOTS, watched_page
 from tests.live.conftest import gateway_env
 from tests.live.gateway import GatewayServer
 from tests.live.proxy import CuttableProxy
@@ -59,12 +59,6 @@ def server(fake: FakeProvider, models: dict[str, str]) -> Iterator[GatewayServer
         yield gateway.start()
     finally:
         gateway.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, Page
 
 from fake_wire import Behaviour
 from tests.fake_provider import FakeProvider
-from tests.live.browser import SHOTS, chromium, watched_page
+from tests.live.browser import SHOTS, watched_page
 from tests.live.gateway import GatewayServer, SSEStream, tokens_text
 from tests.live.proxy import CuttableProxy
 from tests.test_broker import REDIS_URL
@@ -84,12 +84,6 @@ def app(fake: FakeProvider, models: dict[str, str], request: pytest.FixtureReque
         yield App(server, db)
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from tests.conftest import record
 from tests.fake_provider import FakeProvider
 from tests.live import host_app
 from tests.live.gateway import ROOT, GatewayServer, Reply, SSEStream, tokens_text, worker_pid
-from tests.test_broker import REDIS_URL
+from tests.redis_server import CLUSTER_REDIS_URL
 
 PREFIX = "/api/v2/llm"
 PRODUCER_TIMEOUT_S = 1.0
@@ -472,7 +472,9 @@ def test_a_raising_and_a_hanging_hook_change_nothing(
 
 
 def redis_settings() -> dict[str, str]:
-    return {"REDIS_URL": REDIS_URL, "PRODUCER_TIMEOUT_S": str(PRODUCER_TIMEOUT_S)}
+    # A database no other server of the suite sweeps: which instance declares a
+    # killed producer's stream lost is what these tests count.
+    return {"REDIS_URL": CLUSTER_REDIS_URL, "PRODUCER_TIMEOUT_S": str(PRODUCER_TIMEOUT_S)}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import re
 import secrets
@@ -26,9 +25,10 @@ from playwright.sync_api import Browser, Page
 from app.security import key_id
 from app.tokens import PREFIX, StreamTokens
 from tests.fake_provider import FakeProvider
-from tests.live.browser import chromium, watched_page
+from tests.live.browser import watched_page
 from tests.live.conftest import gateway_env
 from tests.live.gateway import GatewayServer, Reply, tokens_text
+from tests.live.test_abuse import request_from
 from tests.live.test_browser import TOKENS
 from tests.test_broker import REDIS_URL
 
@@ -90,20 +90,6 @@ def ended(server: GatewayServer, path: str, headers: dict[str, str] | None = Non
     return found
 
 
-def request_from(server: GatewayServer, source: str, method: str, path: str,
-                 headers: dict[str, str] | None = None) -> Reply:
-    """One request from another loopback address (auth failures are counted per address)."""
-    connection = http.client.HTTPConnection(server.host, server.port, timeout=10,
-                                            source_address=(source, 0))
-    try:
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
-                     response.read())
-    finally:
-        connection.close()
-
-
 def expired_token(owner_key: str, stream_id: str, secret: str = SECRET) -> str:
     """A token the gateway signed (same secret), issued two hours ago for one hour."""
     past = StreamTokens(secret.encode(), 3600, clock=lambda: time.time() - 7200)
@@ -150,12 +136,6 @@ def sidecar(fake: FakeProvider, request: pytest.FixtureRequest) -> Iterator[Gate
                       ACCESS_LOG="-", RETRY_MS=str(RETRY_MS), **extra)
     with GatewayServer(env, label=request.param) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture

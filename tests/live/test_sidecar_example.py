@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.live.browser import chromium, watched_page
+from tests.live.browser import watched_page
 from tests.live.conftest import gateway_env
 from tests.live.gateway import ROOT, GatewayServer
 from tests.live.test_browser import TOKENS
@@ -60,12 +60,6 @@ def servers(fake: FakeProvider, model: str) -> Iterator[tuple[GatewayServer, Gat
     finally:
         backend.stop()
         gateway.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture
