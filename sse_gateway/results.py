@@ -52,7 +52,7 @@ class StreamResult:
     metrics: dict[str, Any] | None  # done's metrics (ttft_ms, duration_ms, tokens_per_second)
     metadata: dict[str, str]
     created: float  # wall-clock seconds
-    ended: float  # wall-clock seconds at which its terminal event was stored
+    ended: float  # wall-clock seconds at which its terminal event was stored (unrounded)
     terminal: dict[str, Any] = field(default_factory=dict)  # the terminal event's payload
 
     @property

@@ -32,7 +32,7 @@ def from_state(state: StreamState, outcome: Outcome, owner: str,
         model=state.model, message=Message(state.text),
         usage=usage if any(v is not None for v in usage.values()) else None,
         metrics=data.get("metrics"), metadata=metadata, created=state.created,
-        ended=round(ended_at, 3), terminal=data)
+        ended=ended_at, terminal=data)
 
 
 def from_store(broker: Broker, key: str, public_id: str,
@@ -62,7 +62,7 @@ def from_store(broker: Broker, key: str, public_id: str,
                    or terminal.get("finish_reason", "")),
         model=terminal.get("model") or info.model, message=message,
         usage=info.usage, metrics=terminal.get("metrics"), metadata=info.metadata,
-        created=info.created, ended=round(ended_at, 3), terminal=terminal)
+        created=info.created, ended=ended_at, terminal=terminal)
 
 
 def message(broker: Broker, info: StreamInfo) -> Message:
