@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, request, url_for
@@ -68,7 +68,6 @@ class _State:
     streams: Streams
     owner: Owner | None
     blueprint: str | None  # the blueprint's name, where follow/status/cancel live
-    hooks: list[Hook] = field(default_factory=list)
 
 
 class Streaming:
