@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
+
+from tests.replay import ReplayServer, replaying
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings" / "anthropic"
 # Any model name the SDK does not warn about; the recording decides what answers.
@@ -33,55 +33,27 @@ STREAM_RECORDINGS = sorted(
 )
 
 
-class _Replay(BaseHTTPRequestHandler):
-    """Answer POST /v1/messages with the bytes in the server's `body`."""
+class _Served:
+    """The recording the module's replay server sends next."""
 
-    server: _ReplayServer
-
-    def do_POST(self) -> None:
-        """Send the recording's bytes as one text/event-stream body."""
-        length = int(self.headers.get("Content-Length", "0"))
-        self.server.requests.append((self.path, json.loads(self.rfile.read(length))))
-        if self.path != "/v1/messages":
-            self.send_error(404)
-            return
-        body = self.server.body
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep the test output quiet."""
-
-
-class _ReplayServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Replay)
-        self.body = b""
-        self.requests: list[tuple[str, Any]] = []
+    body = b""
 
 
 @pytest.fixture(scope="module")
-def replay() -> Iterator[_ReplayServer]:
+def replay() -> Iterator[ReplayServer]:
     """Serve recordings on a free loopback port for the module's tests."""
-    server = _ReplayServer()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with replaying("/v1/messages", lambda _: _Served.body) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
-def _client(server: _ReplayServer) -> anthropic.Anthropic:
-    host, port = server.server_address[:2]
-    return anthropic.Anthropic(base_url=f"http://{host!s}:{port}", api_key="x", max_retries=0)
+def _client(server: ReplayServer) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0)
+
+
+def _events(client: anthropic.Anthropic) -> Any:
+    """The raw event stream of one request (``messages.create(stream=True)``)."""
+    return client.messages.create(model=MODEL, max_tokens=1024,
+                                  messages=[{"role": "user", "content": "Hello"}], stream=True)
 
 
 def _event_names(raw: bytes) -> list[str]:
@@ -92,8 +64,8 @@ def _event_names(raw: bytes) -> list[str]:
     ]
 
 
-def _final_message(server: _ReplayServer, name: str) -> dict[str, Any]:
-    server.body = (RECORDINGS / f"{name}.sse").read_bytes()
+def _final_message(server: ReplayServer, name: str) -> dict[str, Any]:
+    _Served.body = (RECORDINGS / f"{name}.sse").read_bytes()
     with _client(server) as client, client.messages.stream(
         model=MODEL,
         max_tokens=1024,
@@ -114,17 +86,11 @@ def test_every_recording_has_its_source_and_expected_result() -> None:
 
 
 @pytest.mark.parametrize("name", STREAM_RECORDINGS)
-def test_sdk_parses_every_event(replay: _ReplayServer, name: str) -> None:
+def test_sdk_parses_every_event(replay: ReplayServer, name: str) -> None:
     raw = (RECORDINGS / f"{name}.sse").read_bytes()
-    replay.body = raw
+    _Served.body = raw
     with _client(replay) as client:
-        stream = client.messages.create(
-            model=MODEL,
-            max_tokens=1024,
-            messages=[{"role": "user", "content": "Hello"}],
-            stream=True,
-        )
-        types = [event.type for event in stream]
+        types = [event.type for event in _events(client)]
     # The SDK skips pings and yields every other event, in order, typed.
     assert types == [n for n in _event_names(raw) if n != "ping"]
     assert types[0] == "message_start"
@@ -132,7 +98,7 @@ def test_sdk_parses_every_event(replay: _ReplayServer, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", STREAM_RECORDINGS)
-def test_sdk_assembles_the_expected_message(replay: _ReplayServer, name: str) -> None:
+def test_sdk_assembles_the_expected_message(replay: ReplayServer, name: str) -> None:
     expected = json.loads((RECORDINGS / f"{name}.expected.json").read_text())
     assert _final_message(replay, name) == expected
     path, body = replay.requests[-1]
@@ -140,16 +106,11 @@ def test_sdk_assembles_the_expected_message(replay: _ReplayServer, name: str) ->
     assert body["stream"] is True
 
 
-def test_sdk_raises_the_midstream_error(replay: _ReplayServer) -> None:
-    replay.body = (RECORDINGS / "error_midstream_fragment.sse").read_bytes()
+def test_sdk_raises_the_midstream_error(replay: ReplayServer) -> None:
+    _Served.body = (RECORDINGS / "error_midstream_fragment.sse").read_bytes()
     seen: list[str] = []
     with _client(replay) as client:
-        stream = client.messages.create(
-            model=MODEL,
-            max_tokens=1024,
-            messages=[{"role": "user", "content": "Hello"}],
-            stream=True,
-        )
+        stream = _events(client)
         with pytest.raises(anthropic.APIStatusError) as raised:
             for event in stream:
                 assert event.type == "content_block_delta"
@@ -168,18 +129,12 @@ def test_sdk_raises_the_midstream_error(replay: _ReplayServer) -> None:
 
 
 def _write_expected() -> None:
-    server = _ReplayServer()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with replaying("/v1/messages", lambda _: _Served.body) as server:
         for name in STREAM_RECORDINGS:
             result = _final_message(server, name)
             path = RECORDINGS / f"{name}.expected.json"
             path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
             print(path)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 if __name__ == "__main__":

@@ -25,56 +25,30 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from tests.replay import replaying
+
 RECORDINGS = Path(__file__).resolve().parent / "recordings" / "openai"
 NAMES = sorted(p.stem for p in RECORDINGS.glob("*.sse"))
 
 
-class _ReplayHandler(BaseHTTPRequestHandler):
-    """Answer POST /v1/chat/completions with the recording named by the request's model."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        model = json.loads(body).get("model") if body else None
-        if self.path != "/v1/chat/completions" or model not in NAMES:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = (RECORDINGS / f"{model}.sse").read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep the test output quiet."""
+def _recording(body: Any) -> bytes | None:
+    """The recording a request names by its model (None: no such recording)."""
+    model = body.get("model") if isinstance(body, dict) else None
+    return (RECORDINGS / f"{model}.sse").read_bytes() if model in NAMES else None
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     """Serve the recordings on a free loopback port for this module."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ReplayHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="recordings-openai", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with replaying("/v1/chat/completions", _recording) as server:
+        yield server.url + "/v1"
 
 
 def _append(current: str | None, piece: Any) -> str | None:

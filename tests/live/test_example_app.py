@@ -185,6 +185,14 @@ def last_reply_text(page: Page) -> str:
                .get_by_test_id("message-text").text_content())
 
 
+def send(page: Page, text: str, model: str | None = None) -> None:
+    """Type ``text`` and send it (in a new conversation with ``model``, if given)."""
+    if model is not None:
+        page.select_option('[data-testid="model-select"]', value=model)
+    page.fill('[data-testid="prompt"]', text)
+    page.click('[data-testid="send"]')
+
+
 # ------------------------------------------------------------------------------- tests
 
 
@@ -194,9 +202,7 @@ def test_in_chromium_sign_in_stream_stop_and_reload(
     if app.server.label == "redis":
         pytest.skip("the browser flow runs once, on the in-process broker")
     sign_in(page, app.server.url, "alice")
-    page.select_option('[data-testid="model-select"]', value=f"openai/{model}")
-    page.fill('[data-testid="prompt"]', "Hello")
-    page.click('[data-testid="send"]')
+    send(page, "Hello", model=f"openai/{model}")
 
     # Tokens arrive one by one: the reply grows through prefixes of the answer.
     expected = "".join(ANSWER)
@@ -219,8 +225,7 @@ def test_in_chromium_sign_in_stream_stop_and_reload(
     assert fake.wait_closed(model).body["messages"] == prompt("alice", ("user", "Hello"))
 
     # A second question; Stop while it streams.
-    page.fill('[data-testid="prompt"]', "Tell me more")
-    page.click('[data-testid="send"]')
+    send(page, "Tell me more")
     page.wait_for_selector('[data-role="assistant"] >> nth=1')
     wait_reply_length(page, 40)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -264,9 +269,7 @@ def test_in_chromium_another_tab_follows_a_running_reply(
     if app.server.label == "memory":
         pytest.skip("runs once, on Redis (the other browser test runs in memory)")
     sign_in(page, app.server.url, "bob")
-    page.select_option('[data-testid="model-select"]', value=f"openai/{model}")
-    page.fill('[data-testid="prompt"]', "Talk for a long time")
-    page.click('[data-testid="send"]')
+    send(page, "Talk for a long time", model=f"openai/{model}")
     wait_reply_length(page, 20)
     other = page.context.new_page()
     other.goto(page.url)
@@ -297,9 +300,7 @@ def test_in_chromium_a_cut_connection_follows_the_reply_again(
     proxy = CuttableProxy(app.server.port)
     try:
         sign_in(page, proxy.url, "alice")
-        page.select_option('[data-testid="model-select"]', value=f"openai/{model}")
-        page.fill('[data-testid="prompt"]', "Stream through a flaky network")
-        page.click('[data-testid="send"]')
+        send(page, "Stream through a flaky network", model=f"openai/{model}")
         wait_reply_length(page, 30)
         assert proxy.cut() >= 1
         page.wait_for_selector('[data-role="assistant"][data-state="done"]')
