@@ -1,11 +1,12 @@
 """Every event a stream carries, its payload, and the one table of error codes.
 
 Sans-IO: no Flask, no broker, no sockets. A stream is a numbered log of
-``Event`` values (ids from 0): ``start``, then output (``token``), then exactly
-one terminal event (``done``, ``error`` or ``cancelled``). The producer builds
-each event once, here, with its payload serialised once as one line of UTF-8
-JSON; the broker stores it as is; a transport renders it (``transports.sse``
-today). Rendering is a pure function of the event, so a replay is
+``Event`` values (ids from 0): ``start``, then output (``token``,
+``reasoning``, ``refusal``, ``tool_call``, ``tool_call_delta``,
+``tool_call_done``), then exactly one terminal event (``done``, ``error`` or
+``cancelled``). The producer builds each event once, here, with its payload
+serialised once as one line of UTF-8 JSON; the broker stores it as is; a
+transport renders it (``transports.sse`` today). Rendering is a pure function of the event, so a replay is
 byte-identical for a given transport.
 
 Error codes, in a stream (the ``error`` event's ``code``) and outside one (an
@@ -20,6 +21,9 @@ from typing import Any, NamedTuple
 
 # Event names.
 START, TOKEN, DONE, ERROR, CANCELLED = "start", "token", "done", "error", "cancelled"
+REASONING, REFUSAL = "reasoning", "refusal"
+TOOL_CALL, TOOL_CALL_DELTA, TOOL_CALL_DONE = "tool_call", "tool_call_delta", "tool_call_done"
+OUTPUT = frozenset({TOKEN, REASONING, REFUSAL, TOOL_CALL, TOOL_CALL_DELTA, TOOL_CALL_DONE})
 TERMINAL = frozenset({DONE, ERROR, CANCELLED})
 
 # A stream's status: running, or the name of its terminal event.
@@ -67,10 +71,36 @@ def token(event_id: int, content: str) -> Event:
     return Event(event_id, TOKEN, encode({"content": content}))
 
 
+def reasoning(event_id: int, content: str) -> Event:
+    return Event(event_id, REASONING, encode({"content": content}))
+
+
+def refusal(event_id: int, content: str) -> Event:
+    return Event(event_id, REFUSAL, encode({"content": content}))
+
+
+def tool_call(event_id: int, index: int, call_id: str, name: str) -> Event:
+    return make(event_id, TOOL_CALL, {"index": index, "id": call_id, "name": name})
+
+
+def tool_call_delta(event_id: int, index: int, arguments: str) -> Event:
+    return Event(event_id, TOOL_CALL_DELTA, encode({"index": index, "arguments": arguments}))
+
+
+def tool_call_done(event_id: int, index: int, call_id: str, name: str, arguments: str) -> Event:
+    return make(event_id, TOOL_CALL_DONE, {"index": index, "id": call_id, "name": name,
+                                           "arguments": arguments})
+
+
 def done(event_id: int, *, finish_reason: str, model: str, usage: dict[str, Any],
-         metrics: dict[str, Any]) -> Event:
-    return make(event_id, DONE, {"finish_reason": finish_reason, "model": model,
-                                 "usage": usage, "metrics": metrics})
+         metrics: dict[str, Any], provider_finish_reason: str | None = None,
+         provider_data: dict[str, Any] | None = None) -> Event:
+    """``done``; ``provider_data`` is there only when the provider gave some."""
+    payload = {"finish_reason": finish_reason, "provider_finish_reason": provider_finish_reason,
+               "model": model, "usage": usage, "metrics": metrics}
+    if provider_data:
+        payload["provider_data"] = provider_data
+    return make(event_id, DONE, payload)
 
 
 def error(event_id: int | None, code: str, message: str, *, retryable: bool | None = None,

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sse_gateway.events import TOKEN, Event
+from sse_gateway import events
+from sse_gateway.events import Event
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,41 @@ class Message:
 
 
 def assemble(stored: Iterable[Event]) -> Message:
-    """The message the output events among ``stored`` add up to."""
-    return Message("".join(json.loads(e.data)["content"] for e in stored if e.name == TOKEN))
+    """The message the events among ``stored`` add up to (as far as they go): the
+    output events' text per kind, the tool calls by index, and ``done``'s
+    ``provider_data``."""
+    text: list[str] = []
+    reasoning: list[str] = []
+    refusal: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    arguments: dict[int, list[str]] = {}
+    provider_data = None
+    for event in stored:
+        name = event.name
+        if name not in events.OUTPUT:
+            if name == events.DONE:
+                provider_data = json.loads(event.data).get("provider_data")
+            continue
+        data = json.loads(event.data)
+        if name == events.TOKEN:
+            text.append(data["content"])
+        elif name == events.REASONING:
+            reasoning.append(data["content"])
+        elif name == events.REFUSAL:
+            refusal.append(data["content"])
+        elif name == events.TOOL_CALL:
+            calls[data["index"]] = {"id": data["id"], "type": "function",
+                                    "function": {"name": data["name"], "arguments": ""}}
+            arguments[data["index"]] = []
+        elif name == events.TOOL_CALL_DELTA:
+            arguments[data["index"]].append(data["arguments"])
+        elif name == events.TOOL_CALL_DONE:
+            arguments[data["index"]] = [data["arguments"]]
+    for index, call in calls.items():
+        call["function"]["arguments"] = "".join(arguments[index])
+    return Message("".join(text), [calls[i] for i in sorted(calls)] or None,
+                   "".join(reasoning) if reasoning else None,
+                   "".join(refusal) if refusal else None, provider_data)
 
 
 @dataclass(frozen=True)

@@ -157,18 +157,18 @@ def test_demo_provider() -> None:
     deltas = list(demo.stream(ChatRequest("echo", (Message("system", "s"),
                                                    Message("user", "one two  three")))))
     assert [d.text for d in deltas if isinstance(d, TextDelta)] == ["one ", "two  ", "three"]
-    assert deltas[-2:] == [Usage(4, 3), Finished("stop")]
+    assert deltas[-2:] == [Usage(4, 3), Finished("stop", "stop")]
     deltas = list(demo.stream(ChatRequest("echo", (Message("user", "a b c"),), max_tokens=2)))
     assert [d.text for d in deltas if isinstance(d, TextDelta)] == ["a ", "b "]
-    assert deltas[-1] == Finished("length")
+    assert deltas[-1] == Finished("length", "length")
     with pytest.raises(UpstreamBadRequest):
         list(demo.stream(ChatRequest("nope", (Message("user", "x"),))))
     deltas = list(demo.stream(ChatRequest("echo", (Message("user", "a b"),), max_tokens=2)))
     assert [d.text for d in deltas if isinstance(d, TextDelta)] == ["a ", "b"]
-    assert deltas[-2:] == [Usage(2, 2), Finished("stop")]  # exactly the limit: not cut
+    assert deltas[-2:] == [Usage(2, 2), Finished("stop", "stop")]  # exactly the limit: not cut
     deltas = list(demo.stream(ChatRequest("lorem", (Message("user", "x"),), max_tokens=3)))
     assert "".join(d.text for d in deltas if isinstance(d, TextDelta)) == "lorem ipsum dolor"
-    assert deltas[-2:] == [Usage(1, 3), Finished("stop")]
+    assert deltas[-2:] == [Usage(1, 3), Finished("stop", "stop")]
 
 
 def test_demo_provider_costs_little_memory_at_any_prompt_size() -> None:
@@ -191,5 +191,5 @@ def test_demo_provider_costs_little_memory_at_any_prompt_size() -> None:
         peaks.append(tracemalloc.get_traced_memory()[1])
     finally:
         tracemalloc.stop()
-    assert list(deltas) == [Finished("stop")]
+    assert list(deltas) == [Finished("stop", "stop")]
     assert max(peaks) < 64 * 1024, f"the demo provider peaked at {peaks} bytes"

@@ -172,13 +172,13 @@ def down(provider: str) -> UpstreamUnavailable:
 def test_a_stream_is_start_tokens_then_done_with_usage_and_metrics() -> None:
     world = World()
     openai = world.provider("openai", [0.5, TextDelta("Hel"), 0.25, TextDelta("lo"),
-                                       Usage(3, 2), Finished("length")])
+                                       Usage(3, 2), Finished("length", "length")])
     pump = world.pump(("openai/a", openai))
     assert world.run(pump) == [
         ("start", {"stream_id": "public", "model": "openai/a", "created": 1.0}),
         ("token", {"content": "Hel"}),
         ("token", {"content": "lo"}),
-        ("done", {"finish_reason": "length", "model": "openai/a",
+        ("done", {"finish_reason": "length", "provider_finish_reason": "length", "model": "openai/a",
                   "usage": {"input_tokens": 3, "output_tokens": 2},
                   "metrics": {"ttft_ms": 500.0, "duration_ms": 750.0,
                               "tokens_per_second": 8.0}}),
@@ -358,6 +358,6 @@ def test_an_empty_answer_is_done_without_metrics_of_output(answer: list[Step]) -
     world = World()
     events = world.run(world.pump(("openai/a", world.provider("openai", answer))))
     assert terminal(events) == ("done", {
-        "finish_reason": "stop", "model": "openai/a",
+        "finish_reason": "stop", "provider_finish_reason": None, "model": "openai/a",
         "usage": {"input_tokens": None, "output_tokens": None},
         "metrics": {"ttft_ms": None, "duration_ms": 0.0, "tokens_per_second": None}})

@@ -23,5 +23,6 @@ def test_the_readme_example_streams_the_answer() -> None:
     out = done.stdout
     assert out.startswith("id: 0\nevent: start\ndata: {")
     assert 'event: token\ndata: {"content": "Hi "}\n\n' in out
-    assert '\nevent: done\ndata: {"finish_reason": "stop", "model": "demo/echo"' in out
+    assert ('\nevent: done\ndata: {"finish_reason": "stop", "provider_finish_reason": "stop", '
+            '"model": "demo/echo"') in out
     assert out.endswith("\n\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sse_gateway.events import Event
-from sse_gateway.providers.base import Output, TextDelta, Usage
+from sse_gateway.providers.base import Finished, Output, TextDelta, Usage
 from sse_gateway.pump import StreamState
 
 
@@ -51,11 +51,11 @@ def test_done_carries_usage_and_metrics() -> None:
     relay(s, "b", 100.7)
     s.add_usage(Usage(input_tokens=7))
     s.add_usage(Usage(output_tokens=4))  # a later report keeps what it does not say
-    s.finish_reason = "length"
+    s.finished(Finished("length", "max_tokens"))
     outcome = s.done(101.2)
     assert (outcome.status, outcome.reason) == ("done", "length")
     assert outcome.data == {
-        "finish_reason": "length", "model": "openai/a",
+        "finish_reason": "length", "provider_finish_reason": "max_tokens", "model": "openai/a",
         "usage": {"input_tokens": 7, "output_tokens": 4},
         # 4 output tokens over the 0.5 s from the first output to the end
         "metrics": {"ttft_ms": 200.0, "duration_ms": 1200.0, "tokens_per_second": 4.0}}

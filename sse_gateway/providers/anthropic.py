@@ -51,6 +51,9 @@ class AnthropicProvider:
     def available(self) -> bool:
         return self._configured
 
+    def check(self, request: ChatRequest) -> None:
+        """Every field is passed on (to be refined)."""
+
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         body: dict[str, Any] = {
             "model": request.model,
@@ -59,7 +62,7 @@ class AnthropicProvider:
                          for m in request.messages if m.role != "system"],
             "stream": True,
         }
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        system = "\n\n".join(m.text for m in request.messages if m.role == "system")
         if system:
             body["system"] = system
         if request.temperature is not None:

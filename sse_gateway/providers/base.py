@@ -1,7 +1,9 @@
 """What every provider adapter takes, yields and raises.
 
-An adapter turns one ``ChatRequest`` into an iterator of plain deltas
-(``TextDelta``, ``Usage``, ``Finished``) and translates its SDK's exceptions at
+An adapter turns one ``ChatRequest`` into an iterator of plain deltas (output:
+``TextDelta``, ``ReasoningDelta``, ``RefusalDelta``, ``ToolCallStart``,
+``ToolCallDelta``, ``ToolCallEnd``; news: ``Usage``, ``Finished``,
+``ProviderData``, ``Unrelayed``) and translates its SDK's exceptions at
 the boundary into one tree, so nothing above this package knows an SDK:
 
     ProviderError                 code                   retryable
@@ -20,23 +22,107 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A text part of a message's content."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image part: an ``https://`` URL or a ``data:image/...;base64,`` URL."""
+
+    url: str
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the assistant made, as a client sends it back (OpenAI's shape)."""
+
+    id: str
+    name: str
+    arguments: str  # the JSON text, as the model wrote it
 
 
 @dataclass(frozen=True)
 class Message:
-    role: str
-    content: str
+    """One message of the conversation, provider-neutral.
+
+    ``content`` is a string or a tuple of parts (user messages may hold
+    images). Assistant messages may carry ``tool_calls``, a ``refusal`` and the
+    ``provider_data`` the gateway gave out for them (e.g. Anthropic's signed
+    thinking blocks); tool messages carry ``tool_call_id``.
+    """
+
+    role: str  # system, user, assistant or tool
+    content: str | tuple[Part, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    refusal: str | None = None
+    provider_data: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """The text of the content (its text parts joined, images left out)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema object
+
+
+@dataclass(frozen=True)
+class NamedTool:
+    """``tool_choice`` naming one function the model must call."""
+
+    name: str
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One generation, as the provider will be asked for it."""
+    """One generation, as the provider will be asked for it.
+
+    ``tool_choice`` is "auto", "none", "required", or a tool's name wrapped in
+    ``NamedTool``. ``reasoning_effort`` is for OpenAI-compatible reasoning
+    models, ``reasoning_budget`` for Anthropic extended thinking.
+    ``response_format`` is OpenAI's object, unchanged.
+    """
 
     model: str  # the provider's own model name (after 'provider/')
     messages: tuple[Message, ...]
     max_tokens: int | None = None
     temperature: float | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str | NamedTool | None = None
+    reasoning_effort: str | None = None
+    reasoning_budget: int | None = None
+    response_format: dict[str, Any] | None = None
+    stop: tuple[str, ...] = ()
+    top_p: float | None = None
+    seed: int | None = None
+
+
+class Unsupported(ValueError):
+    """A provider cannot honour a request field; ``param`` names it (answered 400)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message
 
 
 class Output:
@@ -44,32 +130,107 @@ class Output:
 
     The one definition of output: the first one answers the request (no retry
     or fallback after it), ends the time-to-first-token wait, and each one
-    restarts the silence clock. Text is its only kind today; reasoning, tool
-    calls and refusals will be more.
+    restarts the silence clock. Text, reasoning, refusals and every piece of a
+    tool call are output.
     """
 
     __slots__ = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TextDelta(Output):
     """Text of the answer."""
 
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta(Output):
+    """Reasoning or thinking text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalDelta(Output):
+    """Text of a refusal."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart(Output):
+    """A tool call begins. ``index`` is the gateway's: 0, 1, ... in order of appearance."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta(Output):
+    """The next fragment of a started call's arguments (JSON text)."""
+
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEnd(Output):
+    """A started call is complete (its arguments are all out)."""
+
+    index: int
+
+
 @dataclass(frozen=True)
 class Usage:
+    """Token counts as the provider reports them; a later report's figures replace
+    earlier ones, None keeps them."""
+
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class Finished:
+    """The provider's end of the answer.
+
+    ``reason`` is normalized: stop, length, tool_calls, content_filter,
+    refusal or other; ``provider_reason`` is the provider's own word (None
+    when it gave none: the stream ended with its end marker only).
+    """
+
     reason: str
+    provider_reason: str | None = None
 
 
-Delta = TextDelta | Usage | Finished
+@dataclass(frozen=True)
+class ProviderData:
+    """What the provider needs back to continue from this answer, e.g. one of
+    Anthropic's signed thinking blocks: given to the client in ``done``."""
+
+    provider: str
+    key: str  # the list under ``provider_data[provider]`` it is appended to
+    item: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Unrelayed:
+    """Something the provider sent that the gateway does not relay (citations,
+    logprobs, a server tool's block...): counted, and named in the end log line."""
+
+    what: str
+
+
+Delta = (TextDelta | ReasoningDelta | RefusalDelta | ToolCallStart | ToolCallDelta
+         | ToolCallEnd | Usage | Finished | ProviderData | Unrelayed)
+
+# The normalized finish reasons (``done.finish_reason``).
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "refusal",
+                            "other"})
 
 
 class ProviderError(Exception):
@@ -161,6 +322,11 @@ class Provider(Protocol):
     @property
     def available(self) -> bool:
         """True when the provider is configured (its key is set)."""
+        ...
+
+    def check(self, request: ChatRequest) -> None:
+        """Raise Unsupported naming the first field this provider cannot honour
+        (called before the stream starts, for the model and each fallback)."""
         ...
 
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:

@@ -57,11 +57,14 @@ class DemoProvider:
         self._ttft_s = ttft_s
         self._token_delay_s = token_delay_s
 
+    def check(self, request: ChatRequest) -> None:
+        """The demo models take any request (they ignore what they cannot use)."""
+
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         # Lazily: a 1 MiB prompt of one-letter words is ~500k tokens, and a list
         # of them would cost ~30 MiB for the whole stream.
         if request.model == "echo":
-            last_user = [m.content for m in request.messages if m.role == "user"]
+            last_user = [m.text for m in request.messages if m.role == "user"]
             tokens = iter_words(last_user[-1] if last_user else "")
             limit = request.max_tokens
         elif request.model == "lorem":
@@ -80,9 +83,9 @@ class DemoProvider:
                 time.sleep(self._token_delay_s)
             yield TextDelta(token)
             sent += 1
-        input_tokens = sum(count_words(m.content) for m in request.messages)
+        input_tokens = sum(count_words(m.text) for m in request.messages)
         yield Usage(input_tokens, sent)
-        yield Finished(finish)
+        yield Finished(finish, finish)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -49,6 +49,9 @@ class OpenAIProvider:
     def available(self) -> bool:
         return self._configured
 
+    def check(self, request: ChatRequest) -> None:
+        """Every field is passed on (to be refined)."""
+
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         body: dict[str, Any] = {
             "model": request.model,

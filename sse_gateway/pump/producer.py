@@ -22,7 +22,14 @@ from sse_gateway import metrics
 from sse_gateway.broker import Broker, BrokerUnavailable, StreamEnded
 from sse_gateway.clock import Clock
 from sse_gateway.events import Event
-from sse_gateway.providers.base import Finished, Output, ProviderError, Usage
+from sse_gateway.providers.base import (
+    Finished,
+    Output,
+    ProviderData,
+    ProviderError,
+    Unrelayed,
+    Usage,
+)
 from sse_gateway.pump.outage import RETRY_FIRST_S, Outage
 from sse_gateway.pump.state import StreamState
 from sse_gateway.upstream import Answering, Candidate, Retrying, RetryPolicy, stream_deltas
@@ -140,7 +147,11 @@ class Producer:
         if isinstance(item, Usage):
             state.add_usage(item)
         elif isinstance(item, Finished):
-            state.finish_reason = item.reason
+            state.finished(item)
+        elif isinstance(item, Unrelayed):
+            state.unrelayed[item.what] += 1
+        elif isinstance(item, ProviderData):
+            state.add_provider_data(item)
         elif isinstance(item, Answering):
             provider = self._provider_of(item.model)
             if item.model != state.model:

@@ -9,14 +9,71 @@ batching outputs into fewer events will go.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sse_gateway import events
 from sse_gateway.events import Event
-from sse_gateway.providers.base import Output, TextDelta, Usage
+from sse_gateway.providers.base import (
+    Finished,
+    Output,
+    ProviderData,
+    ReasoningDelta,
+    RefusalDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from sse_gateway.results import Message
 
 _JOIN = 256  # deltas joined into one string of the text so far
+_USAGE_FIELDS = tuple(f.name for f in fields(Usage))
+_ALWAYS_REPORTED = ("input_tokens", "output_tokens")  # in done.usage even when None
+
+
+class _Text:
+    """Text kept as it streams: the last deltas and the earlier ones joined in runs
+    of _JOIN (keeping every delta would hold an object per token, about 29 MiB
+    for 1 MiB of one-letter words; one growing buffer would be copied as it
+    grows and fragment the heap)."""
+
+    __slots__ = ("_joined", "_recent")
+
+    def __init__(self) -> None:
+        self._joined: list[str] = []
+        self._recent: list[str] = []
+
+    def add(self, text: str) -> None:
+        recent = self._recent
+        recent.append(text)
+        if len(recent) >= _JOIN:
+            self._joined.append("".join(recent))
+            recent.clear()
+
+    def __str__(self) -> str:
+        return "".join(self._joined) + "".join(self._recent)
+
+    def __bool__(self) -> bool:
+        return bool(self._recent or self._joined)
+
+
+class _Call:
+    """One tool call as it builds (always kept: ``tool_call_done`` repeats it whole)."""
+
+    __slots__ = ("arguments", "done", "id", "name")
+
+    def __init__(self, call_id: str, name: str) -> None:
+        self.id, self.name = call_id, name
+        self.arguments = _Text()
+        self.done = False
+
+    def public(self) -> dict[str, Any]:
+        """OpenAI's shape, as a client sends it back."""
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": str(self.arguments)}}
 
 
 @dataclass(frozen=True)
@@ -60,20 +117,29 @@ class StreamState:
         self.retries = 0
         self.usage = Usage()
         self.finish_reason = "stop"
-        # The text so far, only when asked for (whoever consumes the finished
-        # answer): it is a second copy of what the broker keeps, as large as the
-        # answer, for as long as the stream runs. Kept as the last deltas and the
-        # earlier ones joined in runs of _JOIN: keeping every delta would hold
-        # an object per token (about 29 MiB for 1 MiB of one-letter words); one
-        # growing buffer would be copied as it grows and fragment the heap.
+        self.provider_finish_reason: str | None = None
+        self.refused = False  # a refusal was streamed: done says "refusal"
+        self.calls: dict[int, _Call] = {}  # tool calls by index
+        self.provider_data: dict[str, dict[str, list[Any]]] = {}
+        self.unrelayed: Counter[str] = Counter()  # what was not relayed, by name
+        # The text, reasoning and refusal so far, only when asked for (whoever
+        # consumes the finished answer): a second copy of what the broker keeps,
+        # as large as the answer, for as long as the stream runs.
         self.keep_text = keep_text
-        self._joined: list[str] = []
-        self._recent: list[str] = []
+        self._text, self._reasoning, self._refusal = _Text(), _Text(), _Text()
 
     @property
     def text(self) -> str:
         """The answer's text so far ("" unless the state was made with ``keep_text``)."""
-        return "".join(self._joined) + "".join(self._recent)
+        return str(self._text)
+
+    def message(self) -> Message:
+        """The answer so far (text, reasoning and refusal only with ``keep_text``)."""
+        return Message(str(self._text),
+                       [c.public() for _, c in sorted(self.calls.items())] or None,
+                       str(self._reasoning) if self._reasoning else None,
+                       str(self._refusal) if self._refusal else None,
+                       self.provider_data or None)
 
     def start(self, now: float) -> Event:
         """The ``start`` event (id 0)."""
@@ -86,30 +152,66 @@ class StreamState:
         self.last_output_at = now
         if self.first_output_at is None:
             self.first_output_at = now
-        if isinstance(delta, TextDelta):
+        kind = type(delta)
+        if kind is TextDelta:
             if self.keep_text:
-                recent = self._recent
-                recent.append(delta.text)
-                if len(recent) >= _JOIN:
-                    self._joined.append("".join(recent))
-                    recent.clear()
-            return events.token(self.next_id, delta.text)
+                self._text.add(delta.text)  # type: ignore[attr-defined]
+            return events.token(self.next_id, delta.text)  # type: ignore[attr-defined]
+        return self._rich_output(delta)
+
+    def _rich_output(self, delta: Output) -> Event:
+        """Every output but text (off the plain-text hot path)."""
+        event_id = self.next_id
+        if isinstance(delta, ReasoningDelta):
+            if self.keep_text:
+                self._reasoning.add(delta.text)
+            return events.reasoning(event_id, delta.text)
+        if isinstance(delta, ToolCallDelta):
+            self.calls[delta.index].arguments.add(delta.arguments)
+            return events.tool_call_delta(event_id, delta.index, delta.arguments)
+        if isinstance(delta, ToolCallStart):
+            if delta.index in self.calls:
+                raise ValueError(f"tool call {delta.index} started twice")
+            self.calls[delta.index] = _Call(delta.id, delta.name)
+            return events.tool_call(event_id, delta.index, delta.id, delta.name)
+        if isinstance(delta, ToolCallEnd):
+            call = self.calls[delta.index]
+            call.done = True
+            return events.tool_call_done(event_id, delta.index, call.id, call.name,
+                                         str(call.arguments))
+        if isinstance(delta, RefusalDelta):
+            self.refused = True
+            if self.keep_text:
+                self._refusal.add(delta.text)
+            return events.refusal(event_id, delta.text)
         raise TypeError(f"no event for output of kind {type(delta).__name__}")
 
     def add_usage(self, usage: Usage) -> None:
         """Merge a usage report: a later figure replaces an earlier one, None keeps it."""
-        self.usage = Usage(
-            usage.input_tokens if usage.input_tokens is not None else self.usage.input_tokens,
-            usage.output_tokens if usage.output_tokens is not None
-            else self.usage.output_tokens)
+        self.usage = Usage(*(
+            new if new is not None else old
+            for new, old in ((getattr(usage, name), getattr(self.usage, name))
+                             for name in _USAGE_FIELDS)))
+
+    def finished(self, finished: Finished) -> None:
+        """The provider's end: its normalized reason and its own word."""
+        self.finish_reason = finished.reason
+        self.provider_finish_reason = finished.provider_reason
+
+    def add_provider_data(self, data: ProviderData) -> None:
+        self.provider_data.setdefault(data.provider, {}).setdefault(data.key, []).append(
+            data.item)
 
     def answered(self, model: str, provider: str) -> None:
         """This candidate answers: ``done`` names it, errors name its provider."""
         self.model, self.provider = model, provider
 
     def usage_body(self) -> dict[str, Any]:
-        return {"input_tokens": self.usage.input_tokens,
-                "output_tokens": self.usage.output_tokens}
+        """``done.usage``: input and output always (None when unreported), the cache
+        and reasoning counts when the provider reported them."""
+        usage = self.usage
+        return {name: getattr(usage, name) for name in _USAGE_FIELDS
+                if name in _ALWAYS_REPORTED or getattr(usage, name) is not None}
 
     def ttft_ms(self) -> float | None:
         if self.first_output_at is None:
@@ -130,8 +232,13 @@ class StreamState:
             "tokens_per_second": (round(output_tokens / generating, 1)
                                   if generating and output_tokens else None),
         }
-        return Outcome(events.done(self.next_id, finish_reason=self.finish_reason,
-                                   model=self.model, usage=self.usage_body(), metrics=metrics))
+        finish_reason = self.finish_reason
+        if self.refused and finish_reason == "stop":
+            finish_reason = "refusal"  # OpenAI ends a streamed refusal with "stop"
+        return Outcome(events.done(self.next_id, finish_reason=finish_reason,
+                                   model=self.model, usage=self.usage_body(), metrics=metrics,
+                                   provider_finish_reason=self.provider_finish_reason,
+                                   provider_data=self.provider_data or None))
 
     def error(self, code: str, message: str, retryable: bool) -> Outcome:
         return Outcome(events.error(self.next_id, code, message, retryable=retryable,

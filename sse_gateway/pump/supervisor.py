@@ -297,4 +297,6 @@ class Pump:
             "stream_id": self.public_id, "caller": self._caller, "model": state.model,
             "outcome": outcome.status, "reason": reason, "ttft_ms": state.ttft_ms(),
             "tokens": state.output_deltas, "duration_ms": round(duration * 1000, 1),
-            "retries": state.retries})
+            "retries": state.retries,
+            "unrelayed": ",".join(f"{what}:{n}" for what, n in sorted(state.unrelayed.items()))
+            or None})

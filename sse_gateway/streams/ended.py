@@ -29,7 +29,7 @@ def from_state(state: StreamState, outcome: Outcome, owner: str,
     usage = state.usage_body()
     return StreamResult(
         stream_id=state.public_id, owner=owner, status=outcome.status, reason=outcome.reason,
-        model=state.model, message=Message(state.text),
+        model=state.model, message=state.message(),
         usage=usage if any(v is not None for v in usage.values()) else None,
         metrics=data.get("metrics"), metadata=metadata, created=state.created,
         ended=ended_at, terminal=data)
