@@ -32,8 +32,9 @@ class StreamsConfig:
     redis_url: str = ""
     # Models clients may ask for: provider/model, or provider/* for any model
     # of that provider (an OpenAI-compatible server, say). Comma-separated.
-    models: tuple[str, ...] = ("demo/echo", "demo/lorem", "openai/gpt-4o-mini", "openai/gpt-4.1",
-                               "anthropic/claude-sonnet-4-5", "anthropic/claude-haiku-4-5")
+    models: tuple[str, ...] = ("demo/echo", "demo/lorem", "demo/tools", "openai/gpt-4o-mini",
+                               "openai/gpt-4.1", "anthropic/claude-sonnet-4-5",
+                               "anthropic/claude-haiku-4-5")
     # Seconds of silence after which a ': ping' comment is sent.
     heartbeat_s: float = 15.0
     # Milliseconds a client waits before reconnecting (the 'retry:' field).

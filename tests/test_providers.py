@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 import tracemalloc
 from collections.abc import Iterator
 from itertools import islice
@@ -15,7 +17,12 @@ from sse_gateway.providers.base import (
     Finished,
     Message,
     ProviderError,
+    ReasoningDelta,
     TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
     UpstreamAuth,
     UpstreamBadRequest,
     UpstreamError,
@@ -169,6 +176,68 @@ def test_demo_provider() -> None:
     deltas = list(demo.stream(ChatRequest("lorem", (Message("user", "x"),), max_tokens=3)))
     assert "".join(d.text for d in deltas if isinstance(d, TextDelta)) == "lorem ipsum dolor"
     assert deltas[-2:] == [Usage(1, 3), Finished("stop", "stop")]
+
+
+def test_demo_tools_calls_get_time_then_answers_with_its_result() -> None:
+    demo = DemoProvider(ttft_s=0, token_delay_s=0)
+    question = (Message("system", "Be brief."), Message("user", "What time is it?"))
+    deltas = list(demo.stream(ChatRequest("tools", question)))
+    start = deltas[9]
+    assert isinstance(start, ToolCallStart)
+    assert re.fullmatch(r"call_[0-9a-f]{24}", start.id)
+    assert deltas == [
+        *map(ReasoningDelta, ["The ", "user ", "wants ", "the ", "time; ", "I ", "will ",
+                              "call ", "get_time."]),
+        ToolCallStart(0, start.id, "get_time"),
+        ToolCallDelta(0, '{"time'), ToolCallDelta(0, 'zone":'), ToolCallDelta(0, ' "UTC"}'),
+        ToolCallEnd(0),
+        Usage(6, 12, reasoning_tokens=9),
+        Finished("tool_calls", "tool_calls"),
+    ]
+    # Another call: another id.
+    again = list(demo.stream(ChatRequest("tools", question)))
+    assert again[9] != start and again[9].name == "get_time"  # type: ignore[union-attr]
+    # A zone named in the prompt is the argument.
+    deltas = list(demo.stream(ChatRequest("tools", (
+        Message("user", "Time in America/Argentina/Buenos_Aires, please"),))))
+    assert "".join(d.text for d in deltas if isinstance(d, ReasoningDelta)) == (
+        "The user wants the time in America/Argentina/Buenos_Aires; I will call get_time.")
+    assert "".join(d.arguments for d in deltas if isinstance(d, ToolCallDelta)) == (
+        '{"timezone": "America/Argentina/Buenos_Aires"}')
+    assert sum(isinstance(d, ToolCallDelta) for d in deltas) == 3
+    # The tool's result comes back: the answer quotes it.
+    call = ToolCall(start.id, "get_time", '{"timezone": "UTC"}')
+    follow_up = (*question, Message("assistant", "", tool_calls=(call,)),
+                 Message("tool", "2030-01-02T03:04:05.678Z", tool_call_id=start.id))
+    deltas = list(demo.stream(ChatRequest("tools", follow_up)))
+    assert deltas == [TextDelta("It "), TextDelta("is "), TextDelta("2030-01-02T03:04:05.678Z "),
+                      TextDelta("right "), TextDelta("now."), Usage(7, 5),
+                      Finished("stop", "stop")]
+    deltas = list(demo.stream(ChatRequest("tools", follow_up, max_tokens=2)))
+    assert deltas == [TextDelta("It "), TextDelta("is "), Usage(7, 2),
+                      Finished("length", "length")]
+    # A conversation that does not end with a tool's result (or is empty) asks again.
+    for messages in ((*follow_up, Message("user", "And now?")), ()):
+        deltas = list(demo.stream(ChatRequest("tools", messages)))
+        assert deltas[-1] == Finished("tool_calls", "tool_calls")
+        assert "".join(d.arguments for d in deltas if isinstance(d, ToolCallDelta)) == (
+            '{"timezone": "UTC"}')
+
+
+def test_demo_tools_keeps_the_cadence() -> None:
+    """The time to first output, then the token delay between outputs (measured on
+    the generator: each ``next`` is one sleep)."""
+    demo = DemoProvider(ttft_s=0.05, token_delay_s=0.02)
+    deltas = demo.stream(ChatRequest("tools", (Message("user", "x"),)))
+    began = time.monotonic()
+    next(deltas)
+    first = time.monotonic() - began
+    rest = list(deltas)
+    total = time.monotonic() - began
+    outputs = 1 + sum(not isinstance(d, Usage | Finished) for d in rest)
+    assert outputs == 14
+    assert 0.05 <= first < 0.05 + 0.2
+    assert 0.05 + 13 * 0.02 <= total < 0.05 + 13 * 0.02 + 0.5
 
 
 def test_demo_provider_costs_little_memory_at_any_prompt_size() -> None:

@@ -1,14 +1,20 @@
 """A keyless, deterministic local provider, so the gateway runs with no keys.
 
 ``demo/echo`` answers with the last user message, word by word; ``demo/lorem``
-with ``max_tokens`` words of lorem ipsum (default 48). Both keep a realistic
-cadence (a time to first token, then a delay between tokens) so streaming,
-heartbeats, cancel and resume can be tried by hand.
+with ``max_tokens`` words of lorem ipsum (default 48). ``demo/tools`` shows a
+tool round trip with no key: asked anything, it reasons briefly and calls
+``get_time`` (arguments ``{"timezone": "UTC"}``, or the ``Area/City`` zone the
+last user message names), ending ``tool_calls``; given the tool's result (a
+last message of role ``tool``), it answers "It is <result> right now." All
+keep a realistic cadence (a time to first token, then a delay between tokens)
+so streaming, heartbeats, cancel and resume can be tried by hand.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import time
 from collections.abc import Generator, Iterator
 
@@ -16,7 +22,11 @@ from sse_gateway.providers.base import (
     ChatRequest,
     Delta,
     Finished,
+    ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
     UpstreamBadRequest,
     Usage,
 )
@@ -29,6 +39,9 @@ LOREM = (
 )
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
+# A time zone named in a prompt: an IANA Area/City name (Europe/Paris,
+# America/Argentina/Buenos_Aires), else UTC.
+_ZONE = re.compile(r"\b[A-Z][A-Za-z_]+(?:/[A-Z][A-Za-z_+-]+){1,2}\b")
 
 
 def split_words(text: str) -> list[str]:
@@ -50,7 +63,7 @@ class DemoProvider:
     """The ``demo/<name>`` provider: always available, no network."""
 
     name = "demo"
-    models = ("echo", "lorem")
+    models = ("echo", "lorem", "tools")
     available = True
 
     def __init__(self, *, ttft_s: float, token_delay_s: float) -> None:
@@ -61,6 +74,9 @@ class DemoProvider:
         """The demo models take any request (they ignore what they cannot use)."""
 
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
+        if request.model == "tools":
+            yield from self._tools(request)
+            return
         # Lazily: a 1 MiB prompt of one-letter words is ~500k tokens, and a list
         # of them would cost ~30 MiB for the whole stream.
         if request.model == "echo":
@@ -86,6 +102,41 @@ class DemoProvider:
         input_tokens = sum(count_words(m.text) for m in request.messages)
         yield Usage(input_tokens, sent)
         yield Finished(finish, finish)
+
+    def _tools(self, request: ChatRequest) -> Generator[Delta, None, None]:
+        """``demo/tools``: call ``get_time``, or answer with its result."""
+        last = request.messages[-1] if request.messages else None
+        input_tokens = sum(count_words(m.text) for m in request.messages)
+        time.sleep(self._ttft_s)
+        if last is not None and last.role == "tool":
+            sent, finish = 0, "stop"
+            for token in iter_words(f"It is {last.text} right now."):
+                if request.max_tokens is not None and sent == request.max_tokens:
+                    finish = "length"
+                    break
+                if sent:
+                    time.sleep(self._token_delay_s)
+                yield TextDelta(token)
+                sent += 1
+            yield Usage(input_tokens, sent)
+            yield Finished(finish, finish)
+            return
+        zone = _ZONE.search(last.text if last is not None else "")
+        timezone = zone.group() if zone else "UTC"
+        where = "" if timezone == "UTC" else f" in {timezone}"
+        thought = split_words(f"The user wants the time{where}; I will call get_time.")
+        arguments = json.dumps({"timezone": timezone})
+        third = len(arguments) // 3
+        fragments = (arguments[:third], arguments[third:2 * third], arguments[2 * third:])
+        outputs: list[Delta] = [*map(ReasoningDelta, thought),
+                                ToolCallStart(0, f"call_{secrets.token_hex(12)}", "get_time"),
+                                *(ToolCallDelta(0, f) for f in fragments), ToolCallEnd(0)]
+        for i, delta in enumerate(outputs):
+            if i:
+                time.sleep(self._token_delay_s)
+            yield delta
+        yield Usage(input_tokens, len(thought) + len(fragments), reasoning_tokens=len(thought))
+        yield Finished("tool_calls", "tool_calls")
 
     def close(self) -> None:
         """Nothing to release."""
