@@ -12,12 +12,29 @@
 //     onError: (error) => console.error(error.code, error.message),
 //   });
 //   stop.onclick = () => stream.cancel();          // DELETE /v1/streams/<id>
-//   const result = await stream.finished;          // {status, text, ...}; never rejects
+//   const result = await stream.finished;          // {status, text, message, ...}; never rejects
 //
 //   // or, without callbacks:
 //   for await (const event of streamChat({ model, prompt: "Hi" })) {
 //     if (event.type === "token") output.append(event.payload.content);
 //   }                                              // throws a GatewayError on failure
+//
+// Everything else a model streams has its event and callback: `reasoning`
+// (onReasoning(text)), `refusal` (onRefusal(text)), `tool_call` (onToolCall({index, id,
+// name})), `tool_call_delta` (onToolCallDelta({index, arguments})), `tool_call_done`
+// (onToolCallDone({index, id, name, arguments})). The stream assembles them as they come:
+// `stream.message` (also `result.message`) is {role: "assistant", content, tool_calls,
+// reasoning, refusal, provider_data}, as GET /v1/streams/<id>?include=message gives it, and
+// `stream.assistantMessage()` the message to send back in the next turn's `messages`:
+//
+//   const result = await streamChat({ model, messages, tools }).finished;
+//   if (result.payload?.finish_reason === "tool_calls") {
+//     messages.push(stream.assistantMessage());     // {role, content, tool_calls, provider_data}
+//     for (const call of result.message.tool_calls) {
+//       messages.push({ role: "tool", tool_call_id: call.id, content: run(call.function) });
+//     }
+//     // ... and stream the next turn with these messages
+//   }
 //
 // Exports:
 //   SSEParser     incremental WHATWG event-stream parser (bytes or strings in, events out)
@@ -25,12 +42,16 @@
 //   GatewayError  the error every failure is reported as (code, status, retryAfter, ...)
 //   streamChat(options)   new GatewayStream(options).start()
 //   followStream(options) follow an existing stream id (GET .../events) from options.lastEventId
+//   assistantMessage(message) the next turn's assistant message from an assembled message
 //   computeBackoff(attempt, options) the reconnect delay, exposed for tests and UIs
 
 const BOM = "\uFEFF";
 const LINE_END = /[\r\n]/g;
 const DIGITS = /^[0-9]+$/;
 const TERMINAL = new Set(["done", "error", "cancelled"]);
+// Events that are part of the answer: the first one is the first token (stats.ttftMs).
+const OUTPUT = new Set(["token", "reasoning", "refusal", "tool_call", "tool_call_delta",
+  "tool_call_done"]);
 
 // ------------------------------------------------------------------------------------ parser
 
@@ -292,12 +313,36 @@ function now() {
   return globalThis.performance?.now ? globalThis.performance.now() : Date.now();
 }
 
+function isEmpty(object) {
+  return object == null || typeof object !== "object" || Object.keys(object).length === 0;
+}
+
+/**
+ * The assistant message of the next turn, from an assembled `message` (a
+ * stream's `message`, or the `message` of GET /v1/streams/<id>?include=message):
+ * `{role: "assistant", content: text or null, tool_calls (only if any),
+ * provider_data (only if any)}`, what POST /v1/streams accepts back unchanged.
+ * Reasoning is not sent back (the provider keeps what it needs in provider_data).
+ */
+export function assistantMessage(message) {
+  const next = { role: "assistant", content: message?.content ? message.content : null };
+  if (Array.isArray(message?.tool_calls) && message.tool_calls.length) {
+    next.tool_calls = message.tool_calls.map((call) => ({
+      id: call.id, type: "function",
+      function: { name: call.function.name, arguments: call.function.arguments },
+    }));
+  }
+  if (!isEmpty(message?.provider_data)) next.provider_data = structuredClone(message.provider_data);
+  return next;
+}
+
 /**
  * One gateway stream. Options (all optional except `model` and
  * `messages`/`prompt` when creating):
  *
  *   baseUrl        "" (same origin) or "https://gateway.example"
- *   model, messages | prompt, maxTokens, temperature, fallbacks, resumeGraceS
+ *   model, messages | prompt, maxTokens, temperature, fallbacks, resumeGraceS, tools,
+ *   toolChoice, reasoning, responseFormat, stop, topP, seed, metadata
  *                  the request body (snake_case names are accepted too; `body` adds fields)
  *   apiKey         sent as `Authorization: Bearer <apiKey>`
  *   streamId       sent as `X-Stream-ID` (16-128 of A-Z a-z 0-9 _ -)
@@ -307,14 +352,21 @@ function now() {
  *                  see DEFAULTS above
  *   headers        extra request headers
  *   fetch, sleep, random, now  injectable (tests)
- *   onStart(payload, event), onToken(text, event), onDone(payload, event),
+ *   onStart(payload, event), onToken(text, event), onReasoning(text, event),
+ *   onRefusal(text, event), onToolCall({index, id, name}, event),
+ *   onToolCallDelta({index, arguments}, event),
+ *   onToolCallDone({index, id, name, arguments}, event), onDone(payload, event),
  *   onError(error: GatewayError, event|null), onCancelled(payload, event),
  *   onReconnecting(attempt, delayMs, cause), onEvent(event), onStateChange(state),
  *   onComment(text)
  *
  * Events (callbacks and iteration) are the parser's events plus `payload`,
- * the JSON data parsed. Properties: streamId, lastEventId, state, text, model,
- * retryMs, stats, finished (a Promise of {status, text, payload, error, ...}).
+ * the JSON data parsed. Properties: streamId, lastEventId, state, text (the
+ * token events' text), reasoning, refusal, message (the assembled answer, see
+ * the top of this file), model, retryMs, stats, finished (a Promise of
+ * {status, text, message, payload, error, ...}). assistantMessage() gives the
+ * next turn's assistant message. A resumed stream skips the events it already
+ * had, so every concatenation stays exact.
  *
  * States: idle, connecting, streaming, reconnecting, then one of done, error,
  * cancelled.
@@ -332,6 +384,10 @@ export class GatewayStream {
       ? String(options.lastEventId) : null;
     this.state = "idle";
     this.text = "";
+    this.reasoning = "";
+    this.refusal = "";
+    this.providerData = null; // done.provider_data
+    this._calls = new Map(); // tool calls by index: {id, name, arguments}
     this.model = options.model ?? null;
     this.retryMs = null;
     this.events = []; // every event delivered, in order (what iterators read)
@@ -352,7 +408,7 @@ export class GatewayStream {
     this._cancelling = null;
     this._waiters = new Set();
     this._stats = { startedAt: null, firstTokenAt: null, lastTokenAt: null, endedAt: null,
-      tokens: 0, chars: 0, reconnects: 0, duplicates: 0, comments: 0 };
+      tokens: 0, outputs: 0, chars: 0, reconnects: 0, duplicates: 0, comments: 0 };
     this.finished = new Promise((resolve) => { this._resolve = resolve; });
     if (options.signal) {
       const onAbort = () => {
@@ -381,9 +437,10 @@ export class GatewayStream {
     const ttftMs = s.firstTokenAt == null ? null : s.firstTokenAt - s.startedAt;
     const span = s.lastTokenAt == null ? 0 : (s.lastTokenAt - s.firstTokenAt) / 1000;
     return {
-      ttftMs,
-      tokensPerSecond: s.tokens >= 2 && span > 0 ? (s.tokens - 1) / span : null,
+      ttftMs, // until the first output event (token, reasoning, refusal or tool call)
+      tokensPerSecond: s.outputs >= 2 && span > 0 ? (s.outputs - 1) / span : null,
       tokens: s.tokens, // token events (the gateway may merge provider deltas)
+      outputs: s.outputs, // output events of every kind
       chars: s.chars,
       elapsedMs: s.startedAt == null ? 0 : until - s.startedAt,
       lastEventId: this.lastEventId,
@@ -395,6 +452,32 @@ export class GatewayStream {
 
   get done() {
     return this.outcome !== null;
+  }
+
+  /**
+   * The answer assembled from the events so far, as the status route's
+   * `?include=message` gives it: {role: "assistant", content, tool_calls
+   * ([{id, type: "function", function: {name, arguments}}] in index order, or
+   * null), reasoning (or null), refusal (or null), provider_data (or null)}.
+   * A fresh object each time.
+   */
+  get message() {
+    const calls = [...this._calls.entries()].sort((a, b) => a[0] - b[0]).map(([, call]) => ({
+      id: call.id, type: "function", function: { name: call.name, arguments: call.arguments },
+    }));
+    return {
+      role: "assistant",
+      content: this.text,
+      tool_calls: calls.length ? calls : null,
+      reasoning: this.reasoning || null,
+      refusal: this.refusal || null,
+      provider_data: this.providerData == null ? null : structuredClone(this.providerData),
+    };
+  }
+
+  /** The next turn's assistant message (see the exported assistantMessage). */
+  assistantMessage() {
+    return assistantMessage(this.message);
   }
 
   /**
@@ -485,7 +568,10 @@ export class GatewayStream {
     else if (o.prompt != null) body.prompt = o.prompt;
     const pick = (camel, snake) => o[camel] ?? o[snake];
     const fields = [["maxTokens", "max_tokens"], ["temperature", "temperature"],
-      ["fallbacks", "fallbacks"], ["resumeGraceS", "resume_grace_s"]];
+      ["fallbacks", "fallbacks"], ["resumeGraceS", "resume_grace_s"], ["tools", "tools"],
+      ["toolChoice", "tool_choice"], ["reasoning", "reasoning"],
+      ["responseFormat", "response_format"], ["stop", "stop"], ["topP", "top_p"],
+      ["seed", "seed"], ["metadata", "metadata"]];
     for (const [camel, snake] of fields) {
       const value = pick(camel, snake);
       if (value != null) body[snake] = value;
@@ -738,6 +824,12 @@ export class GatewayStream {
       if (n !== null) this._lastDelivered = n;
     }
     this.events.push(event);
+    if (OUTPUT.has(event.type)) {
+      const t = this._now();
+      if (this._stats.firstTokenAt == null) this._stats.firstTokenAt = t;
+      this._stats.lastTokenAt = t;
+      this._stats.outputs += 1;
+    }
     this._call("onEvent", event);
     switch (event.type) {
       case "start":
@@ -747,17 +839,32 @@ export class GatewayStream {
         break;
       case "token": {
         const text = typeof payload?.content === "string" ? payload.content : "";
-        const t = this._now();
-        if (this._stats.firstTokenAt == null) this._stats.firstTokenAt = t;
-        this._stats.lastTokenAt = t;
         this._stats.tokens += 1;
         this._stats.chars += text.length;
         this.text += text;
         this._call("onToken", text, event);
         break;
       }
+      case "reasoning": {
+        const text = typeof payload?.content === "string" ? payload.content : "";
+        this.reasoning += text;
+        this._call("onReasoning", text, event);
+        break;
+      }
+      case "refusal": {
+        const text = typeof payload?.content === "string" ? payload.content : "";
+        this.refusal += text;
+        this._call("onRefusal", text, event);
+        break;
+      }
+      case "tool_call":
+      case "tool_call_delta":
+      case "tool_call_done":
+        this._toolCall(event);
+        break;
       case "done":
         if (payload?.model) this.model = payload.model;
+        if (!isEmpty(payload?.provider_data)) this.providerData = payload.provider_data;
         this._finish({ status: "done", payload, event });
         this._call("onDone", payload, event);
         break;
@@ -775,6 +882,31 @@ export class GatewayStream {
       default:
     }
     if (!TERMINAL.has(event.type)) this._wake();
+  }
+
+  // tool_call, tool_call_delta and tool_call_done: assembled by index. A call
+  // first seen by a later event (a stream followed from a later position) is
+  // kept with what that event says; tool_call_done's whole arguments win.
+  _toolCall(event) {
+    const payload = event.payload;
+    const index = Number.isInteger(payload?.index) ? payload.index : null;
+    if (index === null) return;
+    let call = this._calls.get(index);
+    if (!call) {
+      call = { id: null, name: null, arguments: "" };
+      this._calls.set(index, call);
+    }
+    if (typeof payload.id === "string") call.id = payload.id;
+    if (typeof payload.name === "string") call.name = payload.name;
+    if (event.type === "tool_call") {
+      this._call("onToolCall", payload, event);
+    } else if (event.type === "tool_call_delta") {
+      if (typeof payload.arguments === "string") call.arguments += payload.arguments;
+      this._call("onToolCallDelta", payload, event);
+    } else {
+      if (typeof payload.arguments === "string") call.arguments = payload.arguments;
+      this._call("onToolCallDone", payload, event);
+    }
   }
 
   _finishCancelled(payload, event) {
@@ -795,8 +927,8 @@ export class GatewayStream {
     if (this.outcome) return;
     this._stats.endedAt = this._now();
     this.error = error;
-    this.outcome = { status, text: this.text, payload, event, error, streamId: this.streamId,
-      lastEventId: this.lastEventId, stats: null };
+    this.outcome = { status, text: this.text, message: this.message, payload, event, error,
+      streamId: this.streamId, lastEventId: this.lastEventId, stats: null };
     this.outcome.stats = this.stats;
     this._setState(status);
     this._stopper.abort();

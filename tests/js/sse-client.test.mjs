@@ -10,6 +10,7 @@ import {
   GatewayError,
   GatewayStream,
   SSEParser,
+  assistantMessage,
   computeBackoff,
   followStream,
   streamChat,
@@ -836,5 +837,304 @@ describe("GatewayStream", () => {
     assert.equal(result.text, "f");
     assert.equal(fetch.calls[0].headers.get("last-event-id"), "4");
     assert.equal(fetch.calls.length, 1);
+  });
+});
+
+// ----------------------------------------------------------------------------- rich events
+
+const reasoning = (i, content) => frame(i, "reasoning", { content });
+const refusal = (i, content) => frame(i, "refusal", { content });
+const toolCall = (i, index, id, name) => frame(i, "tool_call", { index, id, name });
+const toolDelta = (i, index, args) => frame(i, "tool_call_delta", { index, arguments: args });
+const toolDone = (i, index, id, name, args) => frame(i, "tool_call_done",
+  { index, id, name, arguments: args });
+
+const THINKING = { anthropic: { thinking_blocks: [
+  { type: "thinking", thinking: "Two cities: two calls.", signature: "sig==" },
+  { type: "redacted_thinking", data: "opaque" }] } };
+const RICH_DONE = { finish_reason: "tool_calls", provider_finish_reason: "tool_use",
+  model: "anthropic/claude-sonnet-4-5",
+  usage: { input_tokens: 10423, output_tokens: 120, cache_read_input_tokens: 8000,
+    cache_creation_input_tokens: 12, reasoning_tokens: 40 },
+  metrics: { ttft_ms: 20, duration_ms: 90, tokens_per_second: 50 }, provider_data: THINKING };
+
+const PARIS = '{"city": "Paris \u00e9\ud83d\ude00"}';
+const TOKYO = '{"city": "T\u00f4ky\u014d", "unit": "c"}';
+
+/** Every kind of event: reasoning, text, two parallel calls with interleaved fragments. */
+const RICH = [
+  "retry: 100\n\n", start(),
+  reasoning(1, "Two "), reasoning(2, "cities:\n"), reasoning(3, "two calls. \ud83e\udd14"),
+  token(4, "Checking "), token(5, "both."),
+  toolCall(6, 0, "call_paris", "get_weather"),
+  toolDelta(7, 0, PARIS.slice(0, 3)),
+  toolCall(8, 1, "toolu_tokyo", "get_weather"),
+  toolDelta(9, 1, TOKYO.slice(0, 10)),
+  toolDelta(10, 0, PARIS.slice(3, 17)),
+  toolDelta(11, 1, TOKYO.slice(10)),
+  toolDelta(12, 0, PARIS.slice(17)),
+  toolDone(13, 0, "call_paris", "get_weather", PARIS),
+  toolDone(14, 1, "toolu_tokyo", "get_weather", TOKYO),
+  frame(15, "done", RICH_DONE),
+];
+
+const RICH_MESSAGE = {
+  role: "assistant",
+  content: "Checking both.",
+  tool_calls: [
+    { id: "call_paris", type: "function", function: { name: "get_weather", arguments: PARIS } },
+    { id: "toolu_tokyo", type: "function", function: { name: "get_weather", arguments: TOKYO } },
+  ],
+  reasoning: "Two cities:\ntwo calls. \ud83e\udd14",
+  refusal: null,
+  provider_data: THINKING,
+};
+
+function richRecorder() {
+  const log = [];
+  const callbacks = {
+    onToken: (text, e) => log.push(["token", text, e.id]),
+    onReasoning: (text, e) => log.push(["reasoning", text, e.id]),
+    onRefusal: (text, e) => log.push(["refusal", text, e.id]),
+    onToolCall: (call, e) => log.push(["tool_call", call, e.id]),
+    onToolCallDelta: (delta, e) => log.push(["tool_call_delta", delta, e.id]),
+    onToolCallDone: (call, e) => log.push(["tool_call_done", call, e.id]),
+    onDone: (p) => log.push(["done", p.finish_reason, p.provider_finish_reason]),
+  };
+  return { log, callbacks };
+}
+
+describe("GatewayStream: reasoning, refusals and tool calls", () => {
+  test("each event reaches its callback in order; each kind concatenates exactly; "
+    + "the message is assembled", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(RICH, { headers: { "X-Stream-ID": SID } })],
+    });
+    const r = richRecorder();
+    const stream = streamChat({ fetch, model: "anthropic/claude-sonnet-4-5", prompt: "p",
+      ...r.callbacks });
+    const result = await stream.finished;
+    assert.equal(result.status, "done");
+    assert.deepEqual(r.log, [
+      ["reasoning", "Two ", "1"], ["reasoning", "cities:\n", "2"],
+      ["reasoning", "two calls. \ud83e\udd14", "3"],
+      ["token", "Checking ", "4"], ["token", "both.", "5"],
+      ["tool_call", { index: 0, id: "call_paris", name: "get_weather" }, "6"],
+      ["tool_call_delta", { index: 0, arguments: PARIS.slice(0, 3) }, "7"],
+      ["tool_call", { index: 1, id: "toolu_tokyo", name: "get_weather" }, "8"],
+      ["tool_call_delta", { index: 1, arguments: TOKYO.slice(0, 10) }, "9"],
+      ["tool_call_delta", { index: 0, arguments: PARIS.slice(3, 17) }, "10"],
+      ["tool_call_delta", { index: 1, arguments: TOKYO.slice(10) }, "11"],
+      ["tool_call_delta", { index: 0, arguments: PARIS.slice(17) }, "12"],
+      ["tool_call_done", { index: 0, id: "call_paris", name: "get_weather", arguments: PARIS }, "13"],
+      ["tool_call_done", { index: 1, id: "toolu_tokyo", name: "get_weather", arguments: TOKYO },
+        "14"],
+      ["done", "tool_calls", "tool_use"],
+    ]);
+    assert.equal(stream.text, "Checking both.");
+    assert.equal(stream.reasoning, "Two cities:\ntwo calls. \ud83e\udd14");
+    assert.equal(stream.refusal, "");
+    assert.deepEqual(stream.message, RICH_MESSAGE);
+    assert.deepEqual(result.message, RICH_MESSAGE);
+    assert.deepEqual(result.payload, RICH_DONE); // provider_finish_reason, usage, provider_data
+    assert.deepEqual(stream.providerData, THINKING);
+    assert.deepEqual(stream.assistantMessage(), {
+      role: "assistant", content: "Checking both.", tool_calls: RICH_MESSAGE.tool_calls,
+      provider_data: THINKING,
+    });
+    assert.equal(stream.stats.tokens, 2);
+    assert.equal(stream.stats.outputs, 14);
+  });
+
+  test("the message is a copy: changing it changes nothing in the stream", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(RICH, { headers: { "X-Stream-ID": SID } })],
+    });
+    const stream = streamChat({ fetch, model: "m/x", prompt: "p" });
+    const result = await stream.finished;
+    result.message.tool_calls[0].function.arguments = "changed";
+    result.message.provider_data.anthropic.thinking_blocks.length = 0;
+    const next = stream.assistantMessage();
+    next.provider_data.anthropic = null;
+    assert.deepEqual(stream.message, RICH_MESSAGE);
+  });
+
+  test("for await yields every new event with its payload", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(RICH, { headers: { "X-Stream-ID": SID } })],
+    });
+    const seen = [];
+    const stream = new GatewayStream({ fetch, model: "m/x", prompt: "p" });
+    for await (const event of stream) seen.push([event.id, event.type, event.payload]);
+    assert.deepEqual(seen.map(([, type]) => type), ["start", "reasoning", "reasoning", "reasoning",
+      "token", "token", "tool_call", "tool_call_delta", "tool_call", "tool_call_delta",
+      "tool_call_delta", "tool_call_delta", "tool_call_delta", "tool_call_done",
+      "tool_call_done", "done"]);
+    assert.deepEqual(seen[1], ["1", "reasoning", { content: "Two " }]);
+    assert.deepEqual(seen[8], ["8", "tool_call", { index: 1, id: "toolu_tokyo", name: "get_weather" }]);
+    assert.deepEqual(seen[11], ["11", "tool_call_delta", { index: 1, arguments: TOKYO.slice(10) }]);
+    assert.deepEqual(seen[14], ["14", "tool_call_done",
+      { index: 1, id: "toolu_tokyo", name: "get_weather", arguments: TOKYO }]);
+    assert.deepEqual(seen[15], ["15", "done", RICH_DONE]);
+    // Per index, the fragments iterated concatenate to the call's arguments exactly.
+    for (const [index, whole] of [[0, PARIS], [1, TOKYO]]) {
+      assert.equal(seen.filter(([, t, p]) => t === "tool_call_delta" && p.index === index)
+        .map(([, , p]) => p.arguments).join(""), whole);
+    }
+    assert.equal(seen.filter(([, t]) => t === "reasoning").map(([, , p]) => p.content).join(""),
+      RICH_MESSAGE.reasoning);
+  });
+
+  test("a refusal: its own text and callback, marked in the message, content stays empty",
+    async () => {
+      const fetch = fakeFetch({
+        "POST /v1/streams": [() => sseResponse([start(), refusal(1, "I can\u2019t "),
+          refusal(2, "help with that."), frame(3, "done", { finish_reason: "refusal",
+            provider_finish_reason: "stop", model: "openai/gpt-4o",
+            usage: { input_tokens: 5, output_tokens: 6 }, metrics: {} })],
+        { headers: { "X-Stream-ID": SID } })],
+      });
+      const r = richRecorder();
+      const stream = streamChat({ fetch, model: "openai/gpt-4o", prompt: "p", ...r.callbacks });
+      const result = await stream.finished;
+      assert.deepEqual(r.log, [["refusal", "I can\u2019t ", "1"], ["refusal", "help with that.", "2"],
+        ["done", "refusal", "stop"]]);
+      assert.equal(stream.refusal, "I can\u2019t help with that.");
+      assert.deepEqual(result.message, { role: "assistant", content: "", tool_calls: null,
+        reasoning: null, refusal: "I can\u2019t help with that.", provider_data: null });
+      assert.deepEqual(stream.assistantMessage(), { role: "assistant", content: null });
+      assert.equal(typeof stream.stats.ttftMs, "number"); // the refusal was the first output
+      assert.equal(stream.stats.tokens, 0);
+    });
+
+  test("the first reasoning event is the first token (ttft)", async () => {
+    let clock = 0;
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), reasoning(1, "hm"), token(2, "a"),
+        done(3)], { headers: { "X-Stream-ID": SID } })],
+    });
+    const stream = streamChat({ fetch, model: "m/x", prompt: "p", now: () => clock,
+      onStart: () => { clock = 100; }, onReasoning: () => { clock = 250; },
+      onToken: () => { clock = 300; } });
+    await stream.finished;
+    // startedAt 0; the reasoning event came at 100 (the clock moves in its callback).
+    assert.equal(stream.stats.ttftMs, 100);
+    assert.equal(stream.stats.outputs, 2);
+  });
+
+  test("a resume in the middle of a tool call: no fragment twice, no fragment lost", async () => {
+    const sleep = recordingSleep();
+    const args = '{"timezone": "Europe/Paris"}';
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse(["retry: 50\n\n", start(), reasoning(1, "Time."),
+        toolCall(2, 0, "call_1", "get_time"), toolDelta(3, 0, args.slice(0, 5)),
+        toolDelta(4, 0, args.slice(5, 12)), "id: 5\nevent: tool_call_delta\ndata: {\"ind"],
+      { end: "error", headers: { "X-Stream-ID": SID } })],
+      // The replay starts too early: ids 2 to 4 come again and must be skipped.
+      [`GET ${EVENTS_PATH}`]: [() => sseResponse([toolCall(2, 0, "call_1", "get_time"),
+        toolDelta(3, 0, args.slice(0, 5)), toolDelta(4, 0, args.slice(5, 12)),
+        toolDelta(5, 0, args.slice(12, 20)), toolDelta(6, 0, args.slice(20)),
+        toolDone(7, 0, "call_1", "get_time", args),
+        frame(8, "done", { finish_reason: "tool_calls", provider_finish_reason: "tool_calls",
+          model: "demo/tools", usage: { input_tokens: 4, output_tokens: 5, reasoning_tokens: 1 },
+          metrics: {} })])],
+    });
+    const r = richRecorder();
+    const stream = streamChat({ fetch, sleep, jitter: 0, model: "demo/tools", prompt: "p",
+      ...r.callbacks });
+    const result = await stream.finished;
+    assert.equal(result.status, "done");
+    assert.equal(fetch.calls[1].headers.get("last-event-id"), "4");
+    assert.equal(stream.stats.duplicatesSkipped, 3);
+    assert.deepEqual(r.log.filter((l) => l[0] === "tool_call_delta").map((l) => l[1].arguments),
+      [args.slice(0, 5), args.slice(5, 12), args.slice(12, 20), args.slice(20)]);
+    assert.equal(r.log.filter((l) => l[0] === "tool_call").length, 1);
+    assert.deepEqual(result.message.tool_calls, [
+      { id: "call_1", type: "function", function: { name: "get_time", arguments: args } }]);
+    assert.deepEqual(stream.assistantMessage(), { role: "assistant", content: null,
+      tool_calls: [{ id: "call_1", type: "function", function: { name: "get_time", arguments: args } }] });
+    assert.deepEqual(result.payload.usage, { input_tokens: 4, output_tokens: 5, reasoning_tokens: 1 });
+  });
+
+  test("the message as far as it got: mid-call, and when the stream is cancelled", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), toolCall(1, 0, "c0", "f"),
+        toolDelta(2, 0, '{"a"'), frame(3, "cancelled", { reason: "deleted" })],
+      { headers: { "X-Stream-ID": SID } })],
+    });
+    const snapshots = [];
+    const stream = streamChat({ fetch, model: "m/x", prompt: "p",
+      onToolCallDelta() { snapshots.push(this.message.tool_calls); } });
+    const result = await stream.finished;
+    assert.equal(result.status, "cancelled");
+    const partial = [{ id: "c0", type: "function", function: { name: "f", arguments: '{"a"' } }];
+    assert.deepEqual(snapshots, [partial]);
+    assert.deepEqual(result.message.tool_calls, partial);
+  });
+
+  test("followed from a later position, a call first seen by tool_call_done is whole",
+    async () => {
+      const fetch = fakeFetch({
+        [`GET ${EVENTS_PATH}`]: [() => sseResponse([toolDelta(4, 0, "lo\"}"),
+          toolDone(5, 0, "call_x", "get_time", '{"tz": "lo"}'), toolDelta(6, 1, "{}"),
+          frame(7, "done", { finish_reason: "tool_calls", model: "m/x" })])],
+      });
+      const stream = followStream({ fetch, streamId: SID, lastEventId: 3 });
+      const result = await stream.finished;
+      assert.deepEqual(result.message.tool_calls, [
+        { id: "call_x", type: "function", function: { name: "get_time", arguments: '{"tz": "lo"}' } },
+        { id: null, type: "function", function: { name: null, arguments: "{}" } }]);
+    });
+
+  test("malformed payloads of the new kinds are skipped, never thrown", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), frame(1, "reasoning", { content: 7 }),
+        frame(2, "tool_call", { index: "0", id: "x", name: "y" }), "id: 3\nevent: refusal\ndata: {\n\n",
+        frame(4, "tool_call_delta", { index: 0, arguments: null }), done(5)],
+      { headers: { "X-Stream-ID": SID } })],
+    });
+    const r = richRecorder();
+    const stream = streamChat({ fetch, model: "m/x", prompt: "p", ...r.callbacks });
+    const result = await stream.finished;
+    assert.equal(result.status, "done");
+    assert.deepEqual(result.message, { role: "assistant", content: "", reasoning: null,
+      refusal: null, provider_data: null, tool_calls: [
+        { id: null, type: "function", function: { name: null, arguments: "" } }] });
+    assert.deepEqual(r.log.map((l) => l[0]), ["reasoning", "refusal", "tool_call_delta", "done"]);
+  });
+
+  test("the new request fields go into the body, camelCase or snake_case", async () => {
+    const fetch = fakeFetch({
+      "POST /v1/streams": [() => sseResponse([start(), done(1)], { headers: { "X-Stream-ID": SID } })],
+    });
+    const tools = [{ type: "function", function: { name: "get_time", description: "now",
+      parameters: { type: "object", properties: { timezone: { type: "string" } } } } }];
+    await streamChat({ fetch, model: "m/x", messages: [{ role: "user", content: "t?" }], tools,
+      toolChoice: "auto", reasoning: { effort: "low" }, responseFormat: { type: "json_object" },
+      stop: ["\n"], topP: 0.5, seed: 7, metadata: { user: "u1" } }).finished;
+    await streamChat({ fetch, model: "m/x", prompt: "p", tool_choice: "none", top_p: 1,
+      response_format: { type: "text" } }).finished;
+    assert.deepEqual(fetch.calls[0].body, { model: "m/x", messages: [{ role: "user", content: "t?" }],
+      tools, tool_choice: "auto", reasoning: { effort: "low" },
+      response_format: { type: "json_object" }, stop: ["\n"], top_p: 0.5, seed: 7,
+      metadata: { user: "u1" } });
+    assert.deepEqual(fetch.calls[1].body, { model: "m/x", prompt: "p", tool_choice: "none",
+      top_p: 1, response_format: { type: "text" } });
+  });
+});
+
+describe("assistantMessage()", () => {
+  test("from the status route's message: null fields and empty data are left out", () => {
+    assert.deepEqual(assistantMessage({ role: "assistant", content: "Hi", tool_calls: null,
+      reasoning: "r", refusal: null, provider_data: null }), { role: "assistant", content: "Hi" });
+    assert.deepEqual(assistantMessage({ content: "", tool_calls: [], provider_data: {} }),
+      { role: "assistant", content: null });
+    assert.deepEqual(assistantMessage(null), { role: "assistant", content: null });
+    const call = { id: "c", type: "function", function: { name: "f", arguments: "{}" }, extra: 1 };
+    assert.deepEqual(assistantMessage({ content: "", tool_calls: [call],
+      provider_data: { anthropic: { thinking_blocks: [] } } }), {
+      role: "assistant", content: null,
+      tool_calls: [{ id: "c", type: "function", function: { name: "f", arguments: "{}" } }],
+      provider_data: { anthropic: { thinking_blocks: [] } } });
   });
 });
