@@ -9,6 +9,21 @@
                     print(event.text, end="", flush=True)
         print(chat.terminal)  # Done(...), StreamError(...) or Cancelled(...)
 
+A tool round trip: the stream assembles what the model streamed
+(``chat.message``, as ``GET /v1/streams/<id>?include=message`` gives it) and
+``chat.assistant_message()`` is the message to send back with the results:
+
+    messages = [{"role": "user", "content": "What time is it?"}]
+    with client.stream(messages=messages, model="demo/tools", tools=TOOLS) as chat:
+        done = chat.result()
+    if isinstance(done, Done) and done.finish_reason == "tool_calls":
+        messages.append(chat.assistant_message())
+        for call in chat.message["tool_calls"]:
+            messages.append({"role": "tool", "tool_call_id": call["id"],
+                             "content": run(call["function"])})
+        with client.stream(messages=messages, model="demo/tools", tools=TOOLS) as chat:
+            ...
+
 Why it looks like this:
 
 * **A stream outlives its connection.** The gateway keeps every event of a
@@ -27,8 +42,9 @@ Why it looks like this:
   byte comes back: a ``cancel()`` (say on Ctrl-C) works even while the POST is
   under way, and a POST whose answer is lost after the gateway accepted it is
   picked up by a resume instead of running unseen.
-* **Events are typed.** ``Start``, ``Token``, ``Done``, ``StreamError`` and
-  ``Cancelled`` are frozen dataclasses, so callers ``match`` or
+* **Events are typed.** ``Start``, ``Token``, ``Reasoning``, ``Refusal``,
+  ``ToolCall``, ``ToolCallDelta``, ``ToolCallDone``, ``Done``, ``StreamError``
+  and ``Cancelled`` are frozen dataclasses, so callers ``match`` or
   ``isinstance`` on them instead of digging in JSON. Unknown event types (a
   newer gateway) are skipped. A failure *inside* a stream is an event
   (``StreamError``), as the gateway sends it; a request the gateway refuses
@@ -50,6 +66,7 @@ Timeouts: the read timeout doubles as a liveness check, since the gateway sends
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import random
 import secrets
@@ -58,7 +75,7 @@ import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeAlias, TypedDict
+from typing import Any, Final, Literal, NotRequired, Self, TypeAlias, TypedDict
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
@@ -75,12 +92,18 @@ __all__ = [
     "Message",
     "Metrics",
     "ProtocolError",
+    "Reasoning",
+    "Refusal",
     "Start",
     "StreamError",
     "StreamInterrupted",
     "Terminal",
     "Token",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallDone",
     "Usage",
+    "assistant_message",
 ]
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
@@ -115,9 +138,61 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """Reasoning or thinking text; concatenated, the model's reasoning exactly."""
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Text of a refusal; concatenated, the refusal exactly."""
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call begins. ``index`` orders the calls of one answer; ``call_id`` is
+    the call's own id (what a ``tool`` message's ``tool_call_id`` names)."""
+
+    id: int
+    index: int
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """The next fragment of call ``index``'s arguments (JSON text)."""
+
+    id: int
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCallDone:
+    """Call ``index`` is complete: ``arguments`` is its whole JSON text."""
+
+    id: int
+    index: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Usage:
+    """Token counts; the cache and reasoning counts only when the provider reports them."""
+
     input_tokens: int | None
     output_tokens: int | None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,13 +204,21 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Done:
-    """The model finished; ``model`` is the one that answered (maybe a fallback)."""
+    """The model finished; ``model`` is the one that answered (maybe a fallback).
+
+    ``finish_reason``: stop, length, tool_calls, content_filter, refusal or
+    other; ``provider_finish_reason`` the provider's own word (None when it
+    gave none). ``provider_data``: what the provider needs back to continue
+    (e.g. Anthropic's signed thinking blocks), None when there is none.
+    """
 
     id: int
     finish_reason: str | None
     model: str
     usage: Usage
     metrics: Metrics
+    provider_finish_reason: str | None = None
+    provider_data: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -160,13 +243,49 @@ class Cancelled:
     reason: str
 
 
-Event: TypeAlias = Start | Token | Done | StreamError | Cancelled
+Event: TypeAlias = (Start | Token | Reasoning | Refusal | ToolCall | ToolCallDelta
+                    | ToolCallDone | Done | StreamError | Cancelled)
 Terminal: TypeAlias = Done | StreamError | Cancelled
 
 
 class Message(TypedDict):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    """One message of a request's ``messages``.
+
+    ``content``: a string, or a list of parts (``{"type": "text", "text"}``,
+    ``{"type": "image_url", "image_url": {"url"}}``); None on an assistant
+    message that only calls tools. Assistant messages may carry
+    ``tool_calls`` (``[{"id", "type": "function", "function": {"name",
+    "arguments"}}]``) and the ``provider_data`` the gateway gave out; a
+    ``tool`` message answers the call named by ``tool_call_id``.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
+    provider_data: NotRequired[dict[str, Any]]
+
+
+def assistant_message(message: Mapping[str, Any]) -> Message:
+    """The next turn's assistant message from an assembled one (``ChatStream.message``,
+    or the ``message`` of ``GET /v1/streams/<id>?include=message``).
+
+    ``{"role": "assistant", "content": text or None}``, with ``tool_calls`` and
+    ``provider_data`` only when there are any: what ``POST /v1/streams``
+    accepts back. Reasoning is not sent back (what a provider needs of it is
+    in ``provider_data``).
+    """
+    content = message.get("content")
+    next_turn: Message = {"role": "assistant", "content": content or None}
+    calls = message.get("tool_calls")
+    if calls:
+        next_turn["tool_calls"] = [
+            {"id": c["id"], "type": "function",
+             "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
+            for c in calls]
+    if message.get("provider_data"):
+        next_turn["provider_data"] = copy.deepcopy(message["provider_data"])
+    return next_turn
 
 
 # --------------------------------------------------------------------------- errors
@@ -265,10 +384,20 @@ class GatewayClient:
                model: str = "demo/echo", max_tokens: int | None = None,
                temperature: float | None = None, fallbacks: Sequence[str] | None = None,
                resume_grace_s: float | None = None,
-               stream_id: str | None = None) -> ChatStream:
+               stream_id: str | None = None,
+               tools: Sequence[Mapping[str, Any]] | None = None,
+               tool_choice: str | Mapping[str, Any] | None = None,
+               reasoning: Mapping[str, Any] | None = None,
+               response_format: Mapping[str, Any] | None = None,
+               stop: str | Sequence[str] | None = None, top_p: float | None = None,
+               seed: int | None = None,
+               metadata: Mapping[str, str] | None = None) -> ChatStream:
         """Start a stream (``POST /v1/streams``); return it once the gateway accepted it.
 
         Give ``prompt`` or ``messages``. Iterate over the result for its events.
+        ``tools``, ``tool_choice``, ``reasoning``, ``response_format``,
+        ``stop``, ``top_p``, ``seed`` and ``metadata`` go into the body as the
+        gateway's contract ("Richer requests") describes them; None leaves one out.
         Raises ``GatewayError`` when the gateway refuses (``unknown_model``,
         ``invalid_request``, ``unauthorized``, ``rate_limited``, ``overloaded``:
         nothing runs then; ``.retryable`` and ``.retry_after`` say whether and
@@ -284,7 +413,16 @@ class GatewayClient:
             body["prompt"] = prompt
         optional = {"max_tokens": max_tokens, "temperature": temperature,
                     "resume_grace_s": resume_grace_s,
-                    "fallbacks": None if fallbacks is None else list(fallbacks)}
+                    "fallbacks": None if fallbacks is None else list(fallbacks),
+                    "tools": None if tools is None else [dict(t) for t in tools],
+                    "tool_choice": tool_choice if isinstance(tool_choice, str | None)
+                    else dict(tool_choice),
+                    "reasoning": None if reasoning is None else dict(reasoning),
+                    "response_format": None if response_format is None
+                    else dict(response_format),
+                    "stop": stop if isinstance(stop, str | None) else list(stop),
+                    "top_p": top_p, "seed": seed,
+                    "metadata": None if metadata is None else dict(metadata)}
         body.update({k: v for k, v in optional.items() if v is not None})
         chat = ChatStream(self, stream_id or secrets.token_urlsafe(18), model=model)
         chat._start(body)
@@ -392,7 +530,10 @@ class ChatStream:
     Made by ``GatewayClient.stream`` and ``GatewayClient.resume``. Iterate over
     it (once) for ``Event`` objects; iteration stops after the terminal event
     (``Done``, ``StreamError`` or ``Cancelled``), also kept as ``terminal``.
-    ``text`` is the answer so far. As a context manager, leaving the block
+    ``text`` is the answer so far (its ``Token`` texts), ``reasoning`` and
+    ``refusal`` the same for those kinds; ``message`` the whole answer
+    assembled, tool calls included, and ``assistant_message()`` the message
+    to send back in the next turn. As a context manager, leaving the block
     before the end cancels the stream (else the gateway would let it run for
     its resume grace); ``close(cancel=False)`` only hangs up.
     """
@@ -401,6 +542,8 @@ class ChatStream:
     stream_id: str
     last_event_id: int | None = None  # the last event id received (resume position)
     text: str = ""
+    reasoning: str = ""
+    refusal: str = ""
     model: str | None = None  # the model asked for, then the one that answered
     terminal: Terminal | None = None
     reconnects: int = 0  # reconnection attempts, successful or not
@@ -410,6 +553,29 @@ class ChatStream:
     _events: Generator[Event, None, None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
+    # Tool calls by index: [call id, name, argument fragments]; done's provider_data.
+    _calls: dict[int, list[Any]] = field(default_factory=dict, repr=False)
+    _provider_data: dict[str, Any] | None = field(default=None, repr=False)
+
+    # the answer
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The answer assembled from the events so far, as the status route's
+        ``?include=message`` gives it: ``{"role": "assistant", "content",
+        "tool_calls" ([{"id", "type": "function", "function": {"name",
+        "arguments"}}] in index order, or None), "reasoning" (or None),
+        "refusal" (or None), "provider_data" (or None)}``. A new dict each time."""
+        calls = [{"id": call_id, "type": "function",
+                  "function": {"name": name, "arguments": "".join(fragments)}}
+                 for _, (call_id, name, fragments) in sorted(self._calls.items())]
+        return {"role": "assistant", "content": self.text, "tool_calls": calls or None,
+                "reasoning": self.reasoning or None, "refusal": self.refusal or None,
+                "provider_data": copy.deepcopy(self._provider_data)}
+
+    def assistant_message(self) -> Message:
+        """The next turn's assistant message (see the module's ``assistant_message``)."""
+        return assistant_message(self.message)
 
     # iteration
 
@@ -571,13 +737,32 @@ class ChatStream:
         match event:
             case Token(text=text):
                 self.text += text
+            case Reasoning(text=text):
+                self.reasoning += text
+            case Refusal(text=text):
+                self.refusal += text
+            case ToolCall(index=index, call_id=call_id, name=name):
+                self._calls[index] = [call_id, name, []]
+            case ToolCallDelta(index=index, arguments=arguments):
+                self._call(index)[2].append(arguments)
+            case ToolCallDone(index=index, call_id=call_id, name=name, arguments=arguments):
+                self._calls[index] = [call_id, name, [arguments]]
             case Start(model=model):
                 self.model = model
-            case Done(model=model):
+            case Done(model=model, provider_data=provider_data):
                 self.model, self.terminal = model, event
+                self._provider_data = provider_data or None
             case StreamError() | Cancelled():
                 self.terminal = event
         return event
+
+    def _call(self, index: int) -> list[Any]:
+        """Call ``index``; one first seen by a fragment (a stream followed from a later
+        position) has no id or name until its ``tool_call_done``."""
+        call = self._calls.get(index)
+        if call is None:
+            call = self._calls[index] = [None, None, []]
+        return call
 
     def _backoff(self, failures: int) -> float:
         """The server's ``retry:``, doubled per failure in a row, capped, plus 0-25 % jitter."""
@@ -590,18 +775,43 @@ def _parse(event_id: int, kind: str, data: Any) -> Event | None:
         return Token(event_id, str(data["content"]))
     if kind == "start":
         return Start(event_id, str(data["stream_id"]), str(data["model"]), float(data["created"]))
+    if kind == "reasoning":
+        return Reasoning(event_id, str(data["content"]))
+    if kind == "refusal":
+        return Refusal(event_id, str(data["content"]))
+    if kind == "tool_call":
+        return ToolCall(event_id, _index(data), str(data["id"]), str(data["name"]))
+    if kind == "tool_call_delta":
+        return ToolCallDelta(event_id, _index(data), str(data["arguments"]))
+    if kind == "tool_call_done":
+        return ToolCallDone(event_id, _index(data), str(data["id"]), str(data["name"]),
+                            str(data["arguments"]))
     if kind == "done":
         usage, metrics = data.get("usage") or {}, data.get("metrics") or {}
+        provider_data = data.get("provider_data")
+        if provider_data is not None and not isinstance(provider_data, dict):
+            raise TypeError("provider_data is not an object")
         return Done(event_id, data.get("finish_reason"), str(data["model"]),
-                    Usage(usage.get("input_tokens"), usage.get("output_tokens")),
+                    Usage(usage.get("input_tokens"), usage.get("output_tokens"),
+                          usage.get("cache_read_input_tokens"),
+                          usage.get("cache_creation_input_tokens"),
+                          usage.get("reasoning_tokens")),
                     Metrics(metrics.get("ttft_ms"), metrics.get("duration_ms"),
-                            metrics.get("tokens_per_second")))
+                            metrics.get("tokens_per_second")),
+                    data.get("provider_finish_reason"), provider_data)
     if kind == "error":
         return StreamError(event_id, str(data["code"]), str(data["message"]),
                            bool(data.get("retryable", False)), data.get("provider"))
     if kind == "cancelled":
         return Cancelled(event_id, str(data["reason"]))
     return None  # a kind of event this client does not know (a newer gateway): skipped
+
+
+def _index(data: Any) -> int:
+    index = data["index"]
+    if type(index) is not int or index < 0:
+        raise ValueError(f"index {index!r} is not a call's index")
+    return index
 
 
 def _event_id(sse: ServerSentEvent) -> int:
