@@ -1,5 +1,10 @@
 // The demo chat page: a conversation streamed through sse-gateway with sse-client.js.
 // Plain ES module, no build step. Tokens are added as text nodes, never as HTML.
+// Reasoning streams into a <details> (open while it streams, closed when the answer
+// starts), tool calls show their name and arguments as they build, refusals are marked.
+// The page's own tools (get_time) are offered to demo/tools (and to any model with
+// ?tools=1): when an answer ends with finish_reason "tool_calls", the page runs the
+// calls, shows the results and streams the next turn with them.
 
 import { streamChat } from "./sse-client.js";
 
@@ -32,11 +37,62 @@ const ui = {
   send: $("#send"),
   stop: $("#stop"),
   template: $("#message-template"),
+  toolTemplate: $("#tool-call-template"),
 };
 
 const params = new URLSearchParams(location.search);
-const history = []; // [{role, content}] sent as `messages`
+const history = []; // the conversation sent as `messages` (tool calls and results included)
 let current = null; // {stream, view} while an answer streams
+
+// ------------------------------------------------------------------------------ tools
+
+/** The tools this page runs itself, in the browser, when a model calls them. */
+const LOCAL_TOOLS = {
+  get_time: {
+    description: "The current date and time, in a time zone (an IANA name such as "
+      + "Europe/Paris; default UTC).",
+    parameters: {
+      type: "object",
+      properties: { timezone: { type: "string", description: "IANA time zone, e.g. UTC" } },
+    },
+    run({ timezone = "UTC" }) {
+      const now = new Date();
+      if (timezone === "UTC") return now.toISOString();
+      return now.toLocaleString("en-GB", { timeZone: timezone, dateStyle: "medium",
+        timeStyle: "long" }); // a RangeError for an unknown zone
+    },
+  },
+};
+const TOOLS = Object.entries(LOCAL_TOOLS).map(([name, tool]) => ({
+  type: "function", function: { name, description: tool.description, parameters: tool.parameters },
+}));
+const TOOL_MODELS = new Set(["demo/tools"]);
+const MAX_TOOL_ROUNDS = 4; // tool answers sent back per question, at most
+
+function offersTools(model) {
+  return TOOL_MODELS.has(model) || params.get("tools") === "1";
+}
+
+/** Run one call; its result as the text of a `tool` message (errors included). */
+function runTool(call) {
+  const tool = Object.hasOwn(LOCAL_TOOLS, call.function.name) ? LOCAL_TOOLS[call.function.name]
+    : null;
+  if (!tool) return { ok: false, content: `error: this page has no tool "${call.function.name}"` };
+  let args;
+  try {
+    args = JSON.parse(call.function.arguments || "{}");
+  } catch {
+    return { ok: false, content: "error: the arguments are not JSON" };
+  }
+  if (args === null || typeof args !== "object" || Array.isArray(args)) {
+    return { ok: false, content: "error: the arguments are not a JSON object" };
+  }
+  try {
+    return { ok: true, content: String(tool.run(args)) };
+  } catch (error) {
+    return { ok: false, content: `error: ${error.message}` };
+  }
+}
 
 // ------------------------------------------------------------------------------ storage
 
@@ -138,13 +194,24 @@ function addMessage(role, text = "", model = "") {
   const node = ui.template.content.firstElementChild.cloneNode(true);
   node.dataset.role = role;
   node.classList.add(`message-${role}`);
+  const find = (id) => node.querySelector(`[data-testid="${id}"]`);
   const view = {
     node,
-    text: node.querySelector('[data-testid="message-text"]'),
-    state: node.querySelector('[data-testid="message-state"]'),
-    note: node.querySelector('[data-testid="message-note"]'),
+    text: find("message-text"),
+    state: find("message-state"),
+    note: find("message-note"),
     textNode: document.createTextNode(text),
+    reasoning: find("message-reasoning"),
+    reasoningMeta: find("reasoning-meta"),
+    reasoningNode: document.createTextNode(""),
+    reasoningAuto: false, // opened by the page (so the page closes it), not by the reader
+    refusal: find("message-refusal"),
+    refusalNode: document.createTextNode(""),
+    toolList: find("tool-calls"),
+    calls: new Map(), // tool call views by index
   };
+  find("reasoning-text").append(view.reasoningNode);
+  find("refusal-text").append(view.refusalNode);
   const who = node.querySelector('[data-testid="message-role"]');
   who.textContent = role === "user" ? "You" : "Assistant";
   view.model = node.querySelector('[data-testid="message-model"]');
@@ -153,6 +220,58 @@ function addMessage(role, text = "", model = "") {
   ui.messages.append(node);
   scrollToEnd(stick || role === "user");
   return view;
+}
+
+// Reasoning: shown (open) with its first text; closed once the answer itself starts.
+function addReasoning(view, text) {
+  if (view.reasoning.hidden) {
+    view.reasoning.hidden = false;
+    view.reasoning.open = true;
+    view.reasoningAuto = true;
+    view.node.dataset.reasoning = "streaming";
+    view.reasoningMeta.textContent = "thinking…";
+  }
+  view.reasoningNode.appendData(text);
+}
+
+function answerStarts(view) {
+  if (view.node.dataset.reasoning !== "streaming") return;
+  view.node.dataset.reasoning = "done";
+  view.reasoningMeta.textContent = "";
+  if (view.reasoningAuto) view.reasoning.open = false;
+}
+
+function addRefusal(view, text) {
+  answerStarts(view);
+  view.refusal.hidden = false;
+  view.node.dataset.refused = "true";
+  view.refusalNode.appendData(text);
+}
+
+function toolCallView(view, index) {
+  let call = view.calls.get(index);
+  if (call) return call;
+  const node = ui.toolTemplate.content.firstElementChild.cloneNode(true);
+  node.dataset.index = String(index);
+  const find = (id) => node.querySelector(`[data-testid="${id}"]`);
+  call = { node, name: find("tool-call-name"), id: find("tool-call-id"),
+    args: document.createTextNode(""), result: find("tool-result"),
+    resultLabel: find("tool-result-label"), resultText: find("tool-result-text") };
+  find("tool-call-arguments").append(call.args);
+  // In index order, whatever order the calls' first events came in.
+  const after = [...view.calls.keys()].filter((i) => i > index).sort((a, b) => a - b)[0];
+  view.toolList.insertBefore(node, after === undefined ? null : view.calls.get(after).node);
+  view.calls.set(index, call);
+  view.toolList.hidden = false;
+  view.node.dataset.tools = "true";
+  return call;
+}
+
+function showToolResult(call, outcome) {
+  call.node.dataset.state = outcome.ok ? "ran" : "failed";
+  call.resultLabel.textContent = outcome.ok ? "Result" : "Failed";
+  call.resultText.textContent = outcome.content;
+  call.result.hidden = false;
 }
 
 function setMessageState(view, state, note = "") {
@@ -234,25 +353,61 @@ async function send(text) {
     (ui.model.value === CUSTOM ? ui.custom : ui.model).focus();
     return;
   }
+  const turnStart = history.length;
   history.push({ role: "user", content: text });
   addMessage("user", text);
+  setBusy(true);
+  const tools = offersTools(model) ? TOOLS : null;
+  for (let round = 0; ; round++) {
+    const { result, stream, view } = await streamAnswer(model, tools);
+    if (result.status !== "done") {
+      // A failed turn leaves the question in the history only if some answer came back.
+      if (result.text) history.push({ role: "assistant", content: result.text });
+      else if (result.status === "error") history.length = turnStart;
+      break;
+    }
+    const message = result.message;
+    history.push(message.tool_calls || message.provider_data ? stream.assistantMessage()
+      : { role: "assistant", content: result.text });
+    if (result.payload?.finish_reason !== "tool_calls" || !message.tool_calls) break;
+    // Every call gets its result (an error too), as the next turn must answer each one.
+    for (const [index, call] of message.tool_calls.entries()) {
+      const outcome = runTool(call);
+      showToolResult(toolCallView(view, index), outcome);
+      history.push({ role: "tool", tool_call_id: call.id, content: outcome.content });
+    }
+    if (round + 1 >= MAX_TOOL_ROUNDS) {
+      setStatus("done", `stopped after ${MAX_TOOL_ROUNDS} tool rounds`);
+      break;
+    }
+  }
+  setBusy(false);
+  ui.prompt.focus();
+}
+
+/** Stream one answer to the conversation so far into a new assistant message. */
+async function streamAnswer(model, tools) {
   const view = addMessage("assistant", "", model);
   setMessageState(view, "connecting");
-  setBusy(true);
   clearFigures();
   setStatus("connecting", model);
   const body = {};
   const grace = params.get("resume_grace_s");
   if (grace !== null && grace !== "") body.resume_grace_s = Number(grace);
+  const output = (stream) => {
+    if (ui.status.dataset.state !== "streaming") setStatus("streaming", stream.model ?? model);
+    scheduleFigures(stream);
+  };
   const stream = streamChat({
     model,
-    messages: history.map(({ role, content }) => ({ role, content })),
+    messages: history.map((message) => ({ ...message })),
+    tools: tools ?? undefined,
     apiKey: ui.apiKey.value || undefined,
     body,
     onStateChange(state) {
       if (state === "streaming") {
         setMessageState(view, "streaming");
-        setStatus(this.stats.tokens ? "streaming" : "waiting", this.model ?? model);
+        setStatus(this.stats.outputs ? "streaming" : "waiting", this.model ?? model);
       } else if (state === "connecting" && this.stats.reconnects) {
         setStatus("reconnecting", `attempt ${this.stats.reconnects}: connecting…`);
       }
@@ -264,10 +419,39 @@ async function send(text) {
     },
     onToken(text) {
       const stick = nearBottom();
+      answerStarts(view);
       view.textNode.appendData(text);
-      if (ui.status.dataset.state !== "streaming") setStatus("streaming", this.model ?? model);
-      scheduleFigures(this);
+      output(this);
       if (stick) scrollToEnd(true);
+    },
+    onReasoning(text) {
+      const stick = nearBottom();
+      addReasoning(view, text);
+      output(this);
+      if (stick) scrollToEnd(true);
+    },
+    onRefusal(text) {
+      addRefusal(view, text);
+      output(this);
+    },
+    onToolCall({ index, id, name }) {
+      answerStarts(view);
+      const call = toolCallView(view, index);
+      call.name.textContent = name;
+      call.id.textContent = id;
+      output(this);
+    },
+    onToolCallDelta({ index, arguments: fragment }) {
+      toolCallView(view, index).args.appendData(fragment);
+      output(this);
+    },
+    onToolCallDone({ index, id, name, arguments: whole }) {
+      const call = toolCallView(view, index);
+      call.name.textContent = name;
+      call.id.textContent = id;
+      call.args.data = whole; // the whole text: also right when its start was not seen
+      call.node.dataset.state = "done";
+      output(this);
     },
     onReconnecting(attempt, delay, cause) {
       setMessageState(view, "reconnecting");
@@ -283,36 +467,32 @@ async function send(text) {
     cancelAnimationFrame(frame);
     frame = 0;
   }
+  answerStarts(view);
   showFigures(stream);
   const s = stream.stats;
   if (result.payload?.model) view.model.textContent = result.payload.model; // a fallback answered?
   if (result.status === "done") {
-    history.push({ role: "assistant", content: result.text });
     const usage = result.payload?.usage;
     const metrics = result.payload?.metrics;
     const parts = [result.payload?.finish_reason && `finish: ${result.payload.finish_reason}`,
       usage?.output_tokens != null && `${usage.output_tokens} tokens`,
+      usage?.reasoning_tokens != null && `${usage.reasoning_tokens} reasoning`,
       metrics?.tokens_per_second != null && `${metrics.tokens_per_second} tok/s (server)`,
       s.reconnects && `resumed ${s.reconnects}×`].filter(Boolean);
     setMessageState(view, "done", parts.join(" · "));
     setStatus("done", parts.slice(0, 2).join(" · "));
   } else if (result.status === "cancelled") {
-    if (result.text) history.push({ role: "assistant", content: result.text });
     const reason = result.payload?.reason ?? "deleted";
     setMessageState(view, "cancelled", `Stopped (${reason}) after ${s.tokens} token events.`);
     setStatus("cancelled", `reason: ${reason}`);
   } else {
     const error = result.error;
-    // A failed turn leaves the question in the history only if some answer came back.
-    if (result.text) history.push({ role: "assistant", content: result.text });
-    else history.pop();
     const hint = error?.code === "unauthorized" ? " Enter an API key above." : "";
     const detail = `${error?.code ?? "error"}: ${error?.message ?? "the stream failed"}`;
     setMessageState(view, "error", detail + hint);
     setStatus("error", detail);
   }
-  setBusy(false);
-  ui.prompt.focus();
+  return { result, stream, view };
 }
 
 function stop() {
