@@ -108,11 +108,14 @@ def round_trip(page: Page, url: str, prompt: str) -> Posts:
     page.select_option('[data-testid="model-select"]', value="demo/tools")
     page.fill('[data-testid="prompt"]', prompt)
     page.click('[data-testid="send"]')
-    page.wait_for_function("""() => {
-        const answers = document.querySelectorAll('[data-testid="message"][data-role="assistant"]');
-        return document.querySelector('.app').dataset.busy === "false" && answers.length === 2
-            && [...answers].every((a) => a.dataset.state === "done");
-    }""")
+    page.wait_for_function("""() => document.querySelector('.app').dataset.busy === "false"
+        && document.querySelector('[data-testid="message"][data-role="assistant"]'
+            + ':is([data-state="done"], [data-state="error"], [data-state="cancelled"])')""")
+    ended = page.eval_on_selector_all(
+        '[data-testid="message"][data-role="assistant"]',
+        "n => n.map(e => [e.dataset.state, e.querySelector('[data-testid=message-note]')"
+        ".textContent])")
+    assert [state for state, _ in ended] == ["done", "done"], ended
     return posts
 
 
@@ -121,8 +124,9 @@ def text_of(page: Page, selector: str) -> list[str]:
 
 
 def check_round_trip(page: Page, server: GatewayServer, posts: Posts, prompt: str,
-                     arguments: str, thought: str) -> tuple[str, str]:
-    """The checks both tests share; returns the call id and the tool's result."""
+                     arguments: str, thought: str, ran: bool = True) -> tuple[str, str]:
+    """The checks the tests share; returns the call id and the tool's result (``ran``:
+    the tool succeeded, else its error is the result sent back)."""
     answers = page.locator('[data-testid="message"][data-role="assistant"]')
     first, second = answers.nth(0), answers.nth(1)
     # The reasoning: shown and opened before its first text, closed once the call began.
@@ -143,8 +147,9 @@ def check_round_trip(page: Page, server: GatewayServer, posts: Posts, prompt: st
     assert re.fullmatch(r"call_[0-9a-f]{24}", call_id)
     assert calls.get_by_test_id("tool-call-name").text_content() == "get_time"
     assert calls.get_by_test_id("tool-call-arguments").text_content() == arguments
-    assert calls.get_attribute("data-state") == "ran"
-    assert calls.get_by_test_id("tool-result-label").text_content() == "Result"
+    assert calls.get_attribute("data-state") == ("ran" if ran else "failed")
+    assert calls.get_by_test_id("tool-result-label").text_content() == (
+        "Result" if ran else "Failed")
     result = str(calls.get_by_test_id("tool-result-text").text_content())
     # The answer quotes it, and nothing else streamed into either message.
     assert first.get_by_test_id("message-text").text_content() == ""
@@ -203,3 +208,14 @@ def test_a_time_zone_named_in_the_prompt(page: Page, server: GatewayServer) -> N
     assert shown[1] in {f"{t.day} {t:%b %Y}" for t in (before, after)}
     assert shown[2] in {f"{t:%H:%M}" for t in (before, after)}
     assert shown[3] in {"GMT+9", "JST"}
+
+
+def test_a_tool_that_fails_sends_its_error_back(page: Page, server: GatewayServer) -> None:
+    """An unknown zone: the browser's RangeError is the tool's result, shown as a
+    failure and sent back (the model must get an answer to every call)."""
+    prompt = "What time is it in Mars/Olympus_Mons?"
+    posts = round_trip(page, server.url, prompt)
+    _, result = check_round_trip(
+        page, server, posts, prompt, '{"timezone": "Mars/Olympus_Mons"}',
+        "The user wants the time in Mars/Olympus_Mons; I will call get_time.", ran=False)
+    assert result.startswith("error: ") and "Mars/Olympus_Mons" in result, result
