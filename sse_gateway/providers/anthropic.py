@@ -8,7 +8,7 @@ API's plain JSON body (no SDK transform, see ``providers.sdk``):
   blocks (an https URL as a ``url`` source, a data URL as a ``base64`` one);
 - an assistant message becomes content blocks in the order Anthropic wants
   them: its thinking blocks (given back in ``provider_data``, unchanged), its
-  text, then one ``tool_use`` per tool call;
+  text, then one ``tool_use`` per tool call (text alone stays a string);
 - tool results become ``tool_result`` blocks of a user message; consecutive
   results share one user message, and a user message that follows them joins it;
 - ``reasoning_budget`` asks for extended thinking, and ``max_tokens`` (required
@@ -286,9 +286,13 @@ def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     return out
 
 
-def _assistant(message: Message) -> list[dict[str, Any]]:
-    blocks = list(_thinking_blocks(message) or ())
+def _assistant(message: Message) -> str | list[dict[str, Any]]:
+    """Thinking blocks, text, tool_use blocks; only text stays a string (as it came)."""
+    thinking = _thinking_blocks(message)
     text = message.text
+    if not thinking and not message.tool_calls:
+        return text
+    blocks = list(thinking or ())
     if text:
         blocks.append({"type": "text", "text": text})
     blocks.extend({"type": "tool_use", "id": call.id, "name": call.name,
