@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
+from app.settings import Settings, SettingsError
 from sse_gateway.broker import BrokerOptions
 from sse_gateway.config import StreamsConfig
 from sse_gateway.errors import InvalidRequest, NotFound, RequestTooLarge
@@ -1068,3 +1069,27 @@ def test_the_extension_stream_refuses_like_the_api(
         assert (got_status, answer.get_json()) == (status, {"error": {
             "code": code, "message": message, "param": param}})
     assert provider.opened == 0
+
+
+# --- the bounds are settings ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"MAX_TOOLS": "-1"}, "MAX_TOOLS must be >= 0, got -1"),
+    ({"MAX_TOOLS_BYTES": "0"}, "MAX_TOOLS_BYTES must be > 0, got 0"),
+    ({"MAX_IMAGE_BYTES": "1.5"}, "MAX_IMAGE_BYTES must be an integer, got '1.5'"),
+])
+def test_bad_bounds_fail_at_start_up(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.load(env)
+    assert str(raised.value) == message
+
+
+def test_the_bounds_default_and_zero_tools_refuses_tools() -> None:
+    settings = Settings.load({}).streams
+    assert (settings.max_tools, settings.max_tools_bytes, settings.max_image_bytes) == (
+        128, 65536, 5 * 1024 * 1024)
+    assert Settings.load({"MAX_TOOLS": "0"}).streams.max_tools == 0
+    with pytest.raises(InvalidBody) as raised:
+        parse(chat(tools=[TOOL]), max_tools=0)
+    assert (raised.value.param, raised.value.message) == ("tools", "tools: are not accepted here")
+    assert parse(chat(tools=[]), max_tools=0).tools == ()
