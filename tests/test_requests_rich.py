@@ -1093,3 +1093,28 @@ def test_the_bounds_default_and_zero_tools_refuses_tools() -> None:
         parse(chat(tools=[TOOL]), max_tools=0)
     assert (raised.value.param, raised.value.message) == ("tools", "tools: are not accepted here")
     assert parse(chat(tools=[]), max_tools=0).tools == ()
+
+
+# --- check() of a real adapter, through the app ------------------------------------------------
+
+def test_the_app_answers_what_the_anthropic_adapter_cannot_honour_with_400() -> None:
+    """The adapter is configured but never reached: its check() refuses first."""
+    app = create_app({"MODELS": "demo/echo,anthropic/claude-sonnet-4-5", "MAX_FALLBACKS": 1,
+                      "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+                      "RATELIMIT_CREATE": ""})
+    client = app.test_client()
+    streams = app.extensions["sse_gateway"].streams
+    try:
+        assert post(client, chat(model="anthropic/claude-sonnet-4-5", seed=1)) == (400, {
+            "error": {"code": "invalid_request", "param": "seed", "message":
+                      "seed: anthropic has no seed (anthropic model 'claude-sonnet-4-5')"}})
+        bmp = "data:image/bmp;base64," + base64.b64encode(b"BM").decode()
+        param = "messages.0.content.0.image_url.url"
+        assert post(client, {**part(url=bmp), "fallbacks": ["anthropic/claude-sonnet-4-5"]}) == (
+            400, {"error": {"code": "invalid_request", "param": param, "message": (
+                f"{param}: anthropic takes images as https URLs or base64 data URLs of "
+                "image/jpeg, image/png, image/gif or image/webp (anthropic model "
+                "'claude-sonnet-4-5')")}})
+        assert streams.active == 0
+    finally:
+        settled(streams)
