@@ -932,8 +932,8 @@ def config_options(config: StreamsConfig) -> BrokerOptions:
 
 
 @pytest.mark.parametrize(("model", "fallbacks", "where"), [
-    ("first/a", [], "first model 'a'"),
-    ("first/a", ["second/b"], "first model 'a'"),
+    ("first/a", [], "model 'first/a'"),
+    ("first/a", ["second/b"], "model 'first/a'"),
 ])
 def test_a_field_the_model_cannot_honour_is_a_400_before_anything_starts(
         picky: tuple[Streams, Picky, Picky], model: str, fallbacks: list[str],
@@ -969,7 +969,7 @@ def test_a_field_a_fallback_cannot_honour_is_a_400_naming_it() -> None:
         with pytest.raises(InvalidRequest) as refused:
             streams.start(body, owner="o", holder="o")
         assert (refused.value.param, refused.value.message) == (
-            "tools", "tools: are not supported (second model 'b')")
+            "tools", "tools: are not supported (model 'second/b')")
         assert [r.model for r in first.checked] == ["a"]
         assert [r.model for r in second.checked] == ["b"]
         assert (first.opened, second.opened, streams.active) == (0, 0, 0)
@@ -1048,7 +1048,7 @@ def test_the_extension_stream_takes_every_new_field(
 
 @pytest.mark.parametrize(("kwargs", "status", "param", "message"), [
     ({"tools": [TOOL], "tool_choice": "any"}, 400, "tool_choice", f"tool_choice: {TOOL_CHOICE}"),
-    ({"seed": 1}, 400, "seed", "seed: is not supported by this provider (first model 'a')"),
+    ({"seed": 1}, 400, "seed", "seed: is not supported by this provider (model 'first/a')"),
     ({"tools": [TOOL, {"type": "function", "function": {"name": "t"}}]}, 400, "tools",
      "tools: at most 1 are accepted"),
     ({"tools": tools_of_size(201)}, 413, "tools",
@@ -1107,14 +1107,14 @@ def test_the_app_answers_what_the_anthropic_adapter_cannot_honour_with_400() -> 
     try:
         assert post(client, chat(model="anthropic/claude-sonnet-4-5", seed=1)) == (400, {
             "error": {"code": "invalid_request", "param": "seed", "message":
-                      "seed: anthropic has no seed (anthropic model 'claude-sonnet-4-5')"}})
+                      "seed: anthropic has no seed (model 'anthropic/claude-sonnet-4-5')"}})
         bmp = "data:image/bmp;base64," + base64.b64encode(b"BM").decode()
         param = "messages.0.content.0.image_url.url"
         assert post(client, {**part(url=bmp), "fallbacks": ["anthropic/claude-sonnet-4-5"]}) == (
             400, {"error": {"code": "invalid_request", "param": param, "message": (
                 f"{param}: anthropic takes images as https URLs or base64 data URLs of "
-                "image/jpeg, image/png, image/gif or image/webp (anthropic model "
-                "'claude-sonnet-4-5')")}})
+                "image/jpeg, image/png, image/gif or image/webp (model "
+                "'anthropic/claude-sonnet-4-5')")}})
         assert streams.active == 0
     finally:
         settled(streams)

@@ -342,8 +342,8 @@ class Streams:
         try:
             provider.check(chat)
         except Unsupported as exc:
-            raise InvalidRequest(f"{exc.param}: {exc.message} ({provider.name} model "
-                                 f"{provider_model!r})", param=exc.param) from None
+            raise InvalidRequest(f"{exc.param}: {exc.message} (model {model!r})",
+                                 param=exc.param) from None
         return Candidate(model, provider, chat)
 
     def _follow(self, stream_id: str, info: StreamInfo, after: int,
