@@ -3,7 +3,7 @@
 Parsing: every real recording in tests/recordings/anthropic is served (as
 tests/test_recordings_anthropic.py serves it to the SDK) to AnthropicProvider,
 and its deltas must carry, per kind, exactly what the SDK assembled in
-<name>.expected.json. What no public recording shows (redacted thinking, a
+<name>.expected.json. What no public recording shows (a
 refusal, a tool_use without input deltas, unknown blocks, deltas and events)
 is tested with streams written by hand below, marked HAND-WRITTEN.
 
@@ -59,6 +59,7 @@ FINISHED = {
     "tool_use_parallel": Finished("tool_calls", "tool_use"),
     "web_search_cumulative_usage": Finished("stop", "end_turn"),
     "max_tokens_partial_tool_input": Finished("length", "max_tokens"),
+    "redacted_thinking": Finished("stop", "end_turn"),
 }
 # The arguments text of each call, exactly as its input_json_delta fragments concatenate.
 ARGUMENTS = {
@@ -176,8 +177,10 @@ def test_each_recording_carries_what_the_sdk_assembled(
     assert text_of(deltas, TextDelta) == "".join(
         b["text"] for b in blocks if b["type"] == "text")
     thinking = [{"type": "thinking", "thinking": b["thinking"], "signature": b["signature"]}
-                for b in blocks if b["type"] == "thinking"]
-    assert text_of(deltas, ReasoningDelta) == "".join(b["thinking"] for b in thinking)
+                if b["type"] == "thinking" else {"type": "redacted_thinking", "data": b["data"]}
+                for b in blocks if b["type"] in ("thinking", "redacted_thinking")]
+    assert text_of(deltas, ReasoningDelta) == "".join(
+        b["thinking"] for b in thinking if b["type"] == "thinking")
     assert [d for d in deltas if isinstance(d, ProviderData)] == [
         ProviderData("anthropic", "thinking_blocks", b) for b in thinking]
     uses = [b for b in blocks if b["type"] == "tool_use"]
@@ -296,7 +299,7 @@ def test_an_event_that_is_not_json_is_an_error(provider: AnthropicProvider) -> N
 
 
 def test_redacted_thinking_is_provider_data_only(provider: AnthropicProvider) -> None:
-    """HAND-WRITTEN: no public recording streams a redacted_thinking block (SOURCES.md)."""
+    """HAND-WRITTEN (redacted_thinking.sse is the recorded case): a redacted block alone."""
     body = sse(message_start(),
                block_start(0, {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3p"}),
                block_stop(0),
