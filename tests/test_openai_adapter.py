@@ -174,7 +174,17 @@ RECORDED: dict[str, tuple[Usage, list[str]]] = {
     "openai_refusal": (Usage(79, 11, None, None, 0), ["RefusalDelta", *END]),
     "openai_tool_call_split": (Usage(76, 24, None, None, 0), CALL0),
     "xai_reasoning_tool_call": (Usage(291, 26, 290, None, 196), ["ReasoningDelta", *CALL0]),
+    # Each reasoning chunk repeats its text in reasoning_details (not relayed twice, named);
+    # the last detail holds only the signature.
+    "openrouter_reasoning_details": (Usage(43, 36, 0, None, 13), [
+        *["ReasoningDelta", "Unrelayed reasoning_details"] * 3, "Unrelayed reasoning_details",
+        "TextDelta", *END]),
+    "snowflake_done_without_finish_reason": (Usage(22, 5, 0, None, 0), ["TextDelta", *END]),
+    "snowflake_reasoning_details_only": (Usage(45, 73, 0, None, 0),
+                                         ["ReasoningDelta", "TextDelta", *END]),
 }
+# Reasoning the SDK does not accumulate (it knows no reasoning_details), read from the file.
+DETAILS_ONLY = {"snowflake_reasoning_details_only": "15 * 27 = 405"}
 
 
 def test_every_recording_is_checked() -> None:
@@ -189,14 +199,18 @@ def test_recording(provider: OpenAIProvider, name: str) -> None:
     assert shape(deltas) == order
     assert joined(deltas, TextDelta) == (expected["content"] or "")
     assert joined(deltas, ReasoningDelta) == (
-        expected["reasoning_content"] or expected["reasoning"] or expected["thinking"] or "")
+        expected["reasoning_content"] or expected["reasoning"] or expected["thinking"]
+        or DETAILS_ONLY.get(name, ""))
     assert joined(deltas, RefusalDelta) == (expected["refusal"] or "")
     assert calls(deltas) == {int(i): (c["id"], c["name"], c["arguments"])
                              for i, c in expected["tool_calls"].items()}
     assert [d for d in deltas if isinstance(d, Usage)] == [usage]
     reason = expected["finish_reason"]
-    assert reason in ("stop", "length", "tool_calls")
-    assert deltas[-1] == Finished(reason, reason)
+    if reason is None:  # [DONE] with no finish_reason anywhere: done all the same
+        assert deltas[-1] == Finished("stop", None)
+    else:
+        assert reason in ("stop", "length", "tool_calls")
+        assert deltas[-1] == Finished(reason, reason)
 
 
 def test_reasoning_and_text_of_one_mistral_delta_keep_their_order(
@@ -636,3 +650,16 @@ def test_check_refuses_a_budget_without_an_effort(provider: OpenAIProvider) -> N
 ])
 def test_check_accepts_everything_else(provider: OpenAIProvider, request_: ChatRequest) -> None:
     provider.check(request_)
+
+
+def test_reasoning_details_alone_are_reasoning(provider: OpenAIProvider) -> None:
+    # Written: OpenRouter's structured reasoning with no reasoning field beside it (as the
+    # Snowflake recording sends it), with a summary and an encrypted item.
+    details = [{"type": "reasoning.text", "text": "Step 1.", "format": "x", "index": 0},
+               {"type": "reasoning.summary", "summary": " In short.", "index": 0},
+               {"type": "reasoning.encrypted", "data": "ZW5j", "index": 0}]
+    body = sse(chunk({"content": "", "reasoning_details": details}), chunk({"content": "A"}),
+               chunk({}, "stop"))
+    assert serve(provider, "details_alone", body) == [
+        ReasoningDelta("Step 1."), ReasoningDelta(" In short."), Unrelayed("reasoning_details"),
+        TextDelta("A"), Finished("stop", "stop")]

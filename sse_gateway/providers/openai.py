@@ -73,7 +73,7 @@ CHUNK_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint"
                         "provider"})  # OpenRouter: which upstream answered
 CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "logprobs", "native_finish_reason"})
 DELTA_KEYS = frozenset({"role", "content", "refusal", "reasoning_content", "reasoning",
-                        "tool_calls", "function_call",
+                        "reasoning_details", "tool_calls", "function_call",
                         "index"})  # a copy of the choice's index (the GLM recording)
 
 # finish_reason in the gateway's vocabulary; any other word is "other".
@@ -334,6 +334,14 @@ class _Answer:
         # Servers moving from one field to the other have sent the same text in both.
         if isinstance(also, str) and also and also != reasoning:
             yield ReasoningDelta(also)
+        details = delta.get("reasoning_details")
+        if details:
+            if (isinstance(reasoning, str) and reasoning) or (isinstance(also, str) and also):
+                # OpenRouter: the text of ``reasoning`` again, with what is not relayed
+                # (formats, signatures).
+                unrelayed.append("reasoning_details")
+            else:
+                yield from _reasoning_details(details, unrelayed)
         content = delta.get("content")
         if isinstance(content, str):
             if content:
@@ -420,6 +428,26 @@ class _Answer:
     def _malformed(self, what: str) -> UpstreamError:
         return UpstreamError(f"{self.provider} sent a chunk with a malformed {what}",
                              provider=self.provider)
+
+
+def _reasoning_details(details: Any, unrelayed: list[str]) -> Iterator[Delta]:
+    """OpenRouter's structured reasoning, sent alone by some hosts (the Snowflake
+    recording): its text and summaries are reasoning; what else an item holds
+    (a signature, encrypted data) is not relayed, and named."""
+    if not isinstance(details, list):
+        unrelayed.append("reasoning_details")
+        return
+    for item in details:
+        if not isinstance(item, dict):
+            unrelayed.append("reasoning_details")
+            continue
+        text = item.get("text") if item.get("type") == "reasoning.text" else (
+            item.get("summary") if item.get("type") == "reasoning.summary" else None)
+        if isinstance(text, str) and text:
+            yield ReasoningDelta(text)
+        if not (_blank(item.get("signature")) and _blank(item.get("data"))
+                and item.get("type") in ("reasoning.text", "reasoning.summary")):
+            unrelayed.append("reasoning_details")
 
 
 def _parts(parts: list[Any], unrelayed: list[str]) -> Iterator[Delta]:
