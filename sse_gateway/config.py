@@ -65,6 +65,15 @@ class StreamsConfig:
     # max_tokens sent to providers that require one when the request gives none.
     default_max_tokens: int = 4096
     max_messages: int = 1000
+    # Tools one request may declare (0 = none accepted; over it, 400), and the
+    # size of its tools list as compact UTF-8 JSON (over it, 413
+    # payload_too_large naming "tools").
+    max_tools: int = 128
+    max_tools_bytes: int = 65536
+    # Decoded bytes of one data-URL image of a message (over it, 413 naming the
+    # part). A body is bounded by MAX_CONTENT_LENGTH first: base64 takes 4/3 of
+    # the image's size.
+    max_image_bytes: int = 5 * 1024 * 1024
     # Running streams one worker accepts; also sizes each SDK's connection pool.
     max_active_streams: int = 1000
     # Running streams one API key (or, when open, one client address) may hold,
@@ -155,7 +164,8 @@ class StreamsConfig:
         """Return self, or raise ConfigError naming the first bad value (as
         ``<prefix>NAME``: the key it was read from)."""
         positive = ("heartbeat_s", "stream_ttl_s", "max_tokens_limit", "default_max_tokens",
-                    "max_messages", "max_events_per_stream", "max_stream_bytes",
+                    "max_messages", "max_tools_bytes", "max_image_bytes",
+                    "max_events_per_stream", "max_stream_bytes",
                     "max_stored_bytes_per_key", "producer_timeout_s", "redis_max_connections",
                     "max_active_streams", "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
@@ -164,7 +174,7 @@ class StreamsConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{prefix}{name.upper()} must be > 0, "
                                   f"got {getattr(self, name)!r}")
-        non_negative = ("max_streams_per_key", "max_readers_per_stream", "max_readers_per_key",
+        non_negative = ("max_tools", "max_streams_per_key", "max_readers_per_stream", "max_readers_per_key",
                         "max_fallbacks", "retry_budget_s", "retry_base_delay_s",
                         "retry_max_delay_s", "resume_grace_s", "max_resume_grace_s",
                         "shutdown_margin_s", "demo_ttft_s", "demo_token_delay_s")

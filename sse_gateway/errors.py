@@ -2,7 +2,8 @@
 
     StreamsError                  code                status
      ├── InvalidRequest           invalid_request      400   (param names the field)
-     │    └── UnknownModel        unknown_model        400   (param: model or fallbacks.N)
+     │    ├── UnknownModel        unknown_model        400   (param: model or fallbacks.N)
+     │    └── RequestTooLarge     payload_too_large    413   (param: tools, an image part)
      ├── NotFound                 not_found            404   (or another owner's stream)
      ├── StreamExists             stream_exists        409
      ├── PositionGone             position_gone        410
@@ -50,6 +51,13 @@ class UnknownModel(InvalidRequest):
     other (``except InvalidRequest`` catches it), with its own code."""
 
     code = "unknown_model"
+
+
+class RequestTooLarge(InvalidRequest):
+    """A part of the request is over its size bound (the tools, an image): a bad
+    argument like any other, answered 413."""
+
+    code = "payload_too_large"
 
 
 class NotFound(StreamsError):

@@ -75,10 +75,10 @@ class Scripted:
                     step.released.wait()
                 elif isinstance(step, int | float):
                     self._world.clock.sleep(step)
-                elif isinstance(step, TextDelta | Usage | Finished):
-                    yield step
-                else:
+                elif callable(step):
                     step()
+                else:
+                    yield step
         finally:
             self.closed_while.append(self._world.status())
 
@@ -178,8 +178,8 @@ def test_a_stream_is_start_tokens_then_done_with_usage_and_metrics() -> None:
         ("start", {"stream_id": "public", "model": "openai/a", "created": 1.0}),
         ("token", {"content": "Hel"}),
         ("token", {"content": "lo"}),
-        ("done", {"finish_reason": "length", "provider_finish_reason": "length", "model": "openai/a",
-                  "usage": {"input_tokens": 3, "output_tokens": 2},
+        ("done", {"finish_reason": "length", "provider_finish_reason": "length",
+                  "model": "openai/a", "usage": {"input_tokens": 3, "output_tokens": 2},
                   "metrics": {"ttft_ms": 500.0, "duration_ms": 750.0,
                               "tokens_per_second": 8.0}}),
     ]

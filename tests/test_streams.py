@@ -61,6 +61,9 @@ class Scripted:
         self.finished = 0  # generations whose stream was closed (any way)
         self.closed = False  # the provider itself (its pools)
 
+    def check(self, request: ChatRequest) -> None:
+        """Every field is honoured (the scripted answer ignores them)."""
+
     def stream(self, request: ChatRequest) -> Generator[Delta, None, None]:
         self.opened += 1
         try:

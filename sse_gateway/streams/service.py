@@ -39,12 +39,14 @@ from sse_gateway.errors import (
     InvalidRequest,
     NotFound,
     PositionGone,
+    RequestTooLarge,
     StoreUnreachable,
     StreamExists,
     UnknownModel,
 )
 from sse_gateway.hooks import EndHooks, Hook
 from sse_gateway.providers import Catalog, ModelUnavailable, Provider, build_providers
+from sse_gateway.providers.base import Unsupported
 from sse_gateway.pump import Pump, PumpGroup
 from sse_gateway.pump.state import Outcome, StreamState
 from sse_gateway.reader import Reader
@@ -52,7 +54,12 @@ from sse_gateway.results import Message, StreamResult
 from sse_gateway.streams import ended
 from sse_gateway.streams.admission import admit, scoped, too_many_readers
 from sse_gateway.upstream import Candidate, RetryPolicy
-from sse_gateway.validation import InvalidBody, StreamRequest, parse_stream_request
+from sse_gateway.validation import (
+    BodyTooLarge,
+    InvalidBody,
+    StreamRequest,
+    parse_stream_request,
+)
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -141,7 +148,12 @@ class Streams:
             return parse_stream_request(raw, max_tokens_limit=config.max_tokens_limit,
                                         max_messages=config.max_messages,
                                         max_resume_grace_s=config.max_resume_grace_s,
-                                        max_fallbacks=config.max_fallbacks)
+                                        max_fallbacks=config.max_fallbacks,
+                                        max_tools=config.max_tools,
+                                        max_tools_bytes=config.max_tools_bytes,
+                                        max_image_bytes=config.max_image_bytes)
+        except BodyTooLarge as exc:
+            raise RequestTooLarge(exc.message, param=exc.param) from None
         except InvalidBody as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
 
@@ -320,11 +332,19 @@ class Streams:
         self.hooks.fire(result, time.monotonic())
 
     def _candidate(self, model: str, body: StreamRequest, param: str) -> Candidate:
+        """The model (or a fallback) as one candidate of the stream; its provider
+        must be able to honour every field of the request (else 400 naming it)."""
         try:
             provider, provider_model = self.catalog.resolve(model)
         except ModelUnavailable as exc:
             raise UnknownModel(str(exc), param=param) from None
-        return Candidate(model, provider, body.chat(provider_model))
+        chat = body.chat(provider_model)
+        try:
+            provider.check(chat)
+        except Unsupported as exc:
+            raise InvalidRequest(f"{exc.param}: {exc.message} (model {model!r})",
+                                 param=exc.param) from None
+        return Candidate(model, provider, chat)
 
     def _follow(self, stream_id: str, info: StreamInfo, after: int,
                 holder: str) -> Reader | NothingFollows:

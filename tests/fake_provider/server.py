@@ -19,10 +19,30 @@ says when.
 
 Streams, in both dialects: response headers, then the preamble events (OpenAI:
 the role chunk; Anthropic: ``message_start``, ``content_block_start``,
-``ping``), then ``ttft``, then one delta event per token (``delay`` apart), then
+``ping``), then ``ttft``, then the events of each token (``delay`` apart), then
 the closing events and the zero-length chunk. Each SSE event is one HTTP chunk,
 written at once with Nagle disabled. The bytes (and ``Behaviour``) come from
 ``fake_wire``, which the benchmark's asyncio fake serves too.
+
+A token is text or a stream item (``Reasoning``, ``Refusal``, ``ToolCall``,
+``ToolArgs``, ``RedactedThinking``, ``Raw``): one delta chunk in OpenAI's
+format; in Anthropic's, a delta plus the block starts and stops its kind
+needs (a thinking block ends with its ``signature_delta``):
+
+    model = fake.scenario(tokens=[Reasoning("Let me see."), "Paris",
+                                  ToolCall(0, "call_1", "get_weather", '{"city":'),
+                                  ToolArgs(0, '"Paris"}')], finish_reason="tool_calls")
+
+``recorded(RECORDINGS / "openai" / "openai_refusal.sse")`` serves a real
+recorded stream verbatim, one event per token (only on its own API's path: the
+other answers 404). Before streaming, the fake checks the request as the real
+API does and answers its 400: an Anthropic thinking block sent back without its
+``signature`` or with one the fake did not give, a ``tool_result`` (Anthropic)
+or ``tool`` message (OpenAI) that answers no call of the assistant message
+before it, calls left without results. A scenario the request's format cannot
+carry (redacted thinking on the OpenAI path, interleaved tool arguments on the
+Anthropic one) answers 404 saying why. Without ``"stream": true`` only plain
+text scenarios are answered (400 otherwise).
 
 A call's outcome: "complete" (or "error_event") once the last event, ``[DONE]``
 or ``message_stop`` (or the error event), has been written; the zero-length
@@ -46,6 +66,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -64,11 +85,14 @@ from fake_wire import (
 __all__ = [
     "ANTHROPIC_PATH",
     "OPENAI_PATH",
+    "RECORDINGS",
     "Behaviour",
     "Call",
     "FakeProvider",
     "Outcome",
 ]
+
+RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"  # openai/, anthropic/
 
 Outcome = Literal["complete", "peer_closed", "dropped", "error_status", "error_event"]
 
@@ -292,10 +316,23 @@ class _Exchange:
             return
         if not self._pause(b.header_delay):
             return
+        problem = self.dialect.unservable(b)
+        if problem is not None:
+            self._send_error(404, f"The model `{self.call.model}` cannot be served on "
+                             f"{self.call.path}: {problem}.", None)
+            return
+        if b.check_requests and (invalid := self.dialect.request_error(self.call.body)):
+            message, param = invalid
+            self._send_error(400, message, None, param)
+            return
         if b.status is not None:
             self._send_error(b.status, f"Fake provider error {b.status}.", b.retry_after)
             return
         if not self.call.body.get("stream"):
+            if not b.plain:
+                self._send_error(400, "This fake answers only text without `stream: true`; "
+                                 "ask for a stream.", None)
+                return
             self.call.tokens_sent = len(b.tokens)
             self.handler._send_json(200, self.dialect.complete_body(b), self._id_header())
             self.call._finish("complete")
@@ -326,7 +363,7 @@ class _Exchange:
                 break
             if k > 0 and not self._pause(b.delay):
                 return
-            if not self._emit(self.dialect.token(b.tokens[k])):
+            if not self._emit_all(self.dialect.render(b.tokens[k], b)):
                 return
             self.call.tokens_sent += 1
             self.call.token_times.append(time.monotonic())
@@ -376,11 +413,12 @@ class _Exchange:
     def _id_header(self) -> dict[str, str]:
         return {self.dialect.request_id_header: self.dialect.request_id}
 
-    def _send_error(self, status: int, message: str, retry_after: float | None) -> None:
+    def _send_error(self, status: int, message: str, retry_after: float | None,
+                    param: str | None = None) -> None:
         headers = self._id_header()
         if retry_after is not None:
             headers["retry-after"] = f"{retry_after:g}"
-        self.handler._send_json(status, self.dialect.error_body(status, message), headers)
+        self.handler._send_json(status, self.dialect.error_body(status, message, param), headers)
         self.call._finish("error_status")
 
 

@@ -38,6 +38,8 @@ PREFIX = "/api/v2/llm"
 PRODUCER_TIMEOUT_S = 1.0
 TOKENS = ["Hé", "llo", " wörld", " 👋🏽", "\n", "日本語", ' {"json": 1}', "\r\n", " <b>x</b>", "."]
 LONG = [f"w{i} " for i in range(400)]
+# What the fake's OpenAI usage adds to input and output tokens (it reports both, as 0).
+OPENAI_ZEROS = {"cache_read_input_tokens": 0, "reasoning_tokens": 0}
 FIGURES = ROOT / "build" / "figures"
 
 
@@ -169,7 +171,8 @@ def test_the_hosts_view_streams_and_the_blueprint_replays_it_byte_for_byte(
     assert tokens_text(events) == "".join(TOKENS)
     assert [int(e.id) for e in events] == list(range(len(TOKENS) + 2))  # type: ignore[arg-type]
     assert events[-1].event == "done"
-    assert events[-1].json()["usage"] == {"input_tokens": 7, "output_tokens": len(TOKENS)}
+    assert events[-1].json()["usage"] == {"input_tokens": 7, "output_tokens": len(TOKENS),
+                                          **OPENAI_ZEROS}
     original = blocks(first.raw)
     live.read_all()
     assert blocks(live.raw) == original[4:]
@@ -311,7 +314,8 @@ def test_on_end_after_done_has_the_text_usage_and_metadata(
     assert {k: rec[k] for k in ("owner", "status", "reason", "model", "text", "usage",
                                 "metadata", "app_context", "request_context")} == {
         "owner": "alice", "status": "done", "reason": "stop", "model": f"openai/{model}",
-        "text": "".join(TOKENS), "usage": {"input_tokens": 11, "output_tokens": len(TOKENS)},
+        "text": "".join(TOKENS), "usage": {"input_tokens": 11, "output_tokens": len(TOKENS),
+                                           **OPENAI_ZEROS},
         "metadata": {"conversation": "conv-42", "user": "alice"},
         "app_context": True, "request_context": False}
     assert rec["usage"] == events[-1].json()["usage"]
@@ -380,7 +384,7 @@ def test_status_include_message_while_running_and_after_the_end(
     assert ended == {
         "stream_id": stream_id, "status": "done", "model": f"openai/{model}",
         "created": ended["created"], "last_event_id": int(events[-1].id or 0),
-        "usage": {"input_tokens": 7, "output_tokens": len(tokens)},
+        "usage": {"input_tokens": 7, "output_tokens": len(tokens), **OPENAI_ZEROS},
         "metadata": {"conversation": "c-msg", "user": "alice"},
         "message": {"role": "assistant", "content": "".join(tokens), "tool_calls": None,
                     "reasoning": None, "refusal": None, "provider_data": None}}
