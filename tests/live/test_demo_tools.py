@@ -7,7 +7,8 @@ open while it streams and closed once the answer starts (its open/close
 transitions are recorded in the page by a MutationObserver, in the order the
 DOM changed), the call's name and exact arguments, the tool's result, the final
 answer quoting the browser-computed time, and that exactly two streams were
-POSTed, with the exact bodies, each ``done`` on the gateway.
+POSTed, with the exact bodies, each ``done`` on the gateway. Then the same round
+trip with the Python client: its next turn is accepted and answered.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import Browser, Page, Request
 
+from sse_gateway_client import (
+    Done,
+    GatewayClient,
+    Message,
+    Reasoning,
+    Token,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallDone,
+    Usage,
+)
 from tests.fake_provider import FakeProvider
 from tests.live.browser import SHOTS, watched_page
 from tests.live.conftest import gateway_env
@@ -219,3 +231,35 @@ def test_a_tool_that_fails_sends_its_error_back(page: Page, server: GatewayServe
         page, server, posts, prompt, '{"timezone": "Mars/Olympus_Mons"}',
         "The user wants the time in Mars/Olympus_Mons; I will call get_time.", ran=False)
     assert result.startswith("error: ") and "Mars/Olympus_Mons" in result, result
+
+
+def test_the_python_client_makes_the_same_round_trip(server: GatewayServer) -> None:
+    """The typed events, the assembled message and assistant_message() against the real
+    gateway: the next turn it builds is accepted and answered."""
+    question: Message = {"role": "user", "content": "What time is it in Europe/Paris?"}
+    with GatewayClient(server.url, timeout=10) as client:
+        with client.stream(messages=[question], model="demo/tools", tools=TOOLS) as asked:
+            events = list(asked)
+        done = events[-1]
+        assert isinstance(done, Done) and done.finish_reason == "tool_calls"
+        assert done.provider_finish_reason == "tool_calls"
+        assert done.usage == Usage(6, 14, reasoning_tokens=11)
+        kinds = [type(e) for e in events[1:-1]]
+        assert kinds == [Reasoning] * 11 + [ToolCall, *[ToolCallDelta] * 3, ToolCallDone]
+        assert asked.reasoning == ("The user wants the time in Europe/Paris; "
+                                   "I will call get_time.")
+        call = asked.message["tool_calls"][0]
+        assert call["function"] == {"name": "get_time", "arguments": '{"timezone": "Europe/Paris"}'}
+        assert events[-2] == ToolCallDone(events[-2].id, 0, call["id"], "get_time",
+                                          '{"timezone": "Europe/Paris"}')
+        messages: list[Message] = [question, asked.assistant_message(),
+                                   {"role": "tool", "tool_call_id": call["id"],
+                                    "content": "12:00"}]
+        assert messages[1] == {"role": "assistant", "content": None, "tool_calls": [call]}
+        with client.stream(messages=messages, model="demo/tools", tools=TOOLS) as answered:
+            tokens = [e.text for e in answered if isinstance(e, Token)]
+        assert tokens == ["It ", "is ", "12:00 ", "right ", "now."]
+        assert answered.message == {"role": "assistant", "content": "It is 12:00 right now.",
+                                    "tool_calls": None, "reasoning": None, "refusal": None,
+                                    "provider_data": None}
+        assert client.status(answered.stream_id)["status"] == "done"
