@@ -27,7 +27,8 @@
 // reasoning, refusal, provider_data}, as GET /v1/streams/<id>?include=message gives it, and
 // `stream.assistantMessage()` the message to send back in the next turn's `messages`:
 //
-//   const result = await streamChat({ model, messages, tools }).finished;
+//   const stream = streamChat({ model, messages, tools });
+//   const result = await stream.finished;
 //   if (result.payload?.finish_reason === "tool_calls") {
 //     messages.push(stream.assistantMessage());     // {role, content, tool_calls, provider_data}
 //     for (const call of result.message.tool_calls) {
