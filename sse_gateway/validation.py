@@ -21,7 +21,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -83,30 +83,23 @@ class BodyTooLarge(InvalidBody):
 
 @dataclass(frozen=True)
 class StreamRequest:
-    """A validated request to start a stream."""
+    """A validated request to start a stream: what the gateway keeps of it, and the
+    generation to ask each candidate for (``request``, whose model is filled in per
+    candidate by ``chat``)."""
 
     model: str
-    messages: tuple[Message, ...]
-    max_tokens: int | None
-    temperature: float | None
     fallbacks: tuple[str, ...]
     resume_grace_s: float | None
+    request: ChatRequest
     metadata: dict[str, str] = field(default_factory=dict)
     detach: bool = False  # start with no reader (answered at once, read later)
-    tools: tuple[Tool, ...] = ()
-    tool_choice: str | NamedTool | None = None
-    reasoning_effort: str | None = None
-    reasoning_budget: int | None = None
-    response_format: dict[str, Any] | None = None
-    stop: tuple[str, ...] = ()
-    top_p: float | None = None
-    seed: int | None = None
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        return self.request.messages
 
     def chat(self, provider_model: str) -> ChatRequest:
-        return ChatRequest(provider_model, self.messages, self.max_tokens, self.temperature,
-                           self.tools, self.tool_choice, self.reasoning_effort,
-                           self.reasoning_budget, self.response_format, self.stop,
-                           self.top_p, self.seed)
+        return replace(self.request, model=provider_model)
 
 
 class _Body(BaseModel):
@@ -181,11 +174,12 @@ def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: in
                           "metadata")
     tools = _tools(body.tools, max_tools, max_tools_bytes)
     effort, budget = _reasoning(body.reasoning)
-    return StreamRequest(body.model, messages, body.max_tokens, body.temperature,
-                         tuple(body.fallbacks), body.resume_grace_s, dict(body.metadata),
-                         body.detach, tools, _tool_choice(body.tool_choice, tools), effort,
-                         budget, _response_format(body.response_format), _stop(body.stop),
-                         body.top_p, body.seed)
+    request = ChatRequest("", messages, body.max_tokens, body.temperature, tools,
+                          _tool_choice(body.tool_choice, tools), effort, budget,
+                          _response_format(body.response_format), _stop(body.stop),
+                          body.top_p, body.seed)
+    return StreamRequest(body.model, tuple(body.fallbacks), body.resume_grace_s, request,
+                         dict(body.metadata), body.detach)
 
 
 def _fail(param: str, message: str) -> NoReturn:

@@ -411,7 +411,7 @@ def test_parts_over_their_size_bound_answer_413(client: FlaskClient, body: dict[
 def test_parts_at_their_size_bound_are_accepted() -> None:
     tools = tools_of_size(MAX_TOOLS_BYTES)
     assert len(json.dumps(tools, ensure_ascii=False, separators=(",", ":")).encode()) == 600
-    assert parse(chat(tools=tools)).tools == (
+    assert parse(chat(tools=tools)).request.tools == (
         Tool("t", tools[0]["function"]["description"]),)
     url = image(MAX_IMAGE_BYTES, "webp")
     request = parse(part(url=url, detail="auto"))
@@ -435,7 +435,7 @@ def test_a_body_nested_too_deeply_is_refused_not_crashed(client: FlaskClient) ->
     # At the bound it is accepted.
     assert parse(chat(tools=[{"type": "function", "function": {
         "name": "t", "parameters": nested(MAX_JSON_DEPTH)}}]),
-        max_tools_bytes=10**6).tools[0].parameters == nested(MAX_JSON_DEPTH)
+        max_tools_bytes=10**6).request.tools[0].parameters == nested(MAX_JSON_DEPTH)
 
 
 def test_a_hosts_python_value_must_be_json() -> None:
@@ -1092,7 +1092,7 @@ def test_the_bounds_default_and_zero_tools_refuses_tools() -> None:
     with pytest.raises(InvalidBody) as raised:
         parse(chat(tools=[TOOL]), max_tools=0)
     assert (raised.value.param, raised.value.message) == ("tools", "tools: are not accepted here")
-    assert parse(chat(tools=[]), max_tools=0).tools == ()
+    assert parse(chat(tools=[]), max_tools=0).request.tools == ()
 
 
 # --- check() of a real adapter, through the app ------------------------------------------------
