@@ -3,7 +3,9 @@
 A client of the HTTP API (``sse_gateway_client``), not of this process's app: it talks
 to the gateway at ``--url`` as any other client would, so it serves a local
 ``make run`` and a remote deployment alike. Tokens go to stdout the moment
-they arrive (so the answer can be piped), everything else to stderr.
+they arrive (so the answer can be piped), everything else to stderr: reasoning
+(dimmed) as it streams, a refusal (marked), each tool call once complete, and
+the summary line.
 
 Exit status: 0 when the stream is done; 1 on an error (the gateway refused the
 request, the stream ended with an error or was cancelled elsewhere, or it
@@ -35,8 +37,11 @@ from sse_gateway_client import (
     GatewayClient,
     GatewayError,
     Message,
+    Reasoning,
+    Refusal,
     StreamError,
     Token,
+    ToolCallDone,
 )
 
 
@@ -61,15 +66,32 @@ def stream_command(ctx: click.Context, prompt: str, url: str, model: str,
     # Named here, so that a Ctrl-C while the POST is on its way can still cancel it.
     stream_id = secrets.token_urlsafe(18)
     mid_line = False  # the answer printed so far does not end with a newline
+    aside: str | None = None  # the kind of text streaming on stderr (reasoning, refusal)
     with GatewayClient(url, api_key) as client:
         try:
             chat = client.stream(messages=messages, model=model, max_tokens=max_tokens,
                                  stream_id=stream_id)
             for event in chat:
+                if isinstance(event, Reasoning | Refusal):
+                    kind = "reasoning" if isinstance(event, Reasoning) else "refusal"
+                    if aside != kind:
+                        _err(click.style(f"[{kind}] ", bold=True), mid_line, nl=False)
+                        aside, mid_line = kind, False
+                    click.echo(click.style(event.text, dim=kind == "reasoning",
+                                           fg="red" if kind == "refusal" else None),
+                               nl=False, err=True)
+                    continue
+                if aside is not None:  # the aside ends: its own line
+                    click.echo(err=True)
+                    aside = None
                 if isinstance(event, Token):
                     click.echo(event.text, nl=False)  # flushed at once
                     if event.text:
                         mid_line = not event.text.endswith("\n")
+                elif isinstance(event, ToolCallDone):
+                    _err(f"[tool call {event.index}] {event.name}({event.arguments}) "
+                         f"id {event.call_id}", mid_line)
+                    mid_line = False
                 elif isinstance(event, Done):
                     _err(_summary(event, stream_id), mid_line)
                 elif isinstance(event, StreamError):
@@ -109,10 +131,10 @@ def _summary(done: Done, stream_id: str) -> str:
             f"ttft: {'-' if ttft is None else f'{ttft:.0f} ms'}, stream: {stream_id}")
 
 
-def _err(message: str, mid_line: bool) -> None:
+def _err(message: str, mid_line: bool, nl: bool = True) -> None:
     """A line on stderr, on a line of its own after the answer when both share a terminal."""
     prefix = "\n" if mid_line else ""
-    click.echo(prefix + message, err=True)
+    click.echo(prefix + message, err=True, nl=nl)
 
 
 def create_app() -> Flask:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import fake_wire as fw
 from sse_gateway_client import (
     Cancelled,
     Done,
@@ -380,6 +381,26 @@ def test_cli_prints_exactly_the_text(server: GatewayServer, fake: FakeProvider,
     body = fake.wait_call(model).body
     assert body["messages"] == [{"role": "system", "content": "Be brief."},
                                 {"role": "user", "content": "hello"}]
+
+
+def test_cli_shows_reasoning_refusals_and_tool_calls_on_stderr(
+        server: GatewayServer, fake: FakeProvider) -> None:
+    """The answer alone on stdout (pipeable); the rest on stderr, each on its own line."""
+    model = fake.scenario(tokens=[fw.Reasoning("Let me "), fw.Reasoning("think."), "It is ",
+                                  "noon.", fw.ToolCall(0, "call_c1", "get_time"),
+                                  fw.ToolArgs(0, '{"tz": '), fw.ToolArgs(0, '"UTC"}')],
+                          finish_reason="tool_calls")
+    out, err = finish(cli(server, "--model", f"openai/{model}", "hello"))
+    assert out.decode() == "It is noon.", err
+    lines = err.splitlines()
+    assert lines[:3] == ["[reasoning] Let me think.", "",
+                         '[tool call 0] get_time({"tz": "UTC"}) id call_c1'], err
+    assert lines[3].startswith(f"[openai/{model}] finish: tool_calls,"), err
+    refusing = fake.scenario(tokens=[fw.Refusal("I can't "), fw.Refusal("do that.")])
+    out, err = finish(cli(server, "--model", f"openai/{refusing}", "hello"))
+    assert out == b""
+    assert err.splitlines()[0] == "[refusal] I can't do that.", err
+    assert "finish: refusal" in err
 
 
 def test_cli_error_exits_1(server: GatewayServer) -> None:
