@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import Browser, Page, Request
 
+import fake_wire as fw
 from sse_gateway_client import (
     Done,
     GatewayClient,
@@ -72,7 +73,7 @@ new MutationObserver((records) => {
 
 @pytest.fixture(scope="module")
 def server(fake: FakeProvider) -> Iterator[GatewayServer]:
-    env = gateway_env(fake, MODELS="demo/echo,demo/tools", DEMO_TTFT_S="0.05",
+    env = gateway_env(fake, MODELS="demo/echo,demo/tools,openai/*", DEMO_TTFT_S="0.05",
                       DEMO_TOKEN_DELAY_S="0.02")
     gateway = GatewayServer(env, label="demo-tools")
     try:
@@ -263,3 +264,32 @@ def test_the_python_client_makes_the_same_round_trip(server: GatewayServer) -> N
                                     "tool_calls": None, "reasoning": None, "refusal": None,
                                     "provider_data": None}
         assert client.status(answered.stream_id)["status"] == "done"
+
+
+def test_a_refusal_is_marked_and_its_reasoning_folds(page: Page, server: GatewayServer,
+                                                     fake: FakeProvider) -> None:
+    """An OpenAI-style refusal (``delta.refusal``) after reasoning, through the fake
+    provider: the page shows it under a "Refused" label, apart from the answer's text."""
+    model = fake.scenario(tokens=[fw.Reasoning("This asks for "), fw.Reasoning("harm."),
+                                  fw.Refusal("I can't help "), fw.Refusal("with that.")],
+                          delay=0.01)
+    page.goto(server.url + "/")
+    page.wait_for_selector('[data-testid="app"][data-ready="true"]')
+    page.select_option('[data-testid="model-select"]', value="__custom__")
+    page.fill("#model-custom", f"openai/{model}")
+    page.fill('[data-testid="prompt"]', "Something harmful")
+    page.click('[data-testid="send"]')
+    answer = page.locator('[data-testid="message"][data-role="assistant"]')
+    page.wait_for_function("""() => document.querySelector('.app').dataset.busy === "false"
+        && document.querySelector('[data-testid="message"][data-role="assistant"]'
+            + '[data-state="done"]')""")
+    assert answer.get_attribute("data-refused") == "true"
+    assert answer.get_by_test_id("message-refusal").is_visible()
+    assert answer.get_by_test_id("refusal-label").text_content() == "Refused"
+    assert answer.get_by_test_id("refusal-text").text_content() == "I can't help with that."
+    assert answer.get_by_test_id("message-text").text_content() == ""
+    panel = answer.get_by_test_id("message-reasoning")
+    assert panel.get_by_test_id("reasoning-text").text_content() == "This asks for harm."
+    assert panel.evaluate("e => e.open") is False  # folded once the refusal began
+    assert "finish: refusal" in str(answer.get_by_test_id("message-note").text_content())
+    assert len(fake.calls(model)) == 1
