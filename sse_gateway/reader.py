@@ -28,13 +28,16 @@ class Reader:
 
     def __init__(self, broker: Broker, key: str, *, stream_id: str, after: int, lease: str,
                  idle_s: float, model: str, first: Batch | None = None,
-                 started: bool = False) -> None:
+                 started: bool = False, dialect: str = "sse",
+                 history: tuple[events.Event, ...] = ()) -> None:
         self.stream_id = stream_id  # the id its client knows
         self.key = key  # the broker's key
         self.model = model  # as asked for (provider/model)
         self.provider = model.partition("/")[0]  # named by an event the reader itself sends
         self.started = started  # this reader's call started the stream
         self.after = after
+        self.dialect = dialect  # the wire format the stream was created in
+        self.history = history  # the events up to ``after``, when its dialect needs them
         self._broker = broker
         self._lease: str | None = lease
         self._idle_s = idle_s

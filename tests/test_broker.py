@@ -75,6 +75,19 @@ def test_create_refuses_a_taken_id(broker: Broker) -> None:
         RUNNING, "demo/echo", -1, None)
 
 
+def test_the_dialect_is_kept(broker: Broker) -> None:
+    """Every response renders a stream in the dialect it was created in (both brokers)."""
+    sid = secrets.token_urlsafe(16)
+    assert broker.create(StreamInfo(sid, owner="k", model="demo/echo", created=1.0,
+                                    dialect="openai"))
+    plain = make(broker)
+    assert broker.info(sid).dialect == "openai"  # type: ignore[union-attr]
+    assert broker.info(plain).dialect == "sse"  # type: ignore[union-attr]
+    broker.finish(sid, Event(0, "x", b"end"), DONE)
+    assert broker.info(sid).dialect == "openai"  # type: ignore[union-attr]
+    assert "dialect" not in broker.info(sid).public()  # type: ignore[union-attr]
+
+
 def test_metadata_is_kept_and_returned(broker: Broker) -> None:
     sid = secrets.token_urlsafe(16)
     metadata = {"conversation": "42", "ünï": "çödé \u2028 \"quoted\"", "empty": ""}

@@ -72,6 +72,9 @@ class StreamInfo:
     request_digest: str = ""
     # The creator's own values (string to string), for the status route and hooks.
     metadata: dict[str, str] = field(default_factory=dict)
+    # The wire format it was created in: every response renders it so
+    # (``transports.dialects``).
+    dialect: str = "sse"
 
     def public(self) -> dict[str, Any]:
         """The status body of the HTTP contract."""

@@ -318,7 +318,8 @@ class RedisBroker(Broker):
                                  ("created", repr(info.created)), ("status", RUNNING),
                                  ("last_event_id", "-1"),
                                  ("request_digest", info.request_digest),
-                                 ("metadata", json.dumps(info.metadata))) for b in (k, v)]
+                                 ("metadata", json.dumps(info.metadata)),
+                                 ("dialect", info.dialect)) for b in (k, v)]
         with _reachable():
             return bool(self._create(keys=[meta, alive],
                                      args=[self._running_ttl_ms, self._producer_ms,
@@ -621,4 +622,5 @@ def _info(stream_id: str, fields: dict[bytes, bytes]) -> StreamInfo | None:
     return StreamInfo(stream_id, text.get("owner", ""), text.get("model", ""),
                       float(text.get("created", "0")), text.get("status", ERROR),
                       int(text.get("last_event_id", "-1")), usage, text.get("cancel_reason"),
-                      text.get("request_digest", ""), json.loads(text.get("metadata") or "{}"))
+                      text.get("request_digest", ""), json.loads(text.get("metadata") or "{}"),
+                      text.get("dialect", "sse"))

@@ -8,13 +8,15 @@ from flask import Response, jsonify, request
 
 from sse_gateway.errors import StreamsError
 from sse_gateway.streams import NothingFollows, Reader, Streams
+from sse_gateway.transports import dialects
 from sse_gateway.transports.sse_feed import Feed
 
 
-def sse_response(streams: Streams, result: Reader | NothingFollows, location: str) -> Response:
-    """A reader as an SSE response (headers all set before the first byte; ``Location``
-    when ``location`` is not empty); nothing to follow as 204. Call it in the
-    request that will stream it."""
+def sse_response(streams: Streams, result: Reader | NothingFollows, location: str,
+                 headers: dict[str, str] | None = None) -> Response:
+    """A reader as an SSE response in its stream's dialect (headers all set before
+    the first byte; ``Location`` when ``location`` is not empty; ``headers``
+    added); nothing to follow as 204. Call it in the request that will stream it."""
     if isinstance(result, NothingFollows):
         # Nothing will ever follow: 204 makes a browser's EventSource stop
         # reconnecting (a 200 with no event would have it come back forever).
@@ -22,9 +24,11 @@ def sse_response(streams: Streams, result: Reader | NothingFollows, location: st
         del response.headers["Content-Type"]
         return response
     config = streams.config
+    renderer = dialects.renderer(result.dialect)
+    renderer.prime(result.history)
     feed = Feed(result, retry_ms=config.retry_ms, write_timeout_s=config.write_timeout_s,
-                client_socket=request.environ.get("gunicorn.socket"))
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                client_socket=request.environ.get("gunicorn.socket"), renderer=renderer)
+    headers = {**(headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                "X-Stream-ID": result.stream_id}
     if location:  # none when the host mounted no follow route
         headers["Location"] = location

@@ -44,6 +44,7 @@ from sse_gateway.errors import (
     StreamExists,
     UnknownModel,
 )
+from sse_gateway.events import Event
 from sse_gateway.hooks import EndHooks, Hook
 from sse_gateway.providers import Catalog, ModelUnavailable, Provider, build_providers
 from sse_gateway.providers.base import Unsupported
@@ -53,6 +54,8 @@ from sse_gateway.reader import Reader
 from sse_gateway.results import Message, StreamResult
 from sse_gateway.streams import ended
 from sse_gateway.streams.admission import admit, scoped, too_many_readers
+from sse_gateway.transports import dialects
+from sse_gateway.transports.dialects import SSE
 from sse_gateway.upstream import Candidate, RetryPolicy
 from sse_gateway.validation import (
     BodyTooLarge,
@@ -160,8 +163,8 @@ class Streams:
     @_translated
     def start(self, request: StreamRequest | Callable[[], StreamRequest], *, owner: str,
               holder: str, caller: str = "", stream_id: str | None = None, digest: str = "",
-              position: int | None = None,
-              keep_text: bool = False) -> Reader | NothingFollows | Detached:
+              position: int | None = None, keep_text: bool = False,
+              dialect: str = SSE) -> Reader | NothingFollows | Detached:
         """Start a stream of ``owner``'s and return its first reader (held by ``holder``).
 
         ``stream_id`` is the client's own id (else one is drawn), ``digest``
@@ -176,10 +179,15 @@ class Streams:
         whoever consumes the finished answer; a copy as large as the answer);
         it is kept anyway while completion hooks are registered. A request
         with ``detach`` starts with no reader: the answer is ``Detached``, and
-        its resume grace runs until a reader follows it.
+        its resume grace runs until a reader follows it. ``dialect`` is the wire
+        format every response renders the stream in (``transports.dialects``);
+        a retry of a stream created in another dialect is StreamExists.
         """
         self._sweeper.ensure()
         existing = self._owned(stream_id, owner) if stream_id is not None else None
+        if existing is not None and existing.dialect != dialect:
+            raise StreamExists(f"a stream with id {stream_id!r} already exists (in another "
+                               "dialect)", param="X-Stream-ID")
         if existing is not None and (position is not None
                                      or hmac.compare_digest(existing.request_digest, digest)):
             assert stream_id is not None
@@ -202,7 +210,7 @@ class Streams:
         try:
             if not self.broker.create(StreamInfo(key, owner=owner, model=body.model,
                                                  created=created, request_digest=digest,
-                                                 metadata=body.metadata)):
+                                                 metadata=body.metadata, dialect=dialect)):
                 raise StreamExists(f"a stream with id {stream_id!r} already exists",
                                    param="X-Stream-ID")
             lease = None if body.detach else self.broker.attach_reader(key, holder)
@@ -233,7 +241,7 @@ class Streams:
             return Detached(stream_id, body.model)
         return Reader(self.broker, key, stream_id=stream_id, after=-1, lease=lease,
                       idle_s=config.heartbeat_s, model=body.model,
-                      started=True)
+                      started=True, dialect=dialect)
 
     @_translated
     def follow(self, stream_id: str, owner: str, position: int | None,
@@ -358,6 +366,10 @@ class Streams:
         key = info.stream_id
         try:  # read now: a position that is gone must be refused before any event
             first = self.broker.read(key, after, timeout=0)
+            history: tuple[Event, ...] = ()
+            if after >= 0 and dialects.needs_history(info.dialect):
+                history = tuple(e for e in ended.read_all(self.broker, key, upto=after)
+                                if e.id is not None and e.id <= after)
         except EventsDropped:
             raise PositionGone(f"events after {after} are no longer kept; start a new stream",
                                param="last_event_id") from None
@@ -371,7 +383,7 @@ class Streams:
             raise too_many_readers(refused.scope, refused.limit) from None
         return Reader(self.broker, key, stream_id=stream_id, after=after, lease=lease,
                       idle_s=config.heartbeat_s, model=info.model,
-                      first=first)
+                      first=first, dialect=info.dialect, history=history)
 
     def _owned(self, stream_id: str, owner: str, *, confirm: bool = False) -> StreamInfo | None:
         """``owner``'s stream of this id, or None."""

@@ -24,7 +24,7 @@ import gevent
 from sse_gateway import metrics
 from sse_gateway.broker import Batch
 from sse_gateway.reader import Reader
-from sse_gateway.transports import sse
+from sse_gateway.transports.dialects import Renderer, SSERenderer
 
 # How long to look away when the client sent bytes we must not consume
 # (a pipelined request); a peek would see them again at once.
@@ -38,8 +38,9 @@ class Feed:
     """An iterable of SSE bytes from a reader; WSGI calls ``close``."""
 
     def __init__(self, reader: Reader, *, retry_ms: int, write_timeout_s: float,
-                 client_socket: Any = None) -> None:
+                 client_socket: Any = None, renderer: Renderer | None = None) -> None:
         self._reader = reader
+        self._renderer = renderer or SSERenderer()  # the stream's dialect
         self._retry_ms = retry_ms
         self._socket = client_socket
         self._write_timeout_s = write_timeout_s
@@ -59,13 +60,14 @@ class Feed:
                 self._socket.settimeout(self._write_timeout_s)
             self._watch = _SocketWatch(self._socket, self._reader.abandon)
         try:
-            yield sse.encode_retry(self._retry_ms)
+            renderer = self._renderer
+            yield renderer.open(self._retry_ms)
             self._batches = batches = self._reader.batches()
             for batch in batches:
                 if batch.events:
-                    yield from _chunks(sse.render_all(batch.events))
+                    yield from _chunks(renderer.render(batch.events))
                 elif not batch.ended:  # an idle tick
-                    yield sse.PING
+                    yield renderer.ping()
                     metrics.HEARTBEATS.inc()
         finally:
             self.close()
