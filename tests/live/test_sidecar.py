@@ -28,6 +28,7 @@ from tests.fake_provider import FakeProvider
 from tests.live.browser import watched_page
 from tests.live.conftest import gateway_env
 from tests.live.gateway import GatewayServer, Reply, tokens_text
+from tests.live.proxy import CuttableProxy
 from tests.live.test_abuse import request_from
 from tests.live.test_browser import TOKENS
 from tests.test_broker import REDIS_URL
@@ -266,6 +267,78 @@ def test_a_native_eventsource_follows_a_detached_stream_with_its_token(
     token = created["token"]
     assert token not in log and token.split(".")[-1] not in log
     assert fake.wait_closed(model).outcome == "complete"
+
+
+LISTEN = """(url) => {
+    const state = window.sidecar = {text: "", events: [], opens: 0, closed: false,
+                                    failures: 0, error: null};
+    const es = new EventSource(url);
+    es.onopen = () => { state.opens += 1; };
+    for (const name of ["start", "token", "done", "error", "cancelled"]) {
+        es.addEventListener(name, (e) => {
+            if (e.data === undefined) return;  // a connection error, not an event
+            state.events.push([name, e.lastEventId]);
+            if (name === "token") state.text += JSON.parse(e.data).content;
+            if (name === "error") state.error = JSON.parse(e.data);
+        });
+    }
+    // The gateway's `error` event and the EventSource's own connection errors share
+    // the name: only the first carries data.
+    es.addEventListener("error", (e) => {
+        if (e.data === undefined) state.failures += 1;
+        if (es.readyState === EventSource.CLOSED) state.closed = true;
+    });
+}"""
+
+
+def test_a_native_eventsource_resumes_through_cut_connections_with_its_token(
+        sidecar: GatewayServer, fake: FakeProvider, page: Page) -> None:
+    """Chromium's own EventSource, through a proxy that resets its connection twice: it
+    reconnects by itself with ``Last-Event-ID`` and the token in its URL, gets every
+    event exactly once, and stops after ``done`` (the last reconnect answers 204)."""
+    tokens = LONG[:120]
+    model = fake.scenario(tokens=tokens, delay=0.01, ttft=0.1)
+    created = detach(sidecar, f"openai/{model}", resume_grace_s=30)
+    proxy = CuttableProxy(sidecar.port)
+    try:
+        page.goto(proxy.url + "/healthz")  # the page's origin is the proxy's
+        page.evaluate(LISTEN, f"{created['events_url']}?token={created['token']}")
+        for seen in (20, 60):
+            page.wait_for_function(f"() => window.sidecar.events.length > {seen}")
+            assert proxy.cut() >= 1
+        page.wait_for_function("() => window.sidecar.closed")
+        state = page.evaluate("() => window.sidecar")
+        gets = [headers for method, path, headers in proxy.requests()
+                if method == "GET" and path.startswith(created["events_url"])]
+    finally:
+        proxy.close()
+    assert state["text"] == "".join(tokens)
+    assert [int(i) for _, i in state["events"]] == list(range(len(tokens) + 2))
+    assert [name for name, _ in state["events"]][-1] == "done"
+    assert state["opens"] == 3  # the first, two resumes; the 204 never opened
+    assert len(gets) == 4
+    positions = [int(h["last-event-id"]) for h in gets[1:]]
+    assert "last-event-id" not in gets[0] and positions == sorted(positions)
+    assert positions[-1] == len(tokens) + 1  # the done's id: nothing follows, 204
+    assert len(fake.calls(model)) == 1
+
+
+def test_the_error_event_reaches_an_eventsource_apart_from_its_connection_errors(
+        sidecar: GatewayServer, fake: FakeProvider, page: Page) -> None:
+    """The stream's ``error`` event is delivered to ``addEventListener("error")`` with its
+    data; the EventSource's own connection errors come without. After it, the reconnect
+    answers 204 and the EventSource closes."""
+    model = fake.scenario(tokens=["a", "b", "c"], error_event_after=2)
+    created = detach(sidecar, f"openai/{model}", resume_grace_s=30)
+    page.goto(sidecar.url + "/healthz")
+    page.evaluate(LISTEN, f"{created['events_url']}?token={created['token']}")
+    page.wait_for_function("() => window.sidecar.closed")
+    state = page.evaluate("() => window.sidecar")
+    assert state["text"] == "ab"
+    assert [name for name, _ in state["events"]] == ["start", "token", "token", "error"]
+    assert state["error"]["code"] == "upstream_unavailable"
+    assert state["failures"] == 2  # the end of the response, then the 204
+    assert state["opens"] == 1
 
 
 # ------------------------------------------------------------------------------- cancel
