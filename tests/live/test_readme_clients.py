@@ -1,0 +1,89 @@
+"""The README's client snippets ("Clients"), run as written against a real gateway:
+Chromium's native ``EventSource`` and ``httpx-sse``. Only the gateway's address is
+put in (the snippets name ``http://127.0.0.1:8000`` or a same-origin path)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page
+
+from tests.fake_provider import FakeProvider
+from tests.live.browser import watched_page
+from tests.live.conftest import gateway_env
+from tests.live.gateway import ROOT, GatewayServer
+
+README = (ROOT / "README.md").read_text()
+
+
+def snippet(name: str) -> str:
+    """The code block that follows ``<!-- snippet: name -->`` in the README."""
+    found = re.search(rf"<!-- snippet: {re.escape(name)} -->\n```\w+\n(.*?)```", README, re.S)
+    assert found, f"no snippet {name!r} in the README"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def server(fake: FakeProvider) -> Iterator[GatewayServer]:
+    gateway = GatewayServer(gateway_env(fake, RETRY_MS="300"), label="readme-clients")
+    try:
+        yield gateway.start()
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    with watched_page(browser) as opened:
+        yield opened
+
+
+def detached(server: GatewayServer, model: str, prompt: str) -> dict[str, Any]:
+    reply = server.request("POST", "/v1/streams", {"model": model, "prompt": prompt,
+                                                   "detach": True, "resume_grace_s": 30})
+    assert reply.status == 201, reply.body
+    created: dict[str, Any] = reply.json()
+    return created
+
+
+def run_eventsource(page: Page, server: GatewayServer, created: dict[str, Any]) -> Any:
+    page.goto(server.url + "/healthz")
+    page.evaluate("""([streamId, token, code]) => {
+        const output = window.output = {text: "", append(t) { this.text += t; }};
+        const errors = window.errors = [];
+        const showError = (e) => errors.push(e);
+        window.es = new Function("streamId", "token", "output", "showError",
+                                 code + "\\nreturn es;")(streamId, token, output, showError);
+    }""", [created["stream_id"], created["token"], snippet("eventsource")])
+    page.wait_for_function("() => window.es.readyState === EventSource.CLOSED")
+    return page.evaluate("() => ({text: window.output.text, errors: window.errors})")
+
+
+def test_the_eventsource_snippet_shows_the_answer(page: Page, server: GatewayServer) -> None:
+    created = detached(server, "demo/echo", "Hello from a native EventSource")
+    assert run_eventsource(page, server, created) == {
+        "text": "Hello from a native EventSource", "errors": []}
+
+
+def test_the_eventsource_snippet_shows_the_streams_error(page: Page, server: GatewayServer,
+                                                         fake: FakeProvider) -> None:
+    model = fake.scenario(tokens=["par", "tial"], error_event_after=1)
+    created = detached(server, f"openai/{model}", "hi")
+    seen = run_eventsource(page, server, created)
+    assert seen["text"] == "par"
+    assert [e["code"] for e in seen["errors"]] == ["upstream_unavailable"]
+
+
+def test_the_httpx_sse_snippet_prints_the_answer(server: GatewayServer) -> None:
+    code = snippet("httpx-sse")
+    assert "http://127.0.0.1:8000" in code
+    done = subprocess.run([sys.executable, "-c", code.replace("http://127.0.0.1:8000",
+                                                              server.url)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Hello, streaming world"
