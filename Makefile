@@ -6,7 +6,7 @@ BIND ?= 127.0.0.1:8000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint unit live js clients services clean example
+.PHONY: help run test lint unit live js clients services clean example react-example
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +38,19 @@ $(VENV)/.example: requirements.txt examples/chat_app/requirements.txt | $(BIN)/p
 example: $(VENV)/.example ## Run the example chat app (examples/chat_app) on $(EXAMPLE_BIND), demo provider
 	@echo "Chat app on http://$(EXAMPLE_BIND) -- sign in as alice/alice or bob/bob. Stop with Ctrl-C."
 	BIND=$(EXAMPLE_BIND) $(BIN)/gunicorn -c examples/chat_app/gunicorn.conf.py examples.chat_app.wsgi:app
+
+REACT_BIND ?= 127.0.0.1:4173
+
+react-example: examples/react/node_modules/.package-lock.json ## Build examples/react (Vite) and serve it on $(REACT_BIND), /v1 proxied to the gateway on $(BIND)
+	cd examples/react && npm run build
+	@echo "React example on http://$(REACT_BIND) -- with the gateway on $(BIND) (make run). Stop with Ctrl-C."
+	cd examples/react && GATEWAY_URL=http://$(BIND) exec ./node_modules/.bin/vite preview \
+		--host $(word 1,$(subst :, ,$(REACT_BIND))) --port $(word 2,$(subst :, ,$(REACT_BIND))) --strictPort
+
+examples/react/node_modules/.package-lock.json: examples/react/package.json examples/react/package-lock.json
+	cd examples/react && npm ci --no-audit --no-fund --loglevel=error
+	cd examples/react && sha256sum package-lock.json | cut -d' ' -f1 > node_modules/.installed-lock.sha256
+	touch $@
 
 # REQUIRE_REDIS=1: a test marked `redis` fails, instead of skipping, when no Redis
 # answers (tests/redis_server.py); `make services` has started one.
