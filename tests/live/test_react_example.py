@@ -62,6 +62,7 @@ def models(fake: FakeProvider) -> dict[str, str]:
     for name in PAGES:
         made[f"{name}-stop"] = fake.scenario(tokens=LONG, delay=0.05)
         made[f"{name}-resume"] = fake.scenario(tokens=RESUMED, delay=0.06)
+        made[f"{name}-cors-stop"] = fake.scenario(tokens=LONG, delay=0.05)
     return made
 
 
@@ -85,6 +86,26 @@ def preview(dist: None, server: GatewayServer) -> Iterator[Preview]:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture(scope="module")
+def cross_origin(dist: None, fake: FakeProvider, models: dict[str, str]
+                 ) -> Iterator[tuple[Preview, GatewayServer]]:
+    """The other way to reach the gateway: a build whose pages call it on its own origin
+    (VITE_GATEWAY_URL), served with no proxy, and the gateway's CORS_ORIGINS naming the
+    pages' origin."""
+    env = gateway_env(fake, RESUME_GRACE_S="60", MODELS=",".join([
+        "demo/echo", *(f"openai/{m}" for m in models.values())]))
+    gateway = GatewayServer(env, label="react-example-cors").bind()
+    build("dist-cors", gateway_url=gateway.url)
+    served = Preview("http://127.0.0.1:9", out="dist-cors").start()  # a proxy nobody uses
+    try:
+        gateway.env["CORS_ORIGINS"] = served.url
+        gateway.start()
+        yield served, gateway
+    finally:
+        served.stop()
+        gateway.stop()
 
 
 @pytest.fixture(params=PAGES)
@@ -245,3 +266,26 @@ def test_a_reload_mid_answer_resumes_it(page: Page, preview: Preview, fake: Fake
     assert fake.wait_closed(model).outcome == "complete"
     assert len(fake.calls(model)) == 1  # one provider request
     shot(page, f"{name}-resumed")
+
+
+def test_across_origins_with_cors(page: Page, cross_origin: tuple[Preview, GatewayServer],
+                                  fake: FakeProvider, models: dict[str, str], name: str) -> None:
+    """Built with VITE_GATEWAY_URL, the pages call the gateway directly: its CORS answers
+    the preflights of the POST (JSON) and of Stop's DELETE, and exposes what they read."""
+    served, gateway = cross_origin
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
+    open_page(page, served, name)
+    ask(page, "demo/echo", ECHO)
+    wait_answer(page, ECHO)
+    model = models[f"{name}-cors-stop"]
+    ask(page, f"openai/{model}", "Talk for a long time")
+    wait_answer_length(page, 40)
+    page.click('[data-testid="stop"]')
+    assert fake.wait_closed(model).outcome == "peer_closed"
+    page.wait_for_selector('[data-testid="app"][data-status="ready"]')
+    assert roles(page) == ["user", "assistant", "user", "assistant"]
+    # Every /v1 request went to the gateway's origin, none to the page's.
+    api = [r for r in requests if "/v1/" in r]
+    assert api and all(r.split(" ", 1)[1].startswith(gateway.url + "/v1/") for r in api), api
+    assert any(r.startswith("DELETE ") for r in api), api

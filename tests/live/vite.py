@@ -32,19 +32,20 @@ def _npm() -> str:
     return npm
 
 
-def _run(command: list[str], what: str) -> float:
+def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> float:
     started = time.monotonic()
     done = subprocess.run(command, cwd=EXAMPLE, capture_output=True, text=True,
-                          env={**os.environ, "NO_COLOR": "1"}, check=False)
+                          env={**os.environ, "NO_COLOR": "1", **(env or {})}, check=False)
     if done.returncode != 0:
         pytest.fail(f"{what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}",
                     pytrace=False)
     return time.monotonic() - started
 
 
-def build() -> Path:
-    """``npm ci`` when the lock file is not the one installed, then ``vite build``;
-    returns the build's folder. Both times go to the figures."""
+def build(out: str = "dist", gateway_url: str = "") -> Path:
+    """``npm ci`` when the lock file is not the one installed, then ``vite build`` into
+    examples/react/``out`` (with ``gateway_url``: pages that call that gateway, across
+    origins); returns that folder. Both times go to the figures."""
     npm = _npm()
     lock = hashlib.sha256((EXAMPLE / "package-lock.json").read_bytes()).hexdigest()
     if not STAMP.exists() or STAMP.read_text().strip() != lock:
@@ -52,16 +53,18 @@ def build() -> Path:
                        "npm ci in examples/react")
         record("react_example.npm_ci_s", seconds)
         STAMP.write_text(lock + "\n")
-    record("react_example.build_s", _run([npm, "run", "build"], "vite build"))
-    return EXAMPLE / "dist"
+    record("react_example.build_s", _run([npm, "run", "build", "--", "--outDir", out],
+                                         "vite build", {"VITE_GATEWAY_URL": gateway_url}))
+    return EXAMPLE / out
 
 
 class Preview:
-    """``vite preview`` on a free port (Vite's own choice: ``--port 0``), proxying ``/v1``
-    to ``gateway_url``; stopped by its pid."""
+    """``vite preview`` of examples/react/``out`` on a free port (Vite's own choice:
+    ``--port 0``), proxying ``/v1`` to ``gateway_url``; stopped by its pid."""
 
-    def __init__(self, gateway_url: str) -> None:
+    def __init__(self, gateway_url: str, out: str = "dist") -> None:
         self.gateway_url = gateway_url
+        self.out = out
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.output: list[str] = []
@@ -70,7 +73,8 @@ class Preview:
     def start(self, timeout: float = 20) -> Preview:
         vite = EXAMPLE / "node_modules" / ".bin" / "vite"
         self.process = subprocess.Popen(
-            [str(vite), "preview", "--port", "0", "--host", "127.0.0.1"], cwd=EXAMPLE,
+            [str(vite), "preview", "--port", "0", "--host", "127.0.0.1", "--outDir", self.out],
+            cwd=EXAMPLE,
             env={**os.environ, "GATEWAY_URL": self.gateway_url, "NO_COLOR": "1"},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: queue.Queue[str | None] = queue.Queue()
