@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
-    from app.api import Gateway, ops, streams, web
+    from app.api import Gateway, ai_sdk, ops, streams, web
     from app.api.caller import authenticate
     from app.limits import limiter
     from app.security import Keys
@@ -72,6 +72,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                              "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"],
              methods=["GET", "POST", "DELETE"], max_age=600)
     app.register_blueprint(streams.bp)
+    app.register_blueprint(ai_sdk.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(web.bp)
     app.cli.add_command(stream_command)  # `flask --app app stream "prompt"`

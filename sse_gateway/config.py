@@ -35,6 +35,9 @@ class StreamsConfig:
     models: tuple[str, ...] = ("demo/echo", "demo/lorem", "demo/tools", "openai/gpt-4o-mini",
                                "openai/gpt-4.1", "anthropic/claude-sonnet-4-5",
                                "anthropic/claude-haiku-4-5")
+    # The model of a request that names none (the AI SDK's useChat sends no
+    # model): empty means the first of MODELS that is not a provider/* pattern.
+    default_model: str = ""
     # Seconds of silence after which a ': ping' comment is sent.
     heartbeat_s: float = 15.0
     # Milliseconds a client waits before reconnecting (the 'retry:' field).
@@ -196,7 +199,17 @@ class StreamsConfig:
             provider, _, name = model.partition("/")
             if not provider or not name:
                 raise ConfigError(f"{prefix}MODELS entry {model!r} is not 'provider/model'")
+        if self.default_model and "/" not in self.default_model.strip("/"):
+            raise ConfigError(f"{prefix}DEFAULT_MODEL {self.default_model!r} is not "
+                              "'provider/model'")
         return self
+
+    @property
+    def the_default_model(self) -> str:
+        """DEFAULT_MODEL, else the first of MODELS that names one model ("" if none does)."""
+        if self.default_model:
+            return self.default_model
+        return next((m for m in self.models if not m.endswith("/*")), "")
 
 
 def parse_value(name: str, raw: Any, kind: Any) -> Any:

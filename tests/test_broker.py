@@ -88,6 +88,18 @@ def test_the_dialect_is_kept(broker: Broker) -> None:
     assert "dialect" not in broker.info(sid).public()  # type: ignore[union-attr]
 
 
+def test_a_chat_names_its_current_stream_per_owner_until_the_ttl(broker: Broker) -> None:
+    """The AI SDK's resume asks for a chat: each owner's chat id -> its latest stream."""
+    chat = secrets.token_urlsafe(8)
+    assert broker.chat("k", chat) is None
+    broker.set_chat("k", chat, "first")
+    broker.set_chat("k", chat, "second")
+    broker.set_chat("other", chat, "theirs")
+    assert (broker.chat("k", chat), broker.chat("other", chat), broker.chat("", chat)) == (
+        "second", "theirs", None)
+    assert eventually(lambda: broker.chat("k", chat) is None)  # ttl 0.5 s
+
+
 def test_metadata_is_kept_and_returned(broker: Broker) -> None:
     sid = secrets.token_urlsafe(16)
     metadata = {"conversation": "42", "ünï": "çödé \u2028 \"quoted\"", "empty": ""}

@@ -229,6 +229,15 @@ class Broker(ABC):
         """How many slots ``owner`` holds."""
 
     @abstractmethod
+    def set_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
+        """Make ``stream_id`` the current stream of ``owner``'s chat ``chat_id`` (the
+        AI SDK's resume asks for a chat, not a stream); kept ``ttl`` seconds."""
+
+    @abstractmethod
+    def chat(self, owner: str, chat_id: str) -> str | None:
+        """The current stream id of ``owner``'s chat ``chat_id``, or None."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise BrokerUnavailable when the backend cannot serve."""
 

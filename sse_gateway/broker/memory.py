@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -82,6 +82,8 @@ class MemoryBroker(Broker):
         self._slots: dict[str, set[str]] = {}
         self._held: dict[str, set[str]] = {}  # holder -> its reader leases
         self._holders: dict[str, str] = {}  # lease -> holder
+        # (owner, chat id) -> (stream id, expiry), oldest set first
+        self._chats: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
 
     def create(self, info: StreamInfo) -> bool:
         self._expire()
@@ -216,6 +218,20 @@ class MemoryBroker(Broker):
 
     def slots(self, owner: str) -> int:
         return len(self._slots.get(owner, ()))
+
+    def set_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
+        now = time.monotonic()
+        chats = self._chats
+        while chats and next(iter(chats.values()))[1] <= now:  # expiry order = set order
+            chats.popitem(last=False)
+        chats.pop((owner, chat_id), None)
+        chats[(owner, chat_id)] = (stream_id, now + self._ttl)
+
+    def chat(self, owner: str, chat_id: str) -> str | None:
+        found = self._chats.get((owner, chat_id))
+        if found is None or found[1] <= time.monotonic():
+            return None
+        return found[0]
 
     def ping(self) -> None:
         """Memory is always there."""

@@ -265,6 +265,10 @@ def _held(holder: str) -> str:
     return f"sse:held:{holder}"
 
 
+def _chat(owner: str, chat_id: str) -> str:
+    return f"sse:chat:{owner}:{chat_id}"
+
+
 def _events(stream_id: str) -> str:
     return f"sse:ev:{stream_id}"
 
@@ -580,6 +584,17 @@ class RedisBroker(Broker):
 
     def _lease_expiry(self) -> int:
         return int((time.time() + self._options.lease_ttl) * 1000)
+
+    def set_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
+        with _reachable():
+            self._redis.set(_chat(owner, chat_id), stream_id, px=self._ttl_ms)
+
+    def chat(self, owner: str, chat_id: str) -> str | None:
+        with _reachable():
+            found = self._redis.get(_chat(owner, chat_id))
+        if found is None:
+            return None
+        return found.decode() if isinstance(found, bytes) else str(found)
 
     def ping(self) -> None:
         with _reachable():

@@ -274,6 +274,24 @@ class Streams:
             info = self.broker.cancel(info.stream_id, reason) or info
         return dataclasses.replace(info, stream_id=stream_id), running
 
+    @_translated
+    def set_chat(self, owner: str, chat_id: str, stream_id: str) -> None:
+        """Make ``stream_id`` the current stream of ``owner``'s chat ``chat_id`` (kept
+        as long as an ended stream, ``stream_ttl_s``)."""
+        self.broker.set_chat(owner, chat_id, stream_id)
+
+    @_translated
+    def chat_stream(self, owner: str, chat_id: str, *, running: bool = True) -> str | None:
+        """The id of ``owner``'s chat's current stream, if there is one (and, with
+        ``running``, if it still runs); None otherwise."""
+        stream_id = self.broker.chat(owner, chat_id)
+        if stream_id is None:
+            return None
+        info = self._owned(stream_id, owner, confirm=True)
+        if info is None or (running and info.status != RUNNING):
+            return None
+        return stream_id
+
     def models(self) -> list[dict[str, Any]]:
         """The models clients may name, for pickers."""
         return self.catalog.listing()

@@ -16,11 +16,12 @@ reader who never dropped would have got.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sse_gateway.events import Event
-from sse_gateway.transports import sse
+from sse_gateway.transports import sse, ui_message_stream
 
 SSE = "sse"  # the gateway's own dialect, the default
 
@@ -65,7 +66,14 @@ class SSERenderer:
         return sse.PING
 
 
-RENDERERS: dict[str, Callable[[], Renderer]] = {SSE: SSERenderer}
+RENDERERS: dict[str, Callable[[], Renderer]] = {
+    SSE: SSERenderer,
+    # The Vercel AI SDK's UI message stream (useChat), a new assistant message
+    # or one continuing the client's last (transports/ui_message_stream.py).
+    ui_message_stream.DIALECT: ui_message_stream.UIMessageStreamRenderer,
+    ui_message_stream.DIALECT_CONTINUE: functools.partial(
+        ui_message_stream.UIMessageStreamRenderer, message_id=False),
+}
 
 
 def register(name: str, renderer: Callable[[], Renderer]) -> None:
