@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from app.api.ai_sdk import chat_request
 from sse_gateway import events
 from sse_gateway.errors import InvalidRequest
 from sse_gateway.events import Event
+from sse_gateway.flask.ai_sdk import chat_request
 from sse_gateway.transports import dialects
 from sse_gateway.transports import ui_message_stream as ui
 from sse_gateway.transports.sse import Decoder
+from tests.test_flask_ext import closing  # noqa: F401 - fixture
 
 SID = "chat-stream-000001"
 
@@ -275,3 +276,51 @@ def test_the_answer_continues_a_last_assistant_message() -> None:
     assert ui.continues_assistant([{"role": "user"}, {"role": "assistant"}])
     assert not ui.continues_assistant([{"role": "assistant"}, {"role": "user"}])
     assert not ui.continues_assistant([])
+
+
+# --- the Flask extension: a host's own /api/chat ----------------------------------------
+
+
+def test_a_host_answers_use_chat_at_its_own_route(closing: Any) -> None:  # noqa: F811
+    from flask import request as flask_request
+
+    from sse_gateway.errors import NotFound
+    from tests.test_flask_ext import OWNER_HEADER, bound
+
+    app, ext, _ = bound(closing)
+
+    @app.post("/api/chat")
+    def chat() -> Any:
+        return ext.ai_sdk_chat(flask_request.get_json())
+
+    @app.get("/api/chat/<chat_id>/stream")
+    def resume(chat_id: str) -> Any:
+        return ext.ai_sdk_resume(chat_id)
+
+    @app.delete("/api/chat/<chat_id>/stream")
+    def stop(chat_id: str) -> Any:
+        try:
+            return ext.ai_sdk_stop(chat_id)
+        except NotFound:
+            return "", 404
+
+    client = app.test_client()
+    alice = {OWNER_HEADER: "alice"}
+    body = {"id": "chat_1", "trigger": "submit-message", "messageId": None,
+            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}
+    answer = client.post("/api/chat", json=body, headers=alice)
+    assert answer.status_code == 200
+    assert answer.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    got = chunks(answer.get_data())
+    stream_id = answer.headers["X-Stream-ID"]
+    assert [c for _, c in got] == [
+        {"type": "start", "messageId": f"msg_{stream_id}"}, {"type": "start-step"},
+        {"type": "text-start", "id": "text-1"},
+        {"type": "text-delta", "id": "text-1", "delta": "Hello"},
+        {"type": "text-delta", "id": "text-1", "delta": " world"},
+        {"type": "text-end", "id": "text-1"}, {"type": "finish-step"}, {"type": "finish"},
+        "[DONE]"]
+    assert client.get("/api/chat/chat_1/stream", headers=alice).status_code == 204  # ended
+    assert client.delete("/api/chat/chat_1/stream", headers=alice).status_code == 200
+    assert client.delete("/api/chat/chat_1/stream",
+                         headers={OWNER_HEADER: "bob"}).status_code == 404

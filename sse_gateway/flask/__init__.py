@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +37,9 @@ from flask import Flask, Response, current_app, request, url_for
 
 from sse_gateway.config import StreamsConfig, parse_value
 from sse_gateway.errors import InvalidRequest, StreamsError
-from sse_gateway.flask import views
+from sse_gateway.flask import ai_sdk, views
 from sse_gateway.flask.responses import error_response, sse_response
+from sse_gateway.flask.views import parse_position
 from sse_gateway.results import StreamResult
 from sse_gateway.streams import Detached, NothingFollows, Reader, Streams
 from sse_gateway.validation import STREAM_ID
@@ -162,6 +163,33 @@ class Streaming:
                                caller=request.remote_addr or "")
         assert not isinstance(result, Detached)  # refused above
         return sse_response(streams, result, follow_url(current, result))
+
+    def ai_sdk_chat(self, body: Mapping[str, Any], *, owner: str | None = None) -> Response:
+        """Answer the AI SDK's ``useChat`` (``DefaultChatTransport``) from the host's own
+        route (e.g. ``POST /api/chat``): ``body`` is the request's JSON (``id``,
+        ``messages`` of parts, ``trigger``, ``messageId``, plus an optional ``model``,
+        default ``DEFAULT_MODEL``, and any field of ``POST /v1/streams``). Raises as
+        ``stream`` does. Resume and Stop: ``ai_sdk_resume``, ``ai_sdk_stop``."""
+        current = state()
+        who = owner if owner is not None else current_owner(current)
+        return ai_sdk.start_chat(current.streams, body, owner=who, holder=holder(who),
+                                 caller=request.remote_addr or "")
+
+    def ai_sdk_resume(self, chat_id: str, *, owner: str | None = None) -> Response:
+        """useChat's resume (``GET <api>/<chat id>/stream``): the chat's running stream
+        from the start, or 204 when it runs none."""
+        current = state()
+        who = owner if owner is not None else current_owner(current)
+        position = parse_position(request.headers.get("Last-Event-ID"))
+        return ai_sdk.resume_chat(current.streams, chat_id, owner=who, holder=holder(who),
+                                  position=position)
+
+    def ai_sdk_stop(self, chat_id: str, *, owner: str | None = None) -> tuple[Response, int]:
+        """Cancel the chat's current stream (202; 200 when it had ended; NotFound when
+        the chat has none)."""
+        current = state()
+        who = owner if owner is not None else current_owner(current)
+        return ai_sdk.stop_chat(current.streams, chat_id, owner=who)
 
     @staticmethod
     def _bind_hook(app: Flask, current: _State, hook: Hook) -> None:
