@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from flask_cors import CORS
 from flask_limiter.errors import RateLimitExceeded
 from pythonjsonlogger.json import JsonFormatter
@@ -25,14 +25,18 @@ from app.errors import (
 from sse_gateway import metrics
 from sse_gateway.broker import BrokerUnavailable
 from sse_gateway.errors import NotFound, StoreUnreachable, StreamsError
+from sse_gateway.events import CODES
 from sse_gateway.flask.responses import error_body
+from sse_gateway.transports import openai_chunks
+
+OPENAI_PATH = "/v1/chat/completions"  # app.api.chat_completions.PATH
 
 log = logging.getLogger(__name__)
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
-    from app.api import Gateway, ai_sdk, ops, streams, web
+    from app.api import Gateway, ai_sdk, chat_completions, ops, streams, web
     from app.api.caller import authenticate
     from app.limits import limiter
     from app.security import Keys
@@ -73,6 +77,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
              methods=["GET", "POST", "DELETE"], max_age=600)
     app.register_blueprint(streams.bp)
     app.register_blueprint(ai_sdk.bp)
+    app.register_blueprint(chat_completions.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(web.bp)
     app.cli.add_command(stream_command)  # `flask --app app stream "prompt"`
@@ -153,6 +158,9 @@ def _register_error_handlers(app: Flask) -> None:
         if exc.code in ("rate_limited", "too_many_streams", "too_many_readers", "overloaded"):
             metrics.REJECTIONS.labels(exc.code).inc()
         body, status, headers = answer(exc)
+        if request.path == OPENAI_PATH:  # the OpenAI dialect's route answers in its shape
+            body = openai_chunks.error_body(exc.code, exc.message, exc.param, status)
+            headers["x-should-retry"] = "true" if CODES[exc.code].retryable else "false"
         return jsonify(body), status, headers
 
     @app.errorhandler(HTTPException)
@@ -162,6 +170,8 @@ def _register_error_handlers(app: Flask) -> None:
         if cls is not None:
             return refused(cls(_HTTP_MESSAGES[status]))
         code = "invalid_request" if status < 500 else "internal_error"
+        if request.path == OPENAI_PATH:
+            return jsonify(openai_chunks.error_body(code, exc.name, None, status)), status, {}
         return jsonify(error_body(code, exc.name)), status, {}
 
     @app.errorhandler(RateLimitExceeded)

@@ -35,11 +35,8 @@ log = logging.getLogger(__name__)
 @limiter.limit(rate("ratelimit_create"), exempt_when=unlimited("ratelimit_create"))
 def create_stream() -> Response:
     streams = current_streams()
-    raw = _read_body(current_gateway().settings)
-    requested = request.headers.get("X-Stream-ID") or None  # empty: none asked for
-    if requested is not None and not STREAM_ID.fullmatch(requested):
-        raise InvalidRequest("X-Stream-ID: must be 16 to 128 characters of A-Z a-z 0-9 _ -",
-                             param="X-Stream-ID")
+    raw = read_body(current_gateway().settings)
+    requested = requested_stream_id()
     position = parse_position(request.headers.get("Last-Event-ID"))
     # The body is validated only if a new stream starts: a retried POST resumes.
     result = streams.start(lambda: streams.parse(raw), owner=owner(), holder=caller(),
@@ -71,7 +68,17 @@ def _detached(result: Detached, token: str) -> Response:
     return response
 
 
-def _read_body(settings: Settings) -> bytes:
+def requested_stream_id() -> str | None:
+    """The client's own stream id (``X-Stream-ID``), checked; None when it gave none."""
+    requested = request.headers.get("X-Stream-ID") or None  # empty: none asked for
+    if requested is not None and not STREAM_ID.fullmatch(requested):
+        raise InvalidRequest("X-Stream-ID: must be 16 to 128 characters of A-Z a-z 0-9 _ -",
+                             param="X-Stream-ID")
+    return requested
+
+
+def read_body(settings: Settings) -> bytes:
+    """The JSON request body, within the size and time bounds (415, 413, 408)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
     raw = _body_within(settings.body_timeout_s)

@@ -148,3 +148,8 @@ def _chunks(data: bytes) -> Iterator[bytes]:
         return
     for start in range(0, len(data), _WRITE_CHUNK):
         yield data[start:start + _WRITE_CHUNK]
+
+
+# For a transport that reads a stream to its end inside the request (OpenAI's
+# stream: false) and must notice its client leaving meanwhile.
+SocketWatch = _SocketWatch
