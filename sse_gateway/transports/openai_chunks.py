@@ -244,7 +244,7 @@ class Completion:
         done = self.done
         return {**self.envelope, "system_fingerprint": None,
                 "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": FINISH_REASONS.get(done.get("finish_reason"),
+                             "finish_reason": FINISH_REASONS.get(str(done.get("finish_reason")),
                                                                  "stop")}],
                 "usage": usage_body(done.get("usage") or {})}
 

@@ -4,7 +4,8 @@ The mapped body is then validated by ``Streams.parse``, so the same limits and
 400s apply; ``param_of`` names a refused field as the client sent it
 (``reasoning_effort``, not ``reasoning.effort``).
 
-Fields (a ``null`` value is the field left out, as OpenAI takes it):
+Fields (a ``null`` value is the field left out, as OpenAI takes it, even for a field
+not listed here):
 
 - as they are: ``model`` (``provider/model``), ``messages``, ``tools``,
   ``tool_choice``, ``response_format``, ``stop``, ``top_p``, ``seed``,
@@ -58,10 +59,10 @@ def parse(raw: bytes) -> ChatCompletionRequest:
         raise InvalidBody("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidBody("the body must be a JSON object")
+    data = {key: value for key, value in data.items() if value is not None}
     for key in data:
         if key not in KNOWN:
             raise InvalidBody(f"{key}: unknown field", key)
-    data = {key: value for key, value in data.items() if value is not None}
     body = {key: data[key] for key in _AS_IS if key in data}
     renamed: dict[str, str] = {}
     stream = _bool(data.get("stream", False), "stream")
