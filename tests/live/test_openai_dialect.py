@@ -5,7 +5,9 @@ of the same chunks through ``GET /v1/streams/<id>/events``."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -245,3 +247,19 @@ def test_keys_a_wrong_one_is_an_authentication_error(keyed: GatewayServer) -> No
     with client(keyed, KEY) as sdk:
         reply = sdk.chat.completions.create(model="demo/echo", messages=ask("with key"))
     assert reply.choices[0].message.content == "with key"
+
+
+def test_a_client_leaving_an_unstreamed_completion_cancels_it(gateway: GatewayServer,
+                                                              fake: FakeProvider) -> None:
+    model = fake.scenario(tokens=LONG, delay=0.05)
+    connection = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+    connection.request("POST", "/v1/chat/completions", headers={
+        "Content-Type": "application/json"}, body=json.dumps(
+        {"model": f"openai/{model}", "messages": ask("x")}).encode())
+    fake.wait_call(model)
+    left = time.monotonic()
+    connection.close()  # no answer read: the client is gone
+    call = fake.wait_closed(model)
+    assert call.outcome == "peer_closed"
+    assert call.closed_at is not None and call.closed_at - left < 2.0  # not after the grace
+    assert call.tokens_sent < len(LONG)
