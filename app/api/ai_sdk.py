@@ -19,7 +19,7 @@ from flask import Blueprint, Response, request
 
 from app.api import current_gateway, current_streams
 from app.api.caller import caller, key_id, owner
-from app.api.streams import _read_body
+from app.api.streams import read_body
 from app.limits import limiter, rate, unlimited
 from sse_gateway.errors import InvalidRequest
 from sse_gateway.flask.ai_sdk import resume_chat as resume
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 @bp.post("/chat")
 @limiter.limit(rate("ratelimit_create"), exempt_when=unlimited("ratelimit_create"))
 def chat() -> Response:
-    raw = _read_body(current_gateway().settings)
+    raw = read_body(current_gateway().settings)
     try:
         body = json.loads(raw)
     except ValueError:
