@@ -416,7 +416,7 @@ def _tools(raw: Any, max_tools: int, max_tools_bytes: int) -> tuple[Tool, ...]:
         tool = _object(item, at, ("type", "function"), ("type", "function"))
         _literal(tool["type"], f"{at}.type", ("function",))
         function = _object(tool["function"], f"{at}.function",
-                           ("name", "description", "parameters"), ("name",))
+                           ("name", "description", "parameters", "strict"), ("name",))
         name = _name(function["name"], f"{at}.function.name")
         if name in seen:
             _fail(f"{at}.function.name", f"{name!r} repeats tools.{seen[name]}")
@@ -424,8 +424,12 @@ def _tools(raw: Any, max_tools: int, max_tools_bytes: int) -> tuple[Tool, ...]:
         parameters = function.get("parameters")
         if parameters is not None:
             parameters = _json_object(parameters, f"{at}.function.parameters")
+        strict = function.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            _fail(f"{at}.function.strict", "Input should be a valid boolean")
         tools.append(Tool(name, _optional_string(function.get("description"),
-                                                 f"{at}.function.description"), parameters))
+                                                 f"{at}.function.description"), parameters,
+                          strict))
     # Every value is JSON and shallow by now: its encoding cannot fail.
     size = len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode())
     if size > max_tools_bytes:

@@ -272,8 +272,8 @@ BAD = [
      NAME_RULE),
     (chat(tools=[{"type": "function", "function": {"name": "t" * 65}}]),
      "tools.0.function.name", NAME_RULE),
-    (chat(tools=[{"type": "function", "function": {"name": "t", "strict": True}}]),
-     "tools.0.function.strict", "unknown field"),
+    (chat(tools=[{"type": "function", "function": {"name": "t", "strict": "yes"}}]),
+     "tools.0.function.strict", "Input should be a valid boolean"),
     (chat(tools=[{"type": "function", "function": {"name": "t", "description": 5}}]),
      "tools.0.function.description", "Input should be a valid string"),
     (chat(tools=[{"type": "function", "function": {"name": "t", "parameters": "{}"}}]),
@@ -1118,3 +1118,25 @@ def test_the_app_answers_what_the_anthropic_adapter_cannot_honour_with_400() -> 
         assert streams.active == 0
     finally:
         settled(streams)
+
+
+def test_a_strict_tool_reaches_openai_and_anthropic_refuses_it() -> None:
+    """OpenAI's structured-outputs flag (the SDK's pydantic_function_tool sets it)."""
+    from sse_gateway.providers.anthropic import AnthropicProvider
+    from sse_gateway.providers.openai import request_body
+
+    tool = {"type": "function", "function": {"name": "t", "strict": True,
+                                             "parameters": {"type": "object"}}}
+    request = parse(chat(tools=[tool])).chat("m")
+    assert request.tools[0].strict is True
+    assert request_body(request)["tools"] == [tool]
+    anthropic = AnthropicProvider(api_key="k", base_url="", max_connections=1,
+                                  connect_timeout=1, default_max_tokens=10)
+    try:
+        with pytest.raises(Unsupported) as refused:
+            anthropic.check(request)
+        assert refused.value.param == "tools.0.function.strict"
+        assert parse(chat(tools=[{**tool, "function": {"name": "t", "strict": False}}])
+                     ).chat("m").tools[0].strict is False
+    finally:
+        anthropic.close()

@@ -99,6 +99,10 @@ class AnthropicProvider:
             raise Unsupported("seed", "anthropic has no seed")
         if request.response_format is not None:
             raise Unsupported("response_format", "anthropic has no response_format")
+        for i, tool in enumerate(request.tools):
+            if tool.strict:
+                raise Unsupported(f"tools.{i}.function.strict",
+                                  "anthropic has no strict tools")
         budget = request.reasoning_budget
         if request.reasoning_effort is not None and budget is None:
             raise Unsupported("reasoning.effort", "anthropic extended thinking takes "

@@ -83,6 +83,7 @@ class Tool:
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None  # a JSON Schema object
+    strict: bool | None = None  # OpenAI's structured-outputs flag (None: not given)
 
 
 @dataclass(frozen=True)

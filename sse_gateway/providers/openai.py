@@ -53,6 +53,7 @@ from sse_gateway.providers.base import (
     ReasoningDelta,
     RefusalDelta,
     TextDelta,
+    Tool,
     ToolCallDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -186,8 +187,7 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     if request.stop:
         body["stop"] = list(request.stop)
     if request.tools:
-        body["tools"] = [{"type": "function", "function": _function(t.name, t.description,
-                                                                      t.parameters)}
+        body["tools"] = [{"type": "function", "function": _function(t)}
                          for t in request.tools]
     if isinstance(request.tool_choice, NamedTool):
         body["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice.name}}
@@ -200,13 +200,14 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _function(name: str, description: str | None,
-              parameters: dict[str, Any] | None) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": name}
-    if description is not None:
-        function["description"] = description
-    if parameters is not None:
-        function["parameters"] = parameters
+def _function(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = tool.parameters
+    if tool.strict is not None:
+        function["strict"] = tool.strict
     return function
 
 

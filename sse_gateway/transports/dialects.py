@@ -3,9 +3,10 @@
 A stream is stored once, as the gateway's own events (``sse_gateway.events``),
 and remembers the dialect it was created in (``StreamInfo.dialect``): every
 response that delivers it, the first and every resume, renders its events in
-that dialect. ``sse`` is the gateway's own format (``transports.sse``); other
-dialects (OpenAI chat-completion chunks, the AI SDK's UI message stream)
-register themselves here.
+that dialect. ``sse`` is the gateway's own format (``transports.sse``); the
+others (OpenAI chat-completion chunks, the AI SDK's UI message stream) are
+listed in ``RENDERERS`` below, so any process knows every stream's dialect,
+whichever routes it mounts.
 
 A ``Renderer`` serves one response. A dialect whose output depends on what
 came before (a text block opened earlier, a tool call's index) says so with
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sse_gateway.events import Event
-from sse_gateway.transports import sse, ui_message_stream
+from sse_gateway.transports import openai_chunks, sse, ui_message_stream
 
 SSE = "sse"  # the gateway's own dialect, the default
 
@@ -73,6 +74,11 @@ RENDERERS: dict[str, Callable[[], Renderer]] = {
     ui_message_stream.DIALECT: ui_message_stream.UIMessageStreamRenderer,
     ui_message_stream.DIALECT_CONTINUE: functools.partial(
         ui_message_stream.UIMessageStreamRenderer, message_id=False),
+    # OpenAI's chat-completion chunks, without and with the usage chunk
+    # (transports/openai_chunks.py).
+    openai_chunks.OPENAI: openai_chunks.ChunkRenderer,
+    openai_chunks.OPENAI_USAGE: functools.partial(openai_chunks.ChunkRenderer,
+                                                  include_usage=True),
 }
 
 

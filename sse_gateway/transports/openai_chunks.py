@@ -38,7 +38,7 @@ from typing import Any
 
 from sse_gateway import events
 from sse_gateway.events import CODES, Event
-from sse_gateway.transports import dialects, sse
+from sse_gateway.transports import sse
 
 OPENAI, OPENAI_USAGE = "openai", "openai+usage"
 FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
@@ -248,6 +248,3 @@ class Completion:
                                                                  "stop")}],
                 "usage": usage_body(done.get("usage") or {})}
 
-
-dialects.register(OPENAI, ChunkRenderer)
-dialects.register(OPENAI_USAGE, lambda: ChunkRenderer(include_usage=True))

@@ -1,6 +1,8 @@
 """The README's client snippets ("Clients"), run as written against a real gateway:
-Chromium's native ``EventSource`` and ``httpx-sse``. Only the gateway's address is
-put in (the snippets name ``http://127.0.0.1:8000`` or a same-origin path)."""
+Chromium's native ``EventSource`` and our ``sse-client.js`` module, ``httpx-sse`` and the
+official ``openai`` SDK. Only the gateway's address is put in (the snippets name
+``http://127.0.0.1:8000`` or a same-origin path). The ``useChat`` snippet is an excerpt
+of the React example, which tests/live/test_react_example.py runs in Chromium."""
 
 from __future__ import annotations
 
@@ -80,10 +82,40 @@ def test_the_eventsource_snippet_shows_the_streams_error(page: Page, server: Gat
 
 
 def test_the_httpx_sse_snippet_prints_the_answer(server: GatewayServer) -> None:
-    code = snippet("httpx-sse")
+    assert run_python(server, "httpx-sse") == "Hello, streaming world"
+
+
+def run_python(server: GatewayServer, name: str) -> str:
+    code = snippet(name)
     assert "http://127.0.0.1:8000" in code
     done = subprocess.run([sys.executable, "-c", code.replace("http://127.0.0.1:8000",
                                                               server.url)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "Hello, streaming world"
+    return done.stdout
+
+
+def test_the_openai_sdk_snippet_prints_the_answer(server: GatewayServer) -> None:
+    assert run_python(server, "openai-python") == "Hello from the OpenAI SDK"
+
+
+def test_the_sse_client_snippet_streams_and_finishes(page: Page,
+                                                     server: GatewayServer) -> None:
+    """Our module, as the README imports it (same origin), on an open gateway (which
+    takes the snippet's placeholder key as no key)."""
+    page.goto(server.url + "/healthz")
+    page.evaluate("""() => {
+        window.output = {text: "", append(t) { this.text += t; }};
+        window.showReconnecting = () => {};
+        window.stopButton = {};
+    }""")
+    page.add_script_tag(type="module", content=snippet("sse-client")
+                        + "\nwindow.__result = {status: result.status, text: result.text};")
+    page.wait_for_function("() => window.__result !== undefined")
+    assert page.evaluate("() => [window.__result, window.output.text]") == [
+        {"status": "done", "text": "Hello"}, "Hello"]
+
+
+def test_the_usechat_snippet_is_the_example_s_own_code() -> None:
+    example = (ROOT / "examples" / "react" / "src" / "ai-sdk.jsx").read_text()
+    assert snippet("usechat") in example
