@@ -275,6 +275,55 @@ def test_eventsource_follows_a_stream_to_its_end_then_stops(
     assert len(logged) == 2 and '" 204 ' in logged[-1], logged
 
 
+KEY = f"sk-clients-{secrets.token_hex(8)}"
+
+
+@pytest.fixture(scope="module")
+def keyed(fake: FakeProvider) -> Iterator[GatewayServer]:
+    """A gateway that needs an API key: only a stream token opens a stream's events."""
+    gateway = GatewayServer(gateway_env(fake, RETRY_MS=str(RETRY_MS), API_KEYS=KEY,
+                                        ACCESS_LOG="-", RESUME_GRACE_S="30"),
+                            label="clients-keyed")
+    try:
+        yield gateway.start()
+    finally:
+        gateway.stop()
+
+
+def test_eventsource_resumes_through_cut_connections_with_a_token(
+        keyed: GatewayServer, fake: FakeProvider, npm_clients: Path) -> None:
+    """npm ``eventsource`` through a proxy that resets it twice, on a gateway that needs
+    a key: the stream token in its URL is its credential; it reconnects with
+    Last-Event-ID, gets every event once, and stops at the 204 after ``done``."""
+    model = fake.scenario(tokens=TOKENS, delay=0.03)
+    post = keyed.stream("POST", "/v1/streams", {"model": f"openai/{model}", "prompt": "hi"},
+                        headers={"Authorization": f"Bearer {KEY}"})
+    assert post.status == 200
+    stream_id, token = post.header("X-Stream-ID"), post.header("X-Stream-Token")
+    post.read_until(lambda e: e.event == "start")
+    post.drop()  # the browser's POST is gone: the EventSource takes over within the grace
+    with cuttable(keyed) as proxy, node_driver(npm_clients, "eventsource.mjs", {
+            "url": f"{proxy.url}/v1/streams/{stream_id}/events?token={token}",
+            "windowMs": WINDOW_MS}) as driver:
+        for seen in (5, 15):
+            driver.wait_for(lambda line, n=seen: line["kind"] == "event" and int(line["id"]) >= n)
+            assert proxy.cut() >= 1
+        lines = driver.finish()
+    events = [(line["id"], line["event"], line["data"]) for line in lines
+              if line["kind"] == "event"]
+    ids = [int(event_id) for event_id, _, _ in events]
+    assert ids == list(range(len(ids))), ids  # none lost, none repeated
+    assert "".join(json.loads(data)["content"] for _, kind, data in events
+                   if kind == "token") == "".join(TOKENS)
+    assert events[-1][1] == "done"
+    requested = [line["lastEventId"] for line in lines if line["kind"] == "request"]
+    assert requested[0] is None and len(requested) == 4, lines  # 2 resumes, then the 204
+    assert [int(i) for i in requested[1:]] == sorted(int(i) for i in requested[1:])
+    assert requested[-1] == events[-1][0]
+    assert lines[-1] == {"kind": "final", "readyState": 2, "requests": 4}, lines
+    assert len(fake.calls(model)) == 1
+
+
 # ------------------------------------- item 7: a retried POST resumes, never a second stream
 
 
