@@ -140,17 +140,7 @@ def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: in
                          ) -> StreamRequest:
     """Validate a request body (JSON text, or its value); raise InvalidBody with a
     message for the client (BodyTooLarge for a part over its size bound)."""
-    if isinstance(raw, Mapping):
-        data: Any = dict(raw)
-    else:
-        try:
-            data = json.loads(raw, parse_constant=_reject_constant)
-        except RecursionError:
-            raise InvalidBody("the body is nested too deeply") from None
-        except ValueError:
-            raise InvalidBody("the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidBody("the body must be a JSON object")
+    data = dict(raw) if isinstance(raw, Mapping) else json_object(raw)
     try:
         body = _Body.model_validate(data)
     except ValidationError as exc:
@@ -539,6 +529,19 @@ def _check_fallbacks(model: str, fallbacks: list[str], max_fallbacks: int) -> No
             what = "the model" if fallback == model else "an earlier fallback"
             raise InvalidBody(f"fallbacks.{i}: {fallback!r} repeats {what}", f"fallbacks.{i}")
         seen.add(fallback)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (strict JSON: no NaN or Infinity), or InvalidBody."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidBody("the body is nested too deeply") from None
+    except ValueError:
+        raise InvalidBody("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidBody("the body must be a JSON object")
+    return data
 
 
 def _reject_constant(name: str) -> Any:

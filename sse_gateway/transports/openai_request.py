@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sse_gateway.validation import InvalidBody
+from sse_gateway.validation import InvalidBody, json_object
 
 _AS_IS = ("model", "messages", "tools", "tool_choice", "response_format", "stop", "top_p",
           "seed", "temperature", "metadata", "fallbacks", "resume_grace_s", "reasoning")
@@ -51,15 +51,7 @@ class ChatCompletionRequest:
 
 def parse(raw: bytes) -> ChatCompletionRequest:
     """Map an OpenAI body; raise InvalidBody for what OpenAI's shape itself refuses."""
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise InvalidBody("the body is nested too deeply") from None
-    except ValueError:
-        raise InvalidBody("the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidBody("the body must be a JSON object")
-    data = {key: value for key, value in data.items() if value is not None}
+    data = {key: value for key, value in json_object(raw).items() if value is not None}
     for key in data:
         if key not in KNOWN:
             raise InvalidBody(f"{key}: unknown field", key)
@@ -136,7 +128,3 @@ def _default_only(data: dict[str, Any], key: str, default: bool | int) -> None:
     """``key`` may be given only as its default (what the gateway does anyway)."""
     if key in data and (data[key] != default or type(data[key]) is not type(default)):
         raise InvalidBody(f"{key}: only {json.dumps(default)} is supported here", key)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
