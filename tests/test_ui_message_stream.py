@@ -284,14 +284,18 @@ def test_the_answer_continues_a_last_assistant_message() -> None:
 def test_a_host_answers_use_chat_at_its_own_route(closing: Any) -> None:  # noqa: F811
     from flask import request as flask_request
 
-    from sse_gateway.errors import NotFound
+    from sse_gateway.errors import NotFound, StreamsError
+    from sse_gateway.flask import error_response
     from tests.test_flask_ext import OWNER_HEADER, bound
 
-    app, ext, _ = bound(closing)
+    app, ext, streams = bound(closing)
 
     @app.post("/api/chat")
     def chat() -> Any:
-        return ext.ai_sdk_chat(flask_request.get_json())
+        try:
+            return ext.ai_sdk_chat(flask_request.get_json())
+        except StreamsError as exc:  # as a host renders the extension's refusals
+            return error_response(exc)
 
     @app.get("/api/chat/<chat_id>/stream")
     def resume(chat_id: str) -> Any:
@@ -320,6 +324,12 @@ def test_a_host_answers_use_chat_at_its_own_route(closing: Any) -> None:  # noqa
         {"type": "text-delta", "id": "text-1", "delta": " world"},
         {"type": "text-end", "id": "text-1"}, {"type": "finish-step"}, {"type": "finish"},
         "[DONE]"]
+    # "detach" is refused before anything starts: no stream, no provider request.
+    refused = client.post("/api/chat", json={**body, "id": "chat_2", "detach": True},
+                          headers=alice)
+    assert (refused.status_code, refused.get_json()["error"]["param"]) == (400, "detach")
+    assert streams.active == 0
+    assert client.get("/api/chat/chat_2/stream", headers=alice).status_code == 204
     assert client.get("/api/chat/chat_1/stream", headers=alice).status_code == 204  # ended
     assert client.delete("/api/chat/chat_1/stream", headers=alice).status_code == 200
     assert client.delete("/api/chat/chat_1/stream",

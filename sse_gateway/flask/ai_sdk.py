@@ -36,6 +36,9 @@ def chat_request(body: Mapping[str, Any], default_model: str) -> tuple[str, dict
         messages = ui.to_gateway_messages(body.get("messages"))
     except ui.MessagesError as exc:
         raise InvalidRequest(f"{exc.param}: {exc.message}", param=exc.param) from None
+    if body.get("detach") is not None:  # refused before anything starts (and is billed)
+        raise InvalidRequest("detach: useChat reads the answer of its own request",
+                             param="detach")
     request_body = {k: v for k, v in body.items() if k not in _CHAT_FIELDS}
     request_body["messages"] = messages
     request_body.setdefault("model", default_model)
@@ -53,12 +56,10 @@ def start_chat(streams: Streams, body: Mapping[str, Any], *, owner: str, holder:
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     result = streams.start(lambda: streams.parse(request_body), owner=owner, holder=holder,
                            caller=caller, stream_id=stream_id, digest=digest, dialect=dialect)
-    if isinstance(result, Detached):
-        raise InvalidRequest("detach: useChat reads the answer of its request", param="detach")
+    assert not isinstance(result, Detached)  # chat_request refused "detach"
     if isinstance(result, Reader) and result.started:
         streams.set_chat(owner, chat_id, result.stream_id)
     return sse_response(streams, result, location, headers=dict(ui.HEADERS))
-
 
 
 def resume_chat(streams: Streams, chat_id: str, *, owner: str, holder: str,
