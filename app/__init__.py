@@ -29,8 +29,6 @@ from sse_gateway.events import CODES
 from sse_gateway.flask.responses import error_body
 from sse_gateway.transports import openai_chunks
 
-OPENAI_PATH = "/v1/chat/completions"  # app.api.chat_completions.PATH
-
 log = logging.getLogger(__name__)
 
 
@@ -150,6 +148,8 @@ class _TextFormatter(logging.Formatter):
 
 
 def _register_error_handlers(app: Flask) -> None:
+    from app.api.chat_completions import PATH as OPENAI_PATH  # answered in OpenAI's shape
+
     by_status: dict[int, type[StreamsError]] = {404: NotFound, 405: MethodNotAllowed,
                                                 413: PayloadTooLarge, 415: UnsupportedMediaType}
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
+
+Served = TypeVar("Served", bound=ThreadingHTTPServer)
 
 # The recording to send for a request's JSON body; None answers 404.
 Pick = Callable[[Any], "bytes | None"]
@@ -60,9 +62,8 @@ class _Replay(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def replaying(route: str, pick: Pick) -> Iterator[ReplayServer]:
-    """A ReplayServer on a free loopback port, shut down (its thread joined) on exit."""
-    server = ReplayServer(route, pick)
+def serving(server: Served) -> Iterator[Served]:
+    """Serve ``server`` from a thread; shut it down (its thread joined) on exit."""
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -71,3 +72,8 @@ def replaying(route: str, pick: Pick) -> Iterator[ReplayServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def replaying(route: str, pick: Pick) -> AbstractContextManager[ReplayServer]:
+    """A ReplayServer on a free loopback port, shut down (its thread joined) on exit."""
+    return serving(ReplayServer(route, pick))

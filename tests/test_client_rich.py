@@ -7,9 +7,7 @@ event-stream bytes (a POST cut mid-event, a replay that starts too early).
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,6 +29,7 @@ from sse_gateway_client import (
     Usage,
     assistant_message,
 )
+from tests.replay import serving
 
 SID = "s-0123456789abcdef0123"
 EVENTS = f"/v1/streams/{SID}/events"
@@ -100,17 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Keep the test output quiet."""
 
 
-@contextmanager
-def scripted(routes: dict[tuple[str, str], list[bytes]]) -> Iterator[Scripted]:
-    server = Scripted(routes)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def scripted(routes: dict[tuple[str, str], list[bytes]]) -> AbstractContextManager[Scripted]:
+    return serving(Scripted(routes))
 
 
 def frame(event_id: int, kind: str, data: Any) -> bytes:

@@ -88,8 +88,14 @@ class DemoProvider:
             tokens = ((" " if i else "") + LOREM[i % len(LOREM)] for i in range(limit))
         else:
             raise UpstreamBadRequest(f"demo has no model {request.model!r}", provider=self.name)
-        finish = "stop"
         time.sleep(self._ttft_s)
+        yield from self._answer(tokens, limit, request)
+
+    def _answer(self, tokens: Iterator[str], limit: int | None,
+                request: ChatRequest) -> Generator[Delta, None, None]:
+        """Text tokens at the demo's cadence, at most ``limit`` of them, then the usage
+        and the finish ("length" when the limit cut the answer)."""
+        finish = "stop"
         sent = 0
         for token in tokens:
             if limit is not None and sent == limit:
@@ -99,27 +105,16 @@ class DemoProvider:
                 time.sleep(self._token_delay_s)
             yield TextDelta(token)
             sent += 1
-        input_tokens = sum(count_words(m.text) for m in request.messages)
-        yield Usage(input_tokens, sent)
+        yield Usage(_input_tokens(request), sent)
         yield Finished(finish, finish)
 
     def _tools(self, request: ChatRequest) -> Generator[Delta, None, None]:
         """``demo/tools``: call ``get_time``, or answer with its result."""
         last = request.messages[-1] if request.messages else None
-        input_tokens = sum(count_words(m.text) for m in request.messages)
         time.sleep(self._ttft_s)
         if last is not None and last.role == "tool":
-            sent, finish = 0, "stop"
-            for token in iter_words(f"It is {last.text} right now."):
-                if request.max_tokens is not None and sent == request.max_tokens:
-                    finish = "length"
-                    break
-                if sent:
-                    time.sleep(self._token_delay_s)
-                yield TextDelta(token)
-                sent += 1
-            yield Usage(input_tokens, sent)
-            yield Finished(finish, finish)
+            yield from self._answer(iter_words(f"It is {last.text} right now."),
+                                    request.max_tokens, request)
             return
         zone = _ZONE.search(last.text if last is not None else "")
         timezone = zone.group() if zone else "UTC"
@@ -135,8 +130,14 @@ class DemoProvider:
             if i:
                 time.sleep(self._token_delay_s)
             yield delta
-        yield Usage(input_tokens, len(thought) + len(fragments), reasoning_tokens=len(thought))
+        yield Usage(_input_tokens(request), len(thought) + len(fragments),
+                    reasoning_tokens=len(thought))
         yield Finished("tool_calls", "tool_calls")
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _input_tokens(request: ChatRequest) -> int:
+    """The demo's count of the prompt: its words."""
+    return sum(count_words(m.text) for m in request.messages)
