@@ -297,7 +297,7 @@ def test_a_native_eventsource_resumes_through_cut_connections_with_its_token(
     reconnects by itself with ``Last-Event-ID`` and the token in its URL, gets every
     event exactly once, and stops after ``done`` (the last reconnect answers 204)."""
     tokens = LONG[:120]
-    model = fake.scenario(tokens=tokens, delay=0.01, ttft=0.1)
+    model = fake.scenario(tokens=tokens, delay=0.02, ttft=0.1)  # 2.4 s: the cuts land mid-stream
     created = detach(sidecar, f"openai/{model}", resume_grace_s=30)
     proxy = CuttableProxy(sidecar.port)
     try:

@@ -295,7 +295,7 @@ def test_eventsource_resumes_through_cut_connections_with_a_token(
     """npm ``eventsource`` through a proxy that resets it twice, on a gateway that needs
     a key: the stream token in its URL is its credential; it reconnects with
     Last-Event-ID, gets every event once, and stops at the 204 after ``done``."""
-    model = fake.scenario(tokens=TOKENS, delay=0.03)
+    model = fake.scenario(tokens=TOKENS, delay=0.05)  # 2.1 s: the cuts land mid-stream
     post = keyed.stream("POST", "/v1/streams", {"model": f"openai/{model}", "prompt": "hi"},
                         headers={"Authorization": f"Bearer {KEY}"})
     assert post.status == 200
