@@ -38,6 +38,12 @@ class StreamsConfig:
     # The model of a request that names none (the AI SDK's useChat sends no
     # model): empty means the first of MODELS that is not a provider/* pattern.
     default_model: str = ""
+    # Batching, the default of a request that names none: outputs of one kind
+    # arriving within COALESCE_MS milliseconds are one event (0..1000; 0 = every
+    # delta is its own event); CHUNKING (none, word, line or sentence) ends text
+    # events on such boundaries. The first output and the end are never delayed.
+    coalesce_ms: float = 0.0
+    chunking: str = "none"
     # Seconds of silence after which a ': ping' comment is sent.
     heartbeat_s: float = 15.0
     # Milliseconds a client waits before reconnecting (the 'retry:' field).
@@ -185,6 +191,11 @@ class StreamsConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{prefix}{name.upper()} must be >= 0, "
                                   f"got {getattr(self, name)!r}")
+        if not 0 <= self.coalesce_ms <= 1000:
+            raise ConfigError(f"{prefix}COALESCE_MS must be 0..1000, got {self.coalesce_ms!r}")
+        if self.chunking not in ("none", "word", "line", "sentence"):
+            raise ConfigError(f"{prefix}CHUNKING must be none, word, line or sentence, got "
+                              f"{self.chunking!r}")
         if self.max_stored_bytes_per_key < self.max_stream_bytes:
             raise ConfigError(f"{prefix}MAX_STORED_BYTES_PER_KEY must be at least "
                               f"{prefix}MAX_STREAM_BYTES")

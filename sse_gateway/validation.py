@@ -22,7 +22,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -40,6 +40,8 @@ from sse_gateway.providers.base import (
 
 # The metadata a stream keeps: a few short strings (contract, "Richer requests").
 MAX_METADATA_ITEMS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+# Batching (contract, "Batching and buffering"): the longest window, in ms.
+MAX_COALESCE_MS = 1000
 # A client's own stream id: a URL path segment and a header value as it is, and
 # no "." (a broker key is "<owner>.<id>": an id with one could name another
 # owner's key).
@@ -93,6 +95,10 @@ class StreamRequest:
     request: ChatRequest
     metadata: dict[str, str] = field(default_factory=dict)
     detach: bool = False  # start with no reader (answered at once, read later)
+    # Batching (None: the configured default): merge outputs of one kind arriving
+    # within this many milliseconds; end text events on word/line/sentence boundaries.
+    coalesce_ms: float | None = None
+    chunking: str | None = None
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -122,6 +128,8 @@ class _Body(BaseModel):
     metadata: dict[Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY)],
                    Annotated[str, Field(max_length=MAX_METADATA_VALUE)]] = {}
     detach: bool = False
+    coalesce_ms: Annotated[float, Field(ge=0, le=MAX_COALESCE_MS)] | None = None
+    chunking: Literal["none", "word", "line", "sentence"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> _Body:
@@ -169,7 +177,7 @@ def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: in
                           _response_format(body.response_format), _stop(body.stop),
                           body.top_p, body.seed)
     return StreamRequest(body.model, tuple(body.fallbacks), body.resume_grace_s, request,
-                         dict(body.metadata), body.detach)
+                         dict(body.metadata), body.detach, body.coalesce_ms, body.chunking)
 
 
 def _fail(param: str, message: str) -> NoReturn:

@@ -55,7 +55,13 @@ class Shutdown:
     reason: str
 
 
-Control = CancelRequested | ReadersChanged | Shutdown | ProducerDone | ProducerFailed
+@dataclass(frozen=True, slots=True)
+class HeldDue:
+    """Batched output is held until before the supervisor's next wake: wake then."""
+
+
+Control = (CancelRequested | ReadersChanged | Shutdown | HeldDue | ProducerDone
+           | ProducerFailed)
 
 
 class Pump:
@@ -67,11 +73,13 @@ class Pump:
                  on_exit: Callable[[Pump], None] = lambda pump: None,
                  public_id: str | None = None, clock: Clock = REAL,
                  keep_text: bool = False, detached: bool = False,
-                 on_end: Callable[[StreamState, Outcome], None] | None = None) -> None:
+                 on_end: Callable[[StreamState, Outcome], None] | None = None,
+                 coalesce_s: float = 0.0, chunking: str = "none") -> None:
         self.stream_id = stream_id  # the broker's key
         self.public_id = public_id or stream_id  # the id its client knows
         self.state = StreamState(self.public_id, candidates[0].model,
-                                 candidates[0].provider.name, created, keep_text=keep_text)
+                                 candidates[0].provider.name, created, keep_text=keep_text,
+                                 coalesce_s=coalesce_s, chunking=chunking)
         self._broker = broker
         self._policy = policy
         self._grace_s = grace_s
@@ -87,7 +95,8 @@ class Pump:
         self._outage = Outage(stream_id, tick_s, clock)
         self._producer = Producer(broker=broker, stream_id=stream_id, candidates=candidates,
                                   policy=policy, state=self.state, outage=self._outage,
-                                  clock=clock, tell=self._inbox.put)
+                                  clock=clock, tell=self._inbox.put, held=self._held)
+        self._wakes_at = float("inf")  # when the supervisor wakes next, if nothing comes
         self._stop_noticed: float | None = None  # when a cancel/disconnect/shutdown was seen
         self._counted = 0  # outputs already added to the tokens metric
         self.greenlet: gevent.Greenlet[Any, None] | None = None
@@ -104,6 +113,12 @@ class Pump:
     def stop(self, reason: str) -> None:
         """End the stream with ``cancelled``/``reason`` (used at shutdown)."""
         self._inbox.put(Shutdown(reason))
+
+    def _held(self, due: float) -> None:
+        """The producer holds output until ``due``: wake for it if asleep longer."""
+        if due < self._wakes_at:
+            self._wakes_at = due
+            self._inbox.put(HeldDue())
 
     def _heard(self, what: str) -> None:
         """The broker's watch: a cancel, or the readers changed."""
@@ -189,9 +204,15 @@ class Pump:
                     return self._cancelled(cancel_reason)
                 grace_ends = self._grace(grace_ends, readers)
                 continue
-            wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends)
+            due = state.flush_due
+            if due is not None and now >= due:
+                self._producer.send_due()  # no output came to send what is held
+                continue
+            wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends,
+                       gives_up if due is None else due)
+            self._wakes_at = wake
             match clock.get(self._inbox, wake - now):
-                case None:
+                case None | HeldDue():
                     continue
                 case ProducerDone():
                     return state.done(clock.monotonic())
@@ -243,18 +264,24 @@ class Pump:
             self._counted = relayed
 
     def _finish(self, outcome: Outcome) -> None:
-        """Record the terminal event; retried while the store is unreachable.
+        """Record what batching still holds, then the terminal event; retried while the
+        store is unreachable.
 
-        If an append the producer gave up on was stored after all, the terminal
-        event takes the next id instead.
+        If an append the producer gave up on was stored after all, these
+        events take the next ids instead.
         """
         state, clock = self.state, self._clock
         usage = state.usage_body()
         gives_up = clock.monotonic() + FINISH_RETRY_S
         pause = RETRY_FIRST_S
         resynced = False
+        held = state.held_event()
         while True:
             try:
+                if held is not None:
+                    self._broker.append(self.stream_id, held._replace(id=state.next_id))
+                    state.next_id += 1
+                    held = None
                 self._broker.finish(self.stream_id, state.terminal(outcome), outcome.status,
                                     usage if any(v is not None for v in usage.values())
                                     else None)

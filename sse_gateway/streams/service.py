@@ -226,7 +226,10 @@ class Streams:
             tick_s=config.producer_timeout_s / 4, stream_timeout_s=config.stream_timeout_s,
             slot_owner=slot_owner, caller=caller, on_exit=self._pumps.discard,
             keep_text=keep_text or bool(self.hooks), detached=body.detach,
-            on_end=self._produced(owner, body.metadata) if self.hooks else None)
+            on_end=self._produced(owner, body.metadata) if self.hooks else None,
+            coalesce_s=(config.coalesce_ms if body.coalesce_ms is None
+                        else body.coalesce_ms) / 1000,
+            chunking=config.chunking if body.chunking is None else body.chunking)
         try:
             self._pumps.start(pump)  # appends the start event: the store may fail here
         except BaseException:
