@@ -153,14 +153,14 @@ class Batcher:
     def add(self, key: Key, text: str, now: float) -> list[Piece]:
         """Hold ``text`` (of ``key``); the pieces to send now, in order: what was held
         of another key, or held past its window, goes before it."""
-        if not text:
-            return []  # nothing to hold (and no piece is ever empty)
         pieces: list[Piece] = []
         if self._key is not None:
-            if self._key != key:
+            if text and self._key != key:
                 pieces.append(self._take(self._key, self._join()))
             elif self.coalesce_s > 0 and now >= self.since + self.coalesce_s:
                 pieces.extend(self._ready(now))  # its window closed before this delta came
+        if not text:
+            return pieces  # nothing to hold (and no piece is ever empty)
         if self._key is None:
             self._key, self.since = key, now
         self._parts.append(text)

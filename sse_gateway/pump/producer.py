@@ -9,9 +9,9 @@ append, so no event is half written): the interruption lands in the socket
 read and the adapter's ``finally`` closes the provider's HTTP response.
 
 With batching (``StreamState.batcher``) an output may be held instead of
-stored; the producer tells the supervisor when held output falls due
-(``held``), and the supervisor sends it with ``send_due`` if no output came
-to send it first. A lock keeps the two from numbering events at once.
+stored; held output is sent by the producer's next output after its window,
+else, a window later, by the supervisor (``held`` tells it; ``send_due``). A
+lock keeps the two from numbering events at once.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Producer:
         self._outage = outage
         self._clock = clock
         self._tell = tell
-        self._held = held  # batching: output is held until this time (the supervisor's wake)
+        self._held = held  # batching: output is held until this time
         self._numbering = gevent.lock.Semaphore()  # batching: one of us appends at a time
         self._ending = False  # set by stop(): the producer must stop
         self._reading = False  # inside the provider read, where it may be interrupted

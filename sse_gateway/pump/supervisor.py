@@ -23,7 +23,7 @@ import gevent.queue
 
 from sse_gateway import metrics
 from sse_gateway.broker import CANCEL, Broker, BrokerUnavailable, StreamEnded
-from sse_gateway.clock import REAL, Clock
+from sse_gateway.clock import REAL, Clock, Timer
 from sse_gateway.providers.base import ProviderError
 from sse_gateway.pump.outage import RETRY_FIRST_S, Outage
 from sse_gateway.pump.producer import Producer, ProducerDone, ProducerFailed
@@ -57,7 +57,7 @@ class Shutdown:
 
 @dataclass(frozen=True, slots=True)
 class HeldDue:
-    """Batched output is held until before the supervisor's next wake: wake then."""
+    """Batched output is overdue and no output came to send it: send it."""
 
 
 Control = (CancelRequested | ReadersChanged | Shutdown | HeldDue | ProducerDone
@@ -96,7 +96,8 @@ class Pump:
         self._producer = Producer(broker=broker, stream_id=stream_id, candidates=candidates,
                                   policy=policy, state=self.state, outage=self._outage,
                                   clock=clock, tell=self._inbox.put, held=self._held)
-        self._wakes_at = float("inf")  # when the supervisor wakes next, if nothing comes
+        self._coalesce_s = coalesce_s
+        self._overdue: Timer | None = None  # batching: wakes the supervisor for held output
         self._stop_noticed: float | None = None  # when a cancel/disconnect/shutdown was seen
         self._counted = 0  # outputs already added to the tokens metric
         self.greenlet: gevent.Greenlet[Any, None] | None = None
@@ -115,10 +116,25 @@ class Pump:
         self._inbox.put(Shutdown(reason))
 
     def _held(self, due: float) -> None:
-        """The producer holds output until ``due``: wake for it if asleep longer."""
-        if due < self._wakes_at:
-            self._wakes_at = due
+        """The producer holds output until ``due`` (the producer's own next output
+        after that sends it, at no extra cost): make sure it goes out a window later
+        if none comes (one timer at a time, in the event loop: no greenlet wakes)."""
+        if self._overdue is None:
+            self._overdue = self._clock.call_later(
+                due + self._coalesce_s - self._clock.monotonic(), self._check_held)
+
+    def _check_held(self) -> None:
+        """In the event loop: wake the supervisor for held output a window overdue."""
+        if self._overdue is not None:
+            self._overdue.close()
+            self._overdue = None
+        due = self.state.flush_due
+        if due is None:
+            return
+        if self._clock.monotonic() >= due + self._coalesce_s:
             self._inbox.put(HeldDue())
+        else:  # another run, held since
+            self._held(due)
 
     def _heard(self, what: str) -> None:
         """The broker's watch: a cancel, or the readers changed."""
@@ -140,6 +156,8 @@ class Pump:
             log.exception("stream %s: pump failed", self.stream_id)
         finally:
             self._producer.stop()  # closes the provider connection
+            if self._overdue is not None:
+                self._overdue.close()
             if self._stop_noticed is not None and outcome is not None:
                 metrics.CANCEL_TO_CLOSED.labels(outcome.reason).observe(
                     self._clock.monotonic() - self._stop_noticed)
@@ -206,11 +224,11 @@ class Pump:
                 continue
             due = state.flush_due
             if due is not None and now >= due:
-                self._producer.send_due()  # no output came to send what is held
+                self._producer.send_due()  # held output no output came to send
+                if state.flush_due is not None:  # what chunking keeps waits on
+                    self._held(state.flush_due)
                 continue
-            wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends,
-                       gives_up if due is None else due)
-            self._wakes_at = wake
+            wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends)
             match clock.get(self._inbox, wake - now):
                 case None | HeldDue():
                     continue
