@@ -63,6 +63,20 @@ class StreamsConfig:
     # streams; over it, its oldest ended streams are forgotten (404 as expired).
     # Must be at least MAX_STREAM_BYTES.
     max_stored_bytes_per_key: int = 64 * 1024 * 1024
+    # Conversations kept by the gateway (a request's conversation_id): a
+    # conversation is forgotten CONVERSATION_TTL_S after its last turn was
+    # added (a day by default: a chat left overnight goes on in the morning,
+    # while abandoned ones do not pile up; each is bounded below, so an
+    # owner keeps at most its conversations of a day times those bounds).
+    conversation_ttl_s: float = 86400.0
+    # Messages one conversation keeps (the clients' messages and the answers);
+    # a start whose kept turns, new messages and answer would exceed it
+    # answers 413 payload_too_large. At most MAX_MESSAGES: they are all sent.
+    max_conversation_turns: int = 200
+    # Bytes of one conversation's turns (each stored as compact UTF-8 JSON);
+    # a start whose new messages would exceed it answers 413 as above. An
+    # answer that does not fit is kept as a marker without its content.
+    max_conversation_bytes: int = 1024 * 1024
     # A producer not heard of for this long (and half as long again while Redis
     # answers) is dead: its readers get stream_lost. Also how long a running
     # stream rides through a Redis outage before it ends with internal_error.
@@ -178,7 +192,8 @@ class StreamsConfig:
                     "max_stored_bytes_per_key", "producer_timeout_s", "redis_max_connections",
                     "max_active_streams", "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
-                    "stream_timeout_s", "write_timeout_s", "end_hook_timeout_s")
+                    "stream_timeout_s", "write_timeout_s", "end_hook_timeout_s",
+                    "conversation_ttl_s", "max_conversation_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{prefix}{name.upper()} must be > 0, "
@@ -199,6 +214,11 @@ class StreamsConfig:
         if self.max_stored_bytes_per_key < self.max_stream_bytes:
             raise ConfigError(f"{prefix}MAX_STORED_BYTES_PER_KEY must be at least "
                               f"{prefix}MAX_STREAM_BYTES")
+        if not 2 <= self.max_conversation_turns <= self.max_messages + 1:
+            # Room for one message and its answer; every kept turn but the
+            # newest answer is sent with the next request.
+            raise ConfigError(f"{prefix}MAX_CONVERSATION_TURNS must be from 2 to "
+                              f"{prefix}MAX_MESSAGES + 1, got {self.max_conversation_turns!r}")
         if self.resume_grace_s > self.max_resume_grace_s:
             raise ConfigError(f"{prefix}RESUME_GRACE_S must not exceed "
                               f"{prefix}MAX_RESUME_GRACE_S")

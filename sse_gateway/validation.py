@@ -46,6 +46,9 @@ MAX_COALESCE_MS = 1000
 # no "." (a broker key is "<owner>.<id>": an id with one could name another
 # owner's key).
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
+# A conversation's id (``conversation_id``): a client's name for it, so short
+# ones are fine; a URL path segment as it is, and no ":" (part of a store key).
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Nesting of the free-form JSON a request carries (a tool's parameters, a
 # response schema, provider_data): real schemas are a few levels deep; a bound
 # keeps every later walk over them (the size of the tools, the SDKs' encoding)
@@ -99,6 +102,11 @@ class StreamRequest:
     # within this many milliseconds; end text events on word/line/sentence boundaries.
     coalesce_ms: float | None = None
     chunking: str | None = None
+    # The conversation the gateway keeps for this request (None: none), and
+    # the request's own messages as sent (JSON values; ``prompt`` as a user
+    # message), which are added to it: only kept with a conversation.
+    conversation_id: str | None = None
+    sent: tuple[dict[str, Any], ...] = ()
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -130,6 +138,7 @@ class _Body(BaseModel):
     detach: bool = False
     coalesce_ms: Annotated[float, Field(ge=0, le=MAX_COALESCE_MS)] | None = None
     chunking: Literal["none", "word", "line", "sentence"] | None = None
+    conversation_id: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> _Body:
@@ -157,10 +166,21 @@ def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: in
                          *((f"fallbacks.{i}", m) for i, m in enumerate(body.fallbacks))):
         if _has_control(model):
             raise InvalidBody(f"{param}: must not contain control characters", param)
+    conversation_id = body.conversation_id
+    if conversation_id is not None and not CONVERSATION_ID.fullmatch(conversation_id):
+        raise InvalidBody("conversation_id: must be 1 to 128 characters of A-Z a-z 0-9 _ -",
+                          "conversation_id")
     if body.messages is not None:
-        messages = _messages(body.messages, max_messages, max_image_bytes)
+        # A tool result may answer a call of the kept conversation: the service
+        # checks the messages again, after the conversation's (``messages``).
+        messages = _messages(body.messages, max_messages, max_image_bytes,
+                             history=conversation_id is not None)
     else:
         messages = (Message("user", body.prompt or ""),)
+    sent: tuple[dict[str, Any], ...] = ()
+    if conversation_id is not None:
+        sent = (tuple(body.messages) if body.messages is not None
+                else ({"role": "user", "content": body.prompt or ""},))
     if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
         raise InvalidBody(f"max_tokens: must be at most {max_tokens_limit}", "max_tokens")
     if body.resume_grace_s is not None and body.resume_grace_s > max_resume_grace_s:
@@ -177,7 +197,15 @@ def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: in
                           _response_format(body.response_format), _stop(body.stop),
                           body.top_p, body.seed)
     return StreamRequest(body.model, tuple(body.fallbacks), body.resume_grace_s, request,
-                         dict(body.metadata), body.detach, body.coalesce_ms, body.chunking)
+                         dict(body.metadata), body.detach, body.coalesce_ms, body.chunking,
+                         conversation_id, sent)
+
+
+def messages(raw: Any, max_messages: int, max_image_bytes: int) -> tuple[Message, ...]:
+    """Validate a list of messages in the request's shape (JSON values), as one
+    conversation: what the service sends for a kept conversation and its new
+    messages; InvalidBody names the first offending place (``messages.3.role``)."""
+    return _messages(raw, max_messages, max_image_bytes)
 
 
 def _fail(param: str, message: str) -> NoReturn:
@@ -251,7 +279,10 @@ def _json_object(value: Any, param: str) -> dict[str, Any]:
 
 # -- messages --------------------------------------------------------------------------------
 
-def _messages(raw: Any, max_messages: int, max_image_bytes: int) -> tuple[Message, ...]:
+def _messages(raw: Any, max_messages: int, max_image_bytes: int, *,
+              history: bool = False) -> tuple[Message, ...]:
+    """The messages; with ``history`` a tool result may answer a call this list does
+    not show (its caller checks the whole conversation again)."""
     if not isinstance(raw, list):
         _fail("messages", "Input should be a valid list")
     if not raw:
@@ -261,13 +292,14 @@ def _messages(raw: Any, max_messages: int, max_image_bytes: int) -> tuple[Messag
     called: set[str] = set()  # the ids of the tool calls made so far
     messages = []
     for i, item in enumerate(raw):
-        message = _message(item, f"messages.{i}", called, max_image_bytes)
+        message = _message(item, f"messages.{i}", None if history else called,
+                           max_image_bytes)
         called.update(call.id for call in message.tool_calls)
         messages.append(message)
     return tuple(messages)
 
 
-def _message(raw: Any, param: str, called: set[str], max_image_bytes: int) -> Message:
+def _message(raw: Any, param: str, called: set[str] | None, max_image_bytes: int) -> Message:
     if not isinstance(raw, dict):
         _fail(param, "Input should be a valid dictionary")
     if "role" not in raw:
@@ -294,7 +326,7 @@ def _message(raw: Any, param: str, called: set[str], max_image_bytes: int) -> Me
         if "tool_call_id" not in raw:
             _fail(f"{param}.tool_call_id", "is required")
         call_id = _string(raw["tool_call_id"], f"{param}.tool_call_id", empty=False)
-        if call_id not in called:
+        if called is not None and call_id not in called:
             _fail(f"{param}.tool_call_id", f"{call_id!r} answers no tool call of an earlier "
                   "assistant message")
         return Message(role, parts, tool_call_id=call_id)

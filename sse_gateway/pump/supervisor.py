@@ -74,7 +74,8 @@ class Pump:
                  public_id: str | None = None, clock: Clock = REAL,
                  keep_text: bool = False, detached: bool = False,
                  on_end: Callable[[StreamState, Outcome], None] | None = None,
-                 coalesce_s: float = 0.0, chunking: str = "none") -> None:
+                 coalesce_s: float = 0.0, chunking: str = "none",
+                 on_ending: Callable[[StreamState, Outcome], None] | None = None) -> None:
         self.stream_id = stream_id  # the broker's key
         self.public_id = public_id or stream_id  # the id its client knows
         self.state = StreamState(self.public_id, candidates[0].model,
@@ -89,6 +90,10 @@ class Pump:
         self._caller = caller
         self._on_exit = on_exit
         self._on_end = on_end  # called once its terminal event is stored (by this pump)
+        # Called just before the terminal event is stored: what must be done
+        # by the time a reader learns that the stream ended (its answer added
+        # to its conversation, so the client's next request finds it there).
+        self._on_ending = on_ending
         self._detached = detached  # no reader yet: the resume grace runs from the start
         self._clock = clock
         self._inbox: gevent.queue.Queue[Control] = gevent.queue.Queue()
@@ -168,6 +173,11 @@ class Pump:
                 outcome = self.state.error("stream_lost", "ended elsewhere", retryable=True)
             outcome = outcome or self.state.internal_error()
             self._account(outcome)
+            if not ended_elsewhere and self._on_ending is not None:
+                try:
+                    self._on_ending(self.state, outcome)
+                except Exception:  # the end is recorded all the same
+                    log.exception("stream %s: its end hook failed", self.stream_id)
             try:
                 if not ended_elsewhere:
                     self._finish(outcome)
