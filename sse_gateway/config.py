@@ -71,7 +71,8 @@ class StreamsConfig:
     conversation_ttl_s: float = 86400.0
     # Messages one conversation keeps (the clients' messages and the answers);
     # a start whose kept turns, new messages and answer would exceed it
-    # answers 413 payload_too_large. At most MAX_MESSAGES: they are all sent.
+    # answers 413 payload_too_large. At least 2; MAX_MESSAGES + 1 is the most
+    # that takes effect (every kept turn is sent with the next request).
     max_conversation_turns: int = 200
     # Bytes of one conversation's turns (each stored as compact UTF-8 JSON);
     # a start whose new messages would exceed it answers 413 as above. An
@@ -178,6 +179,12 @@ class StreamsConfig:
         return self.redis_url or "memory://"
 
     @property
+    def conversation_turns(self) -> int:
+        """The turns a conversation keeps at most: all but the newest answer are
+        sent with the next request, so MAX_MESSAGES + 1 at most."""
+        return min(self.max_conversation_turns, self.max_messages + 1)
+
+    @property
     def reader_lease_ttl_s(self) -> float:
         """How long a reader lease lives unrenewed: a feed renews it at each
         heartbeat, but not while a write to a slow client blocks."""
@@ -214,11 +221,9 @@ class StreamsConfig:
         if self.max_stored_bytes_per_key < self.max_stream_bytes:
             raise ConfigError(f"{prefix}MAX_STORED_BYTES_PER_KEY must be at least "
                               f"{prefix}MAX_STREAM_BYTES")
-        if not 2 <= self.max_conversation_turns <= self.max_messages + 1:
-            # Room for one message and its answer; every kept turn but the
-            # newest answer is sent with the next request.
-            raise ConfigError(f"{prefix}MAX_CONVERSATION_TURNS must be from 2 to "
-                              f"{prefix}MAX_MESSAGES + 1, got {self.max_conversation_turns!r}")
+        if self.max_conversation_turns < 2:  # room for one message and its answer
+            raise ConfigError(f"{prefix}MAX_CONVERSATION_TURNS must be >= 2, "
+                              f"got {self.max_conversation_turns!r}")
         if self.resume_grace_s > self.max_resume_grace_s:
             raise ConfigError(f"{prefix}RESUME_GRACE_S must not exceed "
                               f"{prefix}MAX_RESUME_GRACE_S")

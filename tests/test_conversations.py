@@ -313,8 +313,30 @@ def test_a_lost_streams_answer_is_added_from_the_store() -> None:
          "refusal": None, "provider_data": None, "stream_id": "l" * 16, "status": "error"}]
 
 
-def test_the_turn_bound_must_fit_the_messages_bound() -> None:
+def test_the_turn_bound_is_checked_and_fits_the_messages_bound() -> None:
+    assert StreamsConfig(max_messages=10, max_conversation_turns=50).conversation_turns == 11
     with pytest.raises(ConfigError, match="MAX_CONVERSATION_TURNS"):
-        StreamsConfig(max_messages=10, max_conversation_turns=12).check()
+        StreamsConfig(max_conversation_turns=1).check()
     with pytest.raises(ConfigError, match="MAX_CONVERSATION_BYTES"):
         StreamsConfig(max_conversation_bytes=0).check()
+
+
+def test_the_ai_sdk_and_openai_routes_refuse_a_conversation_id() -> None:
+    """useChat sends the whole chat with every request, and OpenAI's body has no such
+    field: either would send the history twice, so both refuse it, naming it."""
+    from sse_gateway.flask.ai_sdk import chat_request
+    from sse_gateway.transports import openai_request
+    from sse_gateway.validation import InvalidBody
+
+    use_chat = {"id": "chat", "messages": [{"id": "m1", "role": "user",
+                                            "parts": [{"type": "text", "text": "hi"}]}],
+                "conversation_id": "c1"}
+    with pytest.raises(InvalidRequest) as refused:
+        chat_request(use_chat, "demo/echo")
+    assert refused.value.param == "conversation_id"
+    with pytest.raises(InvalidBody) as unknown:
+        openai_request.parse(json.dumps({"model": "demo/echo", "conversation_id": "c1",
+                                         "messages": [{"role": "user", "content": "hi"}]}
+                                        ).encode())
+    assert (unknown.value.param, unknown.value.message) == ("conversation_id",
+                                                            "conversation_id: unknown field")

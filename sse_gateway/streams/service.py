@@ -420,14 +420,14 @@ class Streams:
         ``new_turns`` of ``new_size`` bytes (its answer's marker included) and
         its answer's turn."""
         config = self.config
-        if (turns + new_turns + 1 <= config.max_conversation_turns
+        if (turns + new_turns + 1 <= config.conversation_turns
                 and size + new_size <= config.max_conversation_bytes):
             return
         raise RequestTooLarge(
             f"conversation_id: the conversation keeps {turns} messages ({size} bytes); with "
             f"this request's {new_turns} ({new_size} bytes with room for the answer's marker) "
             "and its answer it would hold more "
-            f"than {config.max_conversation_turns} messages or {config.max_conversation_bytes} "
+            f"than {config.conversation_turns} messages or {config.max_conversation_bytes} "
             "bytes. Forget it (DELETE the conversation) or start a new conversation",
             param="conversation_id")
 
@@ -456,7 +456,7 @@ class Streams:
         room = _reserved(added, public_id) - sum(map(len, added))
         try:
             self.broker.add_turns(owner, conversation_id, added, once=key,
-                                  max_turns=config.max_conversation_turns - 1,
+                                  max_turns=config.conversation_turns - 1,
                                   max_bytes=config.max_conversation_bytes - room)
         except ConversationFull as full:  # another request filled it meanwhile
             self._within_bounds(full.turns, full.size, count, _reserved(added, public_id))
@@ -479,7 +479,7 @@ class Streams:
         try:
             try:
                 self.broker.add_turns(owner, conversation_id, [turn], once=key + conversations.ANSWER,
-                                      max_turns=config.max_conversation_turns,
+                                      max_turns=config.conversation_turns,
                                       max_bytes=config.max_conversation_bytes)
             except ConversationFull:
                 log.info("stream %s: its answer (%d bytes) does not fit in conversation %s; "
@@ -487,7 +487,7 @@ class Streams:
                 marker = conversations.omitted(status, public_id)
                 self.broker.add_turns(owner, conversation_id, [marker],
                                       once=key + conversations.ANSWER,
-                                      max_turns=config.max_conversation_turns,
+                                      max_turns=config.conversation_turns,
                                       max_bytes=config.max_conversation_bytes)
         except BrokerError as exc:
             log.warning("stream %s: its answer was not added to conversation %s (%s)",
