@@ -8,10 +8,13 @@ itself; a start over its bounds answers 413 before any provider request.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,10 +40,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(fake: FakeProvider) -> Iterator[Pair]:
-    env = gateway_env(fake, REDIS_URL=REDIS_URL, API_KEYS=f"{KEY},{OTHER},{RATED}",
-                      CONVERSATION_TTL_S=str(TTL_S), MAX_CONVERSATION_TURNS=str(MAX_TURNS),
-                      MAX_CONVERSATION_BYTES="6000", RATELIMIT_STATUS=f"{RATE}/minute",
-                      RATELIMIT_CANCEL=f"{RATE}/minute")
+    env = pair_env(fake)
     a, b = GatewayServer(env, label="A"), GatewayServer(env, label="B")
     try:
         a.start(wait=False)
@@ -51,6 +51,13 @@ def pair(fake: FakeProvider) -> Iterator[Pair]:
     finally:
         a.stop()
         b.stop()
+
+
+def pair_env(fake: FakeProvider) -> dict[str, str]:
+    return gateway_env(fake, REDIS_URL=REDIS_URL, API_KEYS=f"{KEY},{OTHER},{RATED}",
+                      CONVERSATION_TTL_S=str(TTL_S), MAX_CONVERSATION_TURNS=str(MAX_TURNS),
+                      MAX_CONVERSATION_BYTES="6000", RATELIMIT_STATUS=f"{RATE}/minute",
+                      RATELIMIT_CANCEL=f"{RATE}/minute", PRODUCER_TIMEOUT_S="1")
 
 
 def auth(key: str = KEY) -> dict[str, str]:
@@ -242,3 +249,30 @@ def test_the_routes_are_rate_limited_per_key(pair: Pair) -> None:
         assert refused.json()["error"]["code"] == "rate_limited"
         assert int(refused.headers["retry-after"]) > 0
     assert conversation(pair.a, "none").status == 404  # another key: its own count
+
+
+def test_a_lost_streams_answer_is_kept_by_the_instance_that_declares_it_lost(
+        pair: Pair, fake: FakeProvider) -> None:
+    model = fake.scenario(tokens=["Half ", "way ", *(["more "] * 200)], delay=0.05)
+    with GatewayServer(pair_env(fake), label="C") as producer_host:
+        assert producer_host.process is not None
+        first = producer_host.stream("POST", "/v1/streams", {
+            "model": f"openai/{model}", "prompt": "Go", "conversation_id": "lost"},
+            headers=auth())
+        stream_id = first.header("X-Stream-ID")
+        reader = pair.a.stream("GET", f"/v1/streams/{stream_id}/events", headers=auth())
+        reader.read_until(lambda e: e.event == "token")
+        reader.read_until(lambda e: e.event == "token")
+        master = producer_host.process.pid
+        (worker,) = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        os.kill(int(worker), signal.SIGKILL)
+        events = reader.read_all()
+        assert events[-1].event == "error" and events[-1].json()["code"] == "stream_lost"
+        deadline = time.monotonic() + 10
+        while len(turns := conversation(pair.a, "lost").json()["messages"]) < 2:
+            assert time.monotonic() < deadline, turns
+            time.sleep(0.05)  # polling: the answer is added just after the end is stored
+        answer = turns[1]
+        assert (answer["status"], answer["stream_id"]) == ("error", stream_id)
+        assert answer["content"] == tokens_text(events)  # what the store kept, all of it
+        assert answer["content"].startswith("Half way ")
