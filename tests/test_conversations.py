@@ -340,3 +340,13 @@ def test_the_ai_sdk_and_openai_routes_refuse_a_conversation_id() -> None:
                                         ).encode())
     assert (unknown.value.param, unknown.value.message) == ("conversation_id",
                                                             "conversation_id: unknown field")
+
+
+def test_the_answer_is_the_streamed_text_also_when_batched() -> None:
+    """Held output is sent before the terminal event: the kept answer is all of it."""
+    streams, _ = service([TextDelta("One. Two"), TextDelta(" th"), TextDelta("ree"),
+                          Finished("stop")])
+    events = turn(streams, prompt="Count", chunking="sentence", coalesce_ms=1000)
+    text = "".join(e.payload()["content"] for e in events if e.name == "token")
+    assert text == "One. Two three"
+    assert kept(streams)[-1]["content"] == text
