@@ -350,3 +350,22 @@ def test_the_answer_is_the_streamed_text_also_when_batched() -> None:
     text = "".join(e.payload()["content"] for e in events if e.name == "token")
     assert text == "One. Two three"
     assert kept(streams)[-1]["content"] == text
+
+
+def test_a_conversation_filled_meanwhile_is_refused_by_the_stores_own_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound holds when another request filled the conversation between this
+    one's read and its addition: the addition itself checks, in one step."""
+    streams, provider = service(max_conversation_turns=4)
+    turn(streams, prompt="1")
+    turn(streams, prompt="2")  # 4 turns: full
+    broker = streams.broker
+    real = broker.conversation
+    monkeypatch.setattr(broker, "conversation", lambda owner, cid: [])  # read too early
+    with pytest.raises(RequestTooLarge) as full:
+        turn(streams, prompt="3")
+    assert "keeps 4 messages" in full.value.message
+    monkeypatch.setattr(broker, "conversation", real)
+    assert [t["content"] for t in kept(streams)] == ["1", "Hello", "2", "Hello"]
+    assert len(provider.requests) == 2 and streams.active == 0
+    assert broker.slots(HOLDER) == 0  # its slot was given back

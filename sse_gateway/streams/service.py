@@ -474,21 +474,21 @@ class Streams:
 
     def _add_answer(self, owner: str, conversation_id: str, key: str, turn: bytes,
                     status: str) -> None:
+        """Add a stream's answer to its conversation, or, when it does not fit, its
+        marker (for which its start left room); once, whoever tries."""
         config = self.config
         public_id = key[len(owner) + 1:] if owner else key
+        once = key + conversations.ANSWER
+        bounds = {"max_turns": config.conversation_turns,
+                  "max_bytes": config.max_conversation_bytes}
         try:
             try:
-                self.broker.add_turns(owner, conversation_id, [turn], once=key + conversations.ANSWER,
-                                      max_turns=config.conversation_turns,
-                                      max_bytes=config.max_conversation_bytes)
+                self.broker.add_turns(owner, conversation_id, [turn], once=once, **bounds)
             except ConversationFull:
                 log.info("stream %s: its answer (%d bytes) does not fit in conversation %s; "
                          "kept as omitted", public_id, len(turn), conversation_id)
                 marker = conversations.omitted(status, public_id)
-                self.broker.add_turns(owner, conversation_id, [marker],
-                                      once=key + conversations.ANSWER,
-                                      max_turns=config.conversation_turns,
-                                      max_bytes=config.max_conversation_bytes)
+                self.broker.add_turns(owner, conversation_id, [marker], once=once, **bounds)
         except BrokerError as exc:
             log.warning("stream %s: its answer was not added to conversation %s (%s)",
                         public_id, conversation_id, type(exc).__name__)
