@@ -25,11 +25,11 @@ from tests.live.conftest import gateway_env
 from tests.live.gateway import GatewayServer, Reply, tokens_text
 from tests.test_broker import REDIS_URL
 
-# Fresh keys each run: the rate counts live in Redis for a minute.
+# Fresh keys each run: the rate counts live in Redis for the window.
 KEY, OTHER, RATED = (f"sk-conv-{secrets.token_hex(8)}" for _ in range(3))
 TTL_S = 2.5
 MAX_TURNS = 6
-RATE = 40  # GETs (and DELETEs) a minute, per key
+RATE = 40  # GETs (and DELETEs) an hour per key: a window far longer than the test
 
 
 @dataclass
@@ -56,8 +56,8 @@ def pair(fake: FakeProvider) -> Iterator[Pair]:
 def pair_env(fake: FakeProvider) -> dict[str, str]:
     return gateway_env(fake, REDIS_URL=REDIS_URL, API_KEYS=f"{KEY},{OTHER},{RATED}",
                       CONVERSATION_TTL_S=str(TTL_S), MAX_CONVERSATION_TURNS=str(MAX_TURNS),
-                      MAX_CONVERSATION_BYTES="6000", RATELIMIT_STATUS=f"{RATE}/minute",
-                      RATELIMIT_CANCEL=f"{RATE}/minute", PRODUCER_TIMEOUT_S="1")
+                      MAX_CONVERSATION_BYTES="6000", RATELIMIT_STATUS=f"{RATE}/hour",
+                      RATELIMIT_CANCEL=f"{RATE}/hour", PRODUCER_TIMEOUT_S="1")
 
 
 def auth(key: str = KEY) -> dict[str, str]:
