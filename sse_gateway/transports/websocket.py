@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import suppress
@@ -401,6 +402,10 @@ class SimpleWebSocket:
 
     def __init__(self, ws: Any, write_timeout_s: float) -> None:
         self._ws = ws
+        with suppress(OSError, AttributeError):
+            # Frames are small writes in quick succession: without this, Nagle's
+            # algorithm holds each one until the previous is acknowledged.
+            ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ws.sock = _BoundedSocket(ws.sock, write_timeout_s)
         self._lock = gevent.lock.Semaphore()
 
@@ -454,7 +459,7 @@ class _BoundedSocket:
             except gevent.Timeout:
                 log.info("a websocket client took no bytes for %g s: dropped", self._timeout_s)
                 with suppress(OSError):
-                    self._sock.shutdown(2)  # SHUT_RDWR: its reader sees the end too
+                    self._sock.shutdown(socket.SHUT_RDWR)  # its reader sees the end too
                 raise TimeoutError("write timed out") from None
         return len(data)
 

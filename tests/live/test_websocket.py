@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -33,8 +34,10 @@ from tests.test_broker import REDIS_URL
 
 pytestmark = pytest.mark.redis
 
-KEY_A, KEY_B = "sk-ws-test-key-a-0123456789", "sk-ws-test-key-b-0123456789"
-KEY_RL, KEY_CAP = "sk-ws-test-key-rl-0123456789", "sk-ws-test-key-cap-0123456789"
+# Fresh keys and stream ids each run: streams, and rate counts, outlive a run in Redis.
+RUN = secrets.token_hex(6)
+KEY_A, KEY_B = f"sk-ws-a-{RUN}", f"sk-ws-b-{RUN}"
+KEY_RL, KEY_CAP, KEY_DRAIN = f"sk-ws-rl-{RUN}", f"sk-ws-cap-{RUN}", f"sk-ws-drain-{RUN}"
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}
 LONG = [f"w{i} " for i in range(400)]
@@ -55,10 +58,10 @@ def gateway(fake: FakeProvider) -> Iterator[GatewayServer]:
 @pytest.fixture(scope="module")
 def tight(fake: FakeProvider) -> Iterator[GatewayServer]:
     """Tight rates and caps; a short drain (graceful timeout 4 s, margin 3 s)."""
-    env = gateway_env(fake, REDIS_URL=REDIS_URL, API_KEYS=f"{KEY_A},{KEY_RL},{KEY_CAP}",
+    env = gateway_env(fake, REDIS_URL=REDIS_URL, API_KEYS=f"{KEY_A},{KEY_RL},{KEY_CAP},{KEY_DRAIN}",
                       RATELIMIT_CREATE="3/minute", RATELIMIT_EVENTS="2/minute",
                       RATELIMIT_CANCEL="2/minute", MAX_STREAMS_PER_KEY="2",
-                      GRACEFUL_TIMEOUT_S="4", SHUTDOWN_MARGIN_S="3")
+                      GRACEFUL_TIMEOUT_S="4", SHUTDOWN_MARGIN_S="3", WRITE_TIMEOUT_S="1")
     server = GatewayServer(env, label="ws-tight")
     try:
         yield server.start()
@@ -171,12 +174,12 @@ def sse_events(server: GatewayServer, stream_id: str) -> list[dict[str, Any]]:
 
 def test_two_streams_on_one_socket_complete_in_order_and_interleaved(
         gateway: GatewayServer, fake: FakeProvider, sockets: list[Socket]) -> None:
-    one = [f"a{i} " for i in range(30)]
-    two = ["Hé", "llo", " wörld", " 👋🏽", "\n", "日本語", ' {"json": 1}', "\r\n", "</x>"] * 3
-    m1, m2 = fake.scenario(tokens=one, delay=0.01), fake.scenario(tokens=two, delay=0.012)
+    one = [f"a{i} " for i in range(60)]
+    two = ["Hé", "llo", " wörld", " 👋🏽", "\n", "日本語", ' {"json": 1}', "\r\n", "</x>"] * 6
+    m1, m2 = fake.scenario(tokens=one, delay=0.02), fake.scenario(tokens=two, delay=0.022)
     ws = open_ws(sockets, gateway)
     ws.send(type="start", model=f"openai/{m1}", prompt="one")
-    ws.send(type="start", model=f"anthropic/{m2}", prompt="two", stream_id="client-own-id-0001")
+    ws.send(type="start", model=f"anthropic/{m2}", prompt="two", stream_id=f"client-{RUN}-0001")
     order: list[str] = []
     frames: dict[str, list[dict[str, Any]]] = {}
     ended = 0
@@ -186,7 +189,7 @@ def test_two_streams_on_one_socket_complete_in_order_and_interleaved(
         frames.setdefault(frame["stream_id"], []).append(frame)
         ended += frame["event"] in TERMINAL
     first, second = list(frames)  # each start frame is answered in order
-    assert second == "client-own-id-0001"
+    assert second == f"client-{RUN}-0001"
     assert frames[first][0]["data"]["model"] == f"openai/{m1}"
     for stream_id, text in ((first, "".join(one)), (second, "".join(two))):
         got = frames[stream_id]
@@ -195,7 +198,7 @@ def test_two_streams_on_one_socket_complete_in_order_and_interleaved(
         assert got[-1]["event"] == "done"
         assert got == sse_events(gateway, stream_id)  # the same events and ids as SSE
     switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
-    assert switches > 4, "the two streams' frames were not interleaved"
+    assert switches >= 4, f"the two streams' frames were not interleaved: {order}"
     assert len(fake.calls(m1)) == len(fake.calls(m2)) == 1
 
 
@@ -373,40 +376,54 @@ def test_bad_frames_are_answered_and_the_socket_stays_open(
                      "stream_id": "short"}), error("invalid_request", "stream_id",
                                                    stream_id="short")),
         (json.dumps({"type": "start", "model": "nope/nope", "prompt": "x",
-                     "stream_id": "client-own-id-0002"}),
-         error("unknown_model", stream_id="client-own-id-0002")),
+                     "stream_id": f"client-{RUN}-0002"}),
+         error("unknown_model", stream_id=f"client-{RUN}-0002")),
         (json.dumps({"type": "start", "model": "demo/echo"}), error("invalid_request")),
-        (json.dumps({"type": "resume", "stream_id": "client-own-id-0003",
+        (json.dumps({"type": "resume", "stream_id": f"client-{RUN}-0003",
                      "last_event_id": "\uff11"}),
-         error("invalid_request", "last_event_id", stream_id="client-own-id-0003")),
-        (json.dumps({"type": "resume", "stream_id": "client-own-id-0003",
+         error("invalid_request", "last_event_id", stream_id=f"client-{RUN}-0003")),
+        (json.dumps({"type": "resume", "stream_id": f"client-{RUN}-0003",
                      "last_event_id": -1}), error("invalid_request", "last_event_id")),
-        (json.dumps({"type": "resume", "stream_id": "client-own-id-0003"}),
-         error("not_found", stream_id="client-own-id-0003")),
+        (json.dumps({"type": "resume", "stream_id": f"client-{RUN}-0003"}),
+         error("not_found", stream_id=f"client-{RUN}-0003")),
         (json.dumps({"type": "cancel"}), error("invalid_request", "stream_id")),
-        (json.dumps({"type": "cancel", "stream_id": "client-own-id-0003", "x": 1}),
+        (json.dumps({"type": "cancel", "stream_id": f"client-{RUN}-0003", "x": 1}),
          error("invalid_request", "x:")),
     ]
+    before = refused_frames(gateway)
     for text, expected in cases:
         ws.conn.send(text)
         assert ws.recv() == expected, text
-    ws.send(type="start", model="demo/echo", prompt="still open", stream_id="client-own-id-0004")
-    frames = ws.to_the_end("client-own-id-0004")["client-own-id-0004"]
+    assert refused_frames(gateway) - before == len(cases)
+    assert metric(gateway, "sse_websockets_open") >= 1
+    ws.send(type="start", model="demo/echo", prompt="still open", stream_id=f"client-{RUN}-0004")
+    frames = ws.to_the_end(f"client-{RUN}-0004")[f"client-{RUN}-0004"]
     assert content(frames) == "still open"
-    ws.send(type="resume", stream_id="client-own-id-0004", last_event_id=0)  # ended: replayed
-    assert ws.to_the_end("client-own-id-0004")["client-own-id-0004"] == frames[1:]
+    ws.send(type="resume", stream_id=f"client-{RUN}-0004", last_event_id=0)  # ended: replayed
+    assert ws.to_the_end(f"client-{RUN}-0004")[f"client-{RUN}-0004"] == frames[1:]
+
+
+def metric(server: GatewayServer, name: str) -> float:
+    """The sum of a metric's samples in /metrics (every worker's)."""
+    text = server.request("GET", "/metrics").body.decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + " ", name + "{")))
+
+
+def refused_frames(server: GatewayServer) -> float:
+    return metric(server, "sse_websocket_frames_refused_total")
 
 
 def test_a_stream_is_followed_once_per_socket(
         gateway: GatewayServer, fake: FakeProvider, sockets: list[Socket]) -> None:
     model = fake.scenario(tokens=LONG, delay=0.02)
     ws = open_ws(sockets, gateway)
-    ws.send(type="start", model=f"openai/{model}", prompt="x", stream_id="client-own-id-0005")
+    ws.send(type="start", model=f"openai/{model}", prompt="x", stream_id=f"client-{RUN}-0005")
     ws.until(lambda f: f.get("event") == "token")
-    ws.send(type="resume", stream_id="client-own-id-0005")
+    ws.send(type="resume", stream_id=f"client-{RUN}-0005")
     assert ws.until(lambda f: "type" in f)[-1] == error(
-        "invalid_request", "already follows", stream_id="client-own-id-0005")
-    ws.send(type="cancel", stream_id="client-own-id-0005")
+        "invalid_request", "already follows", stream_id=f"client-{RUN}-0005")
+    ws.send(type="cancel", stream_id=f"client-{RUN}-0005")
     assert fake.wait_closed(model).outcome == "peer_closed"
 
 
@@ -461,16 +478,49 @@ def test_streams_per_key_cap_holds_across_socket_and_post(
                         headers=cap)
     post.read_until(lambda e: e.event == "token")
     ws = open_ws(sockets, tight, cap)
-    ws.send(type="start", model=f"openai/{model}", prompt="y", stream_id="client-own-id-0006")
+    ws.send(type="start", model=f"openai/{model}", prompt="y", stream_id=f"client-{RUN}-0006")
     ws.until(lambda f: f.get("event") == "token")
-    ws.send(type="start", model=f"openai/{model}", prompt="z", stream_id="client-own-id-0007")
+    ws.send(type="start", model=f"openai/{model}", prompt="z", stream_id=f"client-{RUN}-0007")
     refused = ws.until(lambda f: "type" in f)[-1]
-    assert refused == error("too_many_streams", stream_id="client-own-id-0007")
+    assert refused == error("too_many_streams", stream_id=f"client-{RUN}-0007")
     assert refused["retry_after"] == 1
-    ws.send(type="cancel", stream_id="client-own-id-0006")
+    ws.send(type="cancel", stream_id=f"client-{RUN}-0006")
     tight.request("DELETE", f"/v1/streams/{post.header('X-Stream-ID')}", headers=cap)
     for i in range(2):
         assert fake.wait_closed(model, i).outcome == "peer_closed"
+
+
+def test_a_client_that_takes_no_bytes_is_dropped_after_the_write_timeout(
+        tight: GatewayServer, fake: FakeProvider) -> None:
+    """WRITE_TIMEOUT_S=1; a client with a tiny receive window that stops reading after
+    the handshake: dropped, so its stream (grace 0) ends and its provider is closed."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    from tests.live.test_slow_clients import small_window_socket
+
+    model = fake.scenario(tokens=["x" * 32 * 1024] * 100, delay=0.03)
+    client = WSConnection(ConnectionType.CLIENT)
+    sock = small_window_socket(tight)
+    try:
+        sock.sendall(client.send(Request(host=tight.host, target="/v1/ws",
+                                         extra_headers=[(b"authorization",
+                                                         f"Bearer {KEY_A}".encode())])))
+        while not any(isinstance(e, AcceptConnection) for e in client.events()):
+            client.receive_data(sock.recv(4096))
+        started = time.monotonic()
+        sock.sendall(client.send(TextMessage(json.dumps(
+            {"type": "start", "model": f"openai/{model}", "prompt": "x", "resume_grace_s": 0,
+             "stream_id": f"stuck-{RUN}-0001"}))))
+        call = fake.wait_closed(model)  # and never read another byte
+        assert call.outcome == "peer_closed"
+        assert call.closed_at is not None and 1.0 <= call.closed_at - started < 8
+        assert call.tokens_sent < 100
+        status = tight.request("GET", f"/v1/streams/stuck-{RUN}-0001",
+                               headers=A).json()
+        assert status["status"] == "cancelled"
+    finally:
+        sock.close()
 
 
 # ------------------------------------------------------------------------------ nginx
@@ -521,10 +571,12 @@ def test_figures_cancel_and_reconnect(
         first.drop()
         began = time.monotonic()
         again = open_ws(sockets, gateway)
-        again.send(type="resume", stream_id=stream_id, last_event_id=seen[-1]["id"])
+        # From event 1: events 2.. are stored, so the first frame is a replayed one
+        # (after the last one seen, the next would come at the provider's pace).
+        again.send(type="resume", stream_id=stream_id, last_event_id=1)
         frame = again.recv()
         replay_ms.append((time.monotonic() - began) * 1000)
-        assert frame["id"] == seen[-1]["id"] + 1
+        assert frame == seen[2]
         again.send(type="cancel", stream_id=stream_id)
         assert fake.wait_closed(model).outcome == "peer_closed"
     for name, values in (("ws_cancel_frame_to_provider_closed_ms", cancel_ms),
@@ -541,8 +593,9 @@ def test_figures_cancel_and_reconnect(
 def test_a_draining_worker_refuses_starts_and_closes_its_sockets_1001(
         tight: GatewayServer, fake: FakeProvider, sockets: list[Socket]) -> None:
     model = fake.scenario(tokens=LONG, delay=0.02)
-    idle = open_ws(sockets, tight)
-    busy = open_ws(sockets, tight)
+    drain = {"Authorization": f"Bearer {KEY_DRAIN}"}
+    idle = open_ws(sockets, tight, drain)
+    busy = open_ws(sockets, tight, drain)
     busy.send(type="start", model=f"openai/{model}", prompt="x")
     stream_id = busy.until(lambda f: f.get("event") == "token")[0]["stream_id"]
     os.kill(worker_pid(tight), signal.SIGTERM)
