@@ -27,7 +27,7 @@ TOKEN_ENDPOINTS = frozenset({"streams.stream_events", "streams.stream_status",
 def key_id() -> str | None:
     """The request's API key id, or None (no key, a wrong key, or the gateway is open)."""
     if "key_id" not in g:
-        g.key_id = current_gateway().keys.identify(request.headers.get("Authorization"))
+        g.key_id = current_gateway().keys.identify(authorization())
     found: str | None = g.key_id
     return found
 
@@ -94,10 +94,28 @@ def authenticate() -> None:
     g.stream_token = token
 
 
+def authorization() -> str | None:
+    """The request's ``Authorization`` header; for a WebSocket handshake without
+    one, a ``bearer.<key or token>`` subprotocol as ``Bearer <key or token>``.
+
+    A browser's ``WebSocket`` cannot send headers, only subprotocols
+    (``new WebSocket(url, ["sse-gateway", "bearer." + key])``; the server picks
+    ``sse-gateway``): a key kept out of the URL, so out of access logs.
+    """
+    header = request.headers.get("Authorization")
+    if header is not None or request.endpoint != WEBSOCKET_ENDPOINT:
+        return header
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        name, dot, value = offered.strip().partition(".")
+        if dot and name.lower() == "bearer" and value:
+            return f"Bearer {value}"
+    return None
+
+
 def _presented_token() -> str | None:
     """The stream token the request carries: a Bearer value with the token prefix,
     else ``?token=``; None when it carries none."""
-    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    scheme, _, value = (authorization() or "").partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer" and value.startswith(PREFIX):
         return value

@@ -3,9 +3,11 @@
 Authentication is the other ``/v1`` routes' (``caller.authenticate`` runs
 before the upgrade, so a missing or wrong key is a plain ``401`` answer): an
 API key, or a stream token, whose socket may only resume and cancel its own
-stream. Each frame's action counts against the same rate as its HTTP route,
-in the same bucket (a start as a ``POST /v1/streams``): using both gives a
-client no more. The frames and the socket's life are
+stream; a browser, which cannot send headers, offers the subprotocols
+``sse-gateway`` and ``bearer.<key or token>`` (or a token as ``?token=``).
+Each frame's action counts against the same rate as its HTTP route, in the
+same bucket (a start as a ``POST /v1/streams``): using both gives a client
+no more. The frames and the socket's life are
 ``sse_gateway.transports.websocket``.
 """
 
@@ -42,11 +44,18 @@ _RATES = {
 }
 
 
+# The subprotocol the server picks when a client offers it: a browser that
+# authenticates with a ``bearer.<key>`` subprotocol must be answered one.
+SUBPROTOCOL = "sse-gateway"
+
+
 def server_options(heartbeat_s: float, max_message_size: int) -> dict[str, Any]:
     """flask-sock's ``SOCK_SERVER_OPTIONS``: a ping every heartbeat (keeps nginx from
-    cutting an idle socket, drops a peer that stopped answering), and a frame over
-    the body limit closes the socket with 1009 before it is buffered whole."""
-    return {"ping_interval": heartbeat_s, "max_message_size": max_message_size}
+    cutting an idle socket, drops a peer that stopped answering), a frame over the
+    body limit closes the socket with 1009 before it is buffered whole, and
+    ``sse-gateway`` is the subprotocol chosen when offered."""
+    return {"ping_interval": heartbeat_s, "max_message_size": max_message_size,
+            "subprotocols": [SUBPROTOCOL]}
 
 
 @sock.route("/ws", bp=bp)  # type: ignore[untyped-decorator]  # flask-sock has no hints

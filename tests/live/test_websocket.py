@@ -73,9 +73,10 @@ class Socket:
     """A WebSocket to the gateway, speaking its JSON frames."""
 
     def __init__(self, server: GatewayServer | NginxServer, headers: dict[str, str] | None = None,
-                 query: str = "") -> None:
+                 query: str = "", subprotocols: list[str] | None = None) -> None:
         self.conn: ClientConnection = connect(
             f"ws://{server.host}:{server.port}/v1/ws{query}", additional_headers=headers,
+            subprotocols=subprotocols,
             open_timeout=10, close_timeout=2, max_size=None, proxy=None, legacy=True)
 
     def send(self, **frame: Any) -> None:
@@ -138,8 +139,9 @@ def sockets() -> Iterator[list[Socket]]:
 
 
 def open_ws(opened: list[Socket], server: GatewayServer | NginxServer,
-            headers: dict[str, str] | None = A, query: str = "") -> Socket:
-    s = Socket(server, headers, query)
+            headers: dict[str, str] | None = A, query: str = "",
+            subprotocols: list[str] | None = None) -> Socket:
+    s = Socket(server, headers, query, subprotocols)
     opened.append(s)
     return s
 
@@ -308,6 +310,30 @@ def test_no_key_or_a_wrong_key_is_401_at_the_handshake(
     response = refused.value.response
     assert response.status_code == 401
     assert json.loads(response.body or b"")["error"]["code"] == "unauthorized"
+
+
+def test_a_browser_authenticates_with_a_bearer_subprotocol(
+        gateway: GatewayServer, sockets: list[Socket]) -> None:
+    """``new WebSocket(url, ["sse-gateway", "bearer." + key])``: a browser cannot send
+    headers; the server picks ``sse-gateway``. A wrong key so offered is a 401."""
+    ws = open_ws(sockets, gateway, None, subprotocols=["sse-gateway", f"bearer.{KEY_A}"])
+    assert ws.conn.subprotocol == "sse-gateway"
+    ws.send(type="start", model="demo/echo", prompt="from a browser")
+    (frames,) = ws.to_the_end().values()
+    assert content(frames) == "from a browser"
+    stream_id = frames[0]["stream_id"]
+    assert gateway.request("GET", f"/v1/streams/{stream_id}", headers=A).status == 200
+    with pytest.raises(InvalidStatus) as refused:
+        Socket(gateway, None, subprotocols=["sse-gateway", "bearer.sk-wrong-0123456789"])
+    assert refused.value.response.status_code == 401
+    token = gateway.request("POST", "/v1/streams", {"model": "demo/echo", "prompt": "x",
+                                                    "detach": True}, headers=A).json()
+    by_token = open_ws(sockets, gateway, None,
+                       subprotocols=["sse-gateway", f"bearer.{token['token']}"])
+    by_token.send(type="start", model="demo/echo", prompt="x")
+    assert by_token.recv() == error("unauthorized")
+    by_token.send(type="resume", stream_id=token["stream_id"])
+    assert by_token.to_the_end(token["stream_id"])[token["stream_id"]][-1]["event"] == "done"
 
 
 def test_a_plain_get_is_refused_as_json(gateway: GatewayServer) -> None:
