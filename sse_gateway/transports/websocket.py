@@ -338,7 +338,7 @@ class Session:
         """Send a followed stream's events until it ends or the socket closes."""
         try:
             for batch in follower.batches:
-                if not self._deliver(follower, batch):
+                if not self._deliver(follower, batch) or batch.ended:
                     return
         finally:
             self._unfollow(follower)
@@ -347,13 +347,20 @@ class Session:
     def _deliver(self, follower: _Follower, batch: Batch) -> bool:
         """Send a batch's events (an idle tick sends nothing: pings keep the socket
         alive); False when the socket is gone."""
+        if batch.ended:
+            # No longer followed before its client sees the end: a resume sent on
+            # seeing it is a new follow, not "already follows".
+            self._forget(follower)
         if not batch.events:
             return not self._closed
         return self._send(follower.frames.render(batch.events))
 
     def _unfollow(self, follower: _Follower) -> None:
+        self._forget(follower)
         follower.batches.close()
         follower.reader.close()
+
+    def _forget(self, follower: _Follower) -> None:
         if self._following.get(follower.reader.stream_id) is follower:
             del self._following[follower.reader.stream_id]
 
