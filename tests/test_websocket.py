@@ -320,3 +320,22 @@ def test_a_draining_worker_refuses_starts_and_closes_an_idle_socket_1001(session
     conn2, (streams2, _, _) = session()
     streams2.drain(0.1)
     wait_for(lambda: conn2.close_code == 1001)  # nothing followed: closed on the next tick
+
+
+def test_a_bug_while_handling_a_frame_is_an_internal_error_frame_and_the_socket_serves_on(
+        session, caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    def check(action: str) -> None:
+        calls.append(action)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+
+    conn, _ = session(check=check)
+    conn.client(type="start", model="scripted/a", prompt="hi", stream_id="bug-0123456789abcdef")
+    wait_for(lambda: conn.sent)
+    assert conn.sent == [{"type": "error", "stream_id": "bug-0123456789abcdef", "error": {
+        "code": "internal_error", "message": "the gateway failed; the error is in its log"}}]
+    assert "a websocket frame failed" in caplog.text
+    conn.client(type="start", model="scripted/a", prompt="hi", stream_id="bug-0123456789abcdef")
+    assert terminal(conn, "bug-0123456789abcdef")["event"] == "done"

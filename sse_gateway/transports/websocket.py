@@ -98,6 +98,12 @@ class NotAllowed(StreamsError):
     code = "unauthorized"
 
 
+class InternalError(StreamsError):
+    """What a frame that failed by a bug is answered with."""
+
+    code = "internal_error"
+
+
 class Frame(NamedTuple):
     """One parsed client frame."""
 
@@ -271,6 +277,9 @@ class Session:
             self._refuse(exc, exc.stream_id)
         except StreamsError as exc:
             self._refuse(exc, named)
+        except Exception:  # a bug: answered, logged, and the socket serves on
+            log.exception("a websocket frame failed")
+            self._refuse(InternalError("the gateway failed; the error is in its log"), named)
 
     def _start(self, frame: Frame) -> None:
         if self._access.only_stream is not None:
@@ -340,6 +349,8 @@ class Session:
             for batch in follower.batches:
                 if not self._deliver(follower, batch) or batch.ended:
                     return
+        except Exception:
+            log.exception("stream %s: a websocket follower failed", follower.reader.stream_id)
         finally:
             self._unfollow(follower)
             self._close_if_drained()
