@@ -549,6 +549,34 @@ def test_a_client_that_takes_no_bytes_is_dropped_after_the_write_timeout(
         sock.close()
 
 
+def test_a_peer_that_stops_answering_pings_is_dropped(
+        tight: GatewayServer, fake: FakeProvider) -> None:
+    """A half-open connection (the peer vanished without a FIN) is found by pings: no
+    pong by the next ping (HEARTBEAT_S 0.5) and the socket is closed, so its stream
+    (grace 0, provider silent) ends and the provider is closed."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    model = fake.scenario(tokens=["a", "b"], stall_after=1, stall_s=60)
+    client = WSConnection(ConnectionType.CLIENT)
+    with socket.create_connection((tight.host, tight.port), timeout=10) as sock:
+        sock.sendall(client.send(Request(host=tight.host, target="/v1/ws",
+                                         extra_headers=[(b"authorization",
+                                                         f"Bearer {KEY_A}".encode())])))
+        while not any(isinstance(e, AcceptConnection) for e in client.events()):
+            client.receive_data(sock.recv(4096))
+        sock.sendall(client.send(TextMessage(json.dumps(
+            {"type": "start", "model": f"openai/{model}", "prompt": "x", "resume_grace_s": 0,
+             "stream_id": f"mute-{RUN}-00001"}))))
+        fake.wait_call(model)
+        silent = time.monotonic()
+        call = fake.wait_closed(model)  # nothing read, no pong sent
+        assert call.outcome == "peer_closed"
+        assert call.closed_at is not None and 0.4 <= call.closed_at - silent < 5
+    final = sse_events(tight, f"mute-{RUN}-00001")[-1]
+    assert (final["event"], final["data"]) == ("cancelled", {"reason": "client_disconnected"})
+
+
 # ------------------------------------------------------------------------------ nginx
 
 
