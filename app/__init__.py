@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
-    from app.api import Gateway, ai_sdk, chat_completions, ops, streams, web, ws
+    from app.api import Gateway, ai_sdk, chat_completions, conversations, ops, streams, web, ws
     from app.api.caller import authenticate
     from app.limits import limiter
     from app.security import Keys
@@ -76,6 +76,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(streams.bp)
     app.register_blueprint(ai_sdk.bp)
     app.register_blueprint(chat_completions.bp)
+    app.register_blueprint(conversations.bp)
     app.config["SOCK_SERVER_OPTIONS"] = ws.server_options(settings.streams.heartbeat_s,
                                                           settings.max_content_length)
     app.register_blueprint(ws.bp)  # GET /v1/ws

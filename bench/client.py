@@ -142,13 +142,14 @@ class Target:
     host: str
     port: int
 
-    def stream_request(self, model: str, *, grace: float = 0, stream_id: str | None = None
-                       ) -> bytes:
+    def stream_request(self, model: str, *, grace: float = 0, stream_id: str | None = None,
+                       extra: dict[str, Any] | None = None) -> bytes:
+        """The request for one stream; ``extra``: more fields of the gateway's body."""
         if self.kind == "gateway":
             headers = {"X-Stream-ID": stream_id} if stream_id else None
             return http_request("POST", self.host, self.port, "/v1/streams",
                                 {"model": f"openai/{model}", "prompt": "x",
-                                 "resume_grace_s": grace}, headers)
+                                 "resume_grace_s": grace, **(extra or {})}, headers)
         if self.kind == "alt":
             return http_request("POST", self.host, self.port, "/chat",
                                 {"model": model, "prompt": "x"})

@@ -75,6 +75,11 @@ class Settings:
     drop_servers: tuple[str, ...] | None = ("gateway", "starlette", "flask-gthread",
                                             "flask-sync", "provider")
     resume_n: int = 20
+    # 9: the gateway's coalescing (coalesce_ms) at realistic cadences, against none.
+    coalesce_ms: float = 50.0
+    coalesce_delays: tuple[float, ...] = (0.01, 0.02, 0.03)
+    coalesce_streams: int = 50
+    coalesce_tokens: int = 100
     restart_per_group: bool = True
     scenario_wait_s: float = 60.0  # before each scenario, wait this long at most for quiet
     total_wait_s: float = 300.0  # ... and this long in all
@@ -88,7 +93,8 @@ SMOKE = Settings(
     mem_silent_ns={"gateway": (20,)}, mem_rate=200.0, mem_settle_s=0.3, mem_sample_gap_s=0.05,
     cpu_streams=10, cpu_streams_sync=4,
     cpu_tokens=(20, 5), cpu_delay=0.005, cpu_pause_s=0.05, cancel_n=3, drop_n=2,
-    drop_cap_s=2.0, drop_servers=("gateway", "provider"), resume_n=3, restart_per_group=False,
+    drop_cap_s=2.0, drop_servers=("gateway", "provider"), resume_n=3, coalesce_streams=5,
+    coalesce_tokens=10, coalesce_delays=(0.01,), restart_per_group=False,
     scenario_wait_s=0.0)
 
 
@@ -398,6 +404,40 @@ async def cpu(bench: Bench, session: Session) -> dict[str, Any]:
                                       if long["tokens"] else None),
             "loadgen_us_per_token": (long["loadgen_cpu_s"] / long["tokens"] * 1e6
                                      if long["tokens"] else None)}
+
+
+# --------------------------------------------------------------------------- 9. coalescing
+
+
+async def coalesce(bench: Bench, session: Session) -> dict[str, Any]:
+    """The gateway's ``coalesce_ms`` against none, on the same workload at each cadence:
+    token events per second and per stream, and server CPU per token."""
+    s = bench.s
+    runs = []
+    for delay in s.coalesce_delays:
+        for window in (0.0, s.coalesce_ms):
+            tokens = s.coalesce_tokens
+            model = (await bench.scenario(tokens, delay=delay, record=False))[0]
+            await asyncio.sleep(s.cpu_pause_s)
+            cpu0 = session.cpu()
+            request = session.target.stream_request(model, extra={"coalesce_ms": window})
+            conns, _, wall = await bench.load("9", session.target,
+                                              [request] * s.coalesce_streams, deadline_s=60)
+            await asyncio.sleep(s.cpu_pause_s)  # let the last stream's end be accounted
+            used = session.cpu() - cpu0
+            res = results_of(session, conns, tokens)
+            ok = [r for r in res if r.ok]
+            events = sum(len(r.token_times) for r in ok)
+            relayed = tokens * len(ok)
+            runs.append({"delay_ms": delay * MS, "coalesce_ms": window,
+                         "streams": s.coalesce_streams, "ok": len(ok), "tokens": relayed,
+                         "token_events": events, "wall_s": wall,
+                         "events_per_s": events / wall if wall else None,
+                         "events_per_stream": events / len(ok) if ok else None,
+                         "cpu_s": used,
+                         "us_per_token": used / relayed * 1e6 if relayed else None,
+                         "errors": errors_of(res)})
+    return {"runs": runs}
 
 
 # --------------------------------------------------------------------------- helpers: live

@@ -118,8 +118,8 @@ class Runner:
             f"{load['other_cores']:.2f} cores")
 
     async def group_a(self, name: str, session: Session | None = None) -> None:
-        """1, 2, 5, (6, 8), 7 on one server process."""
-        if not any(self.wanted(k) for k in "125678"):
+        """1, 2, 5, (6, 8, 9), 7 on one server process."""
+        if not any(self.wanted(k) for k in "1256789"):
             return
         own = session is None
         session = session or await self.session(name)
@@ -136,6 +136,8 @@ class Runner:
                 await self.measure("6", name, lambda: figures.cancel(bench, session))
             if name == "gateway" and self.wanted("8"):
                 await self.measure("8", name, lambda: figures.resume(bench, session))
+            if name == "gateway" and self.wanted("9"):
+                await self.measure("9", name, lambda: figures.coalesce(bench, session))
             drops = self.s.drop_servers
             if self.wanted("7") and (drops is None or name in drops):
                 # Last: the naive servers may keep orphaned streams going.

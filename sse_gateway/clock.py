@@ -1,4 +1,5 @@
-"""Time as the engine sees it: read it, sleep, time out a read, wait for a message.
+"""Time as the engine sees it: read it, sleep, time out a read, wait for a message,
+call back later.
 
 The pump and the candidate chain take a ``Clock`` instead of calling
 ``time.monotonic`` and gevent directly, so their deadlines (first token,
@@ -11,6 +12,7 @@ once, so it costs nothing per token.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import gevent
@@ -44,6 +46,11 @@ class Clock(Protocol):
         """The inbox's next message, or None once ``timeout`` seconds have passed."""
         ...
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Call ``callback`` once after ``seconds``, in the event loop (it must not block),
+        unless closed before. No greenlet waits for it."""
+        ...
+
 
 class GeventClock:
     """The real clock: ``time.monotonic`` and gevent's timers."""
@@ -63,6 +70,12 @@ class GeventClock:
         except gevent.queue.Empty:
             return None
         return item
+
+    @staticmethod
+    def call_later(seconds: float, callback: Callable[[], None]) -> Timer:
+        timer: Timer = gevent.get_hub().loop.timer(max(0.0, seconds))
+        timer.start(callback)  # type: ignore[attr-defined]
+        return timer
 
 
 REAL: Clock = GeventClock()

@@ -38,6 +38,12 @@ class StreamsConfig:
     # The model of a request that names none (the AI SDK's useChat sends no
     # model): empty means the first of MODELS that is not a provider/* pattern.
     default_model: str = ""
+    # Batching, the default of a request that names none: outputs of one kind
+    # arriving within COALESCE_MS milliseconds are one event (0..1000; 0 = every
+    # delta is its own event); CHUNKING (none, word, line or sentence) ends text
+    # events on such boundaries. The first output and the end are never delayed.
+    coalesce_ms: float = 0.0
+    chunking: str = "none"
     # Seconds of silence after which a ': ping' comment is sent.
     heartbeat_s: float = 15.0
     # Milliseconds a client waits before reconnecting (the 'retry:' field).
@@ -57,6 +63,21 @@ class StreamsConfig:
     # streams; over it, its oldest ended streams are forgotten (404 as expired).
     # Must be at least MAX_STREAM_BYTES.
     max_stored_bytes_per_key: int = 64 * 1024 * 1024
+    # Conversations kept by the gateway (a request's conversation_id): a
+    # conversation is forgotten CONVERSATION_TTL_S after its last turn was
+    # added (a day by default: a chat left overnight goes on in the morning,
+    # while abandoned ones do not pile up; each is bounded below, so an
+    # owner keeps at most its conversations of a day times those bounds).
+    conversation_ttl_s: float = 86400.0
+    # Messages one conversation keeps (the clients' messages and the answers);
+    # a start whose kept turns, new messages and answer would exceed it
+    # answers 413 payload_too_large. At least 2; MAX_MESSAGES + 1 is the most
+    # that takes effect (every kept turn is sent with the next request).
+    max_conversation_turns: int = 200
+    # Bytes of one conversation's turns (each stored as compact UTF-8 JSON);
+    # a start whose new messages would exceed it answers 413 as above. An
+    # answer that does not fit is kept as a marker without its content.
+    max_conversation_bytes: int = 1024 * 1024
     # A producer not heard of for this long (and half as long again while Redis
     # answers) is dead: its readers get stream_lost. Also how long a running
     # stream rides through a Redis outage before it ends with internal_error.
@@ -158,6 +179,12 @@ class StreamsConfig:
         return self.redis_url or "memory://"
 
     @property
+    def conversation_turns(self) -> int:
+        """The turns a conversation keeps at most: all but the newest answer are
+        sent with the next request, so MAX_MESSAGES + 1 at most."""
+        return min(self.max_conversation_turns, self.max_messages + 1)
+
+    @property
     def reader_lease_ttl_s(self) -> float:
         """How long a reader lease lives unrenewed: a feed renews it at each
         heartbeat, but not while a write to a slow client blocks."""
@@ -172,7 +199,8 @@ class StreamsConfig:
                     "max_stored_bytes_per_key", "producer_timeout_s", "redis_max_connections",
                     "max_active_streams", "provider_connect_timeout_s", "retry_ms",
                     "retry_max_attempts", "ttft_timeout_s", "token_timeout_s",
-                    "stream_timeout_s", "write_timeout_s", "end_hook_timeout_s")
+                    "stream_timeout_s", "write_timeout_s", "end_hook_timeout_s",
+                    "conversation_ttl_s", "max_conversation_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{prefix}{name.upper()} must be > 0, "
@@ -185,9 +213,17 @@ class StreamsConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{prefix}{name.upper()} must be >= 0, "
                                   f"got {getattr(self, name)!r}")
+        if not 0 <= self.coalesce_ms <= 1000:
+            raise ConfigError(f"{prefix}COALESCE_MS must be 0..1000, got {self.coalesce_ms!r}")
+        if self.chunking not in ("none", "word", "line", "sentence"):
+            raise ConfigError(f"{prefix}CHUNKING must be none, word, line or sentence, got "
+                              f"{self.chunking!r}")
         if self.max_stored_bytes_per_key < self.max_stream_bytes:
             raise ConfigError(f"{prefix}MAX_STORED_BYTES_PER_KEY must be at least "
                               f"{prefix}MAX_STREAM_BYTES")
+        if self.max_conversation_turns < 2:  # room for one message and its answer
+            raise ConfigError(f"{prefix}MAX_CONVERSATION_TURNS must be >= 2, "
+                              f"got {self.max_conversation_turns!r}")
         if self.resume_grace_s > self.max_resume_grace_s:
             raise ConfigError(f"{prefix}RESUME_GRACE_S must not exceed "
                               f"{prefix}MAX_RESUME_GRACE_S")

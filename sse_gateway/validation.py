@@ -22,7 +22,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -40,6 +40,8 @@ from sse_gateway.providers.base import (
 
 # The metadata a stream keeps: a few short strings (contract, "Richer requests").
 MAX_METADATA_ITEMS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+# Batching (contract, "Batching and buffering"): the longest window, in ms.
+MAX_COALESCE_MS = 1000
 # A client's own stream id: a URL path segment and a header value as it is, and
 # no "." (a broker key is "<owner>.<id>": an id with one could name another
 # owner's key).
@@ -47,6 +49,9 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 # An event id a client last saw (Last-Event-ID): ASCII digits only (a str
 # pattern's \d takes any script's digits).
 EVENT_ID = re.compile(r"[0-9]{1,18}")
+# A conversation's id (``conversation_id``): a client's name for it, so short
+# ones are fine; a URL path segment as it is, and no ":" (part of a store key).
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Nesting of the free-form JSON a request carries (a tool's parameters, a
 # response schema, provider_data): real schemas are a few levels deep; a bound
 # keeps every later walk over them (the size of the tools, the SDKs' encoding)
@@ -96,6 +101,15 @@ class StreamRequest:
     request: ChatRequest
     metadata: dict[str, str] = field(default_factory=dict)
     detach: bool = False  # start with no reader (answered at once, read later)
+    # Batching (None: the configured default): merge outputs of one kind arriving
+    # within this many milliseconds; end text events on word/line/sentence boundaries.
+    coalesce_ms: float | None = None
+    chunking: str | None = None
+    # The conversation the gateway keeps for this request (None: none), and
+    # the request's own messages as sent (JSON values; ``prompt`` as a user
+    # message), which are added to it: only kept with a conversation.
+    conversation_id: str | None = None
+    sent: tuple[dict[str, Any], ...] = ()
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -125,6 +139,9 @@ class _Body(BaseModel):
     metadata: dict[Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY)],
                    Annotated[str, Field(max_length=MAX_METADATA_VALUE)]] = {}
     detach: bool = False
+    coalesce_ms: Annotated[float, Field(ge=0, le=MAX_COALESCE_MS)] | None = None
+    chunking: Literal["none", "word", "line", "sentence"] | None = None
+    conversation_id: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> _Body:
@@ -152,10 +169,21 @@ def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: in
                          *((f"fallbacks.{i}", m) for i, m in enumerate(body.fallbacks))):
         if _has_control(model):
             raise InvalidBody(f"{param}: must not contain control characters", param)
+    conversation_id = body.conversation_id
+    if conversation_id is not None and not CONVERSATION_ID.fullmatch(conversation_id):
+        raise InvalidBody("conversation_id: must be 1 to 128 characters of A-Z a-z 0-9 _ -",
+                          "conversation_id")
     if body.messages is not None:
-        messages = _messages(body.messages, max_messages, max_image_bytes)
+        # A tool result may answer a call of the kept conversation: the service
+        # checks the messages again, after the conversation's (``messages``).
+        messages = _messages(body.messages, max_messages, max_image_bytes,
+                             history=conversation_id is not None)
     else:
         messages = (Message("user", body.prompt or ""),)
+    sent: tuple[dict[str, Any], ...] = ()
+    if conversation_id is not None:
+        sent = (tuple(body.messages) if body.messages is not None
+                else ({"role": "user", "content": body.prompt or ""},))
     if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
         raise InvalidBody(f"max_tokens: must be at most {max_tokens_limit}", "max_tokens")
     if body.resume_grace_s is not None and body.resume_grace_s > max_resume_grace_s:
@@ -172,7 +200,15 @@ def parse_stream_request(raw: bytes | Mapping[str, Any], *, max_tokens_limit: in
                           _response_format(body.response_format), _stop(body.stop),
                           body.top_p, body.seed)
     return StreamRequest(body.model, tuple(body.fallbacks), body.resume_grace_s, request,
-                         dict(body.metadata), body.detach)
+                         dict(body.metadata), body.detach, body.coalesce_ms, body.chunking,
+                         conversation_id, sent)
+
+
+def messages(raw: Any, max_messages: int, max_image_bytes: int) -> tuple[Message, ...]:
+    """Validate a list of messages in the request's shape (JSON values), as one
+    conversation: what the service sends for a kept conversation and its new
+    messages; InvalidBody names the first offending place (``messages.3.role``)."""
+    return _messages(raw, max_messages, max_image_bytes)
 
 
 def _fail(param: str, message: str) -> NoReturn:
@@ -246,7 +282,10 @@ def _json_object(value: Any, param: str) -> dict[str, Any]:
 
 # -- messages --------------------------------------------------------------------------------
 
-def _messages(raw: Any, max_messages: int, max_image_bytes: int) -> tuple[Message, ...]:
+def _messages(raw: Any, max_messages: int, max_image_bytes: int, *,
+              history: bool = False) -> tuple[Message, ...]:
+    """The messages; with ``history`` a tool result may answer a call this list does
+    not show (its caller checks the whole conversation again)."""
     if not isinstance(raw, list):
         _fail("messages", "Input should be a valid list")
     if not raw:
@@ -256,13 +295,14 @@ def _messages(raw: Any, max_messages: int, max_image_bytes: int) -> tuple[Messag
     called: set[str] = set()  # the ids of the tool calls made so far
     messages = []
     for i, item in enumerate(raw):
-        message = _message(item, f"messages.{i}", called, max_image_bytes)
+        message = _message(item, f"messages.{i}", None if history else called,
+                           max_image_bytes)
         called.update(call.id for call in message.tool_calls)
         messages.append(message)
     return tuple(messages)
 
 
-def _message(raw: Any, param: str, called: set[str], max_image_bytes: int) -> Message:
+def _message(raw: Any, param: str, called: set[str] | None, max_image_bytes: int) -> Message:
     if not isinstance(raw, dict):
         _fail(param, "Input should be a valid dictionary")
     if "role" not in raw:
@@ -289,7 +329,7 @@ def _message(raw: Any, param: str, called: set[str], max_image_bytes: int) -> Me
         if "tool_call_id" not in raw:
             _fail(f"{param}.tool_call_id", "is required")
         call_id = _string(raw["tool_call_id"], f"{param}.tool_call_id", empty=False)
-        if call_id not in called:
+        if called is not None and call_id not in called:
             _fail(f"{param}.tool_call_id", f"{call_id!r} answers no tool call of an earlier "
                   "assistant message")
         return Message(role, parts, tool_call_id=call_id)

@@ -97,6 +97,9 @@ class FakeClock:
         finally:
             timer.close()
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> _Timer:
+        return self._at(seconds, callback)
+
     # --- driving it ------------------------------------------------------------------------
 
     @staticmethod

@@ -127,7 +127,8 @@ class World:
              stream_timeout_s: float = 600.0, max_attempts: int = 3,
              ttft_timeout_s: float = 60.0, token_timeout_s: float = 60.0,
              group: PumpGroup | None = None,
-             on_end: Callable[[StreamState, Outcome], None] | None = None) -> Pump:
+             on_end: Callable[[StreamState, Outcome], None] | None = None,
+             coalesce_s: float = 0.0, chunking: str = "none") -> Pump:
         """Start a stream over ``chain`` ((model, provider) pairs), with one reader."""
         self.broker.create(StreamInfo(SID, owner="o", model=chain[0][0], created=1.0))
         self.lease = self.broker.attach_reader(SID)
@@ -139,7 +140,7 @@ class World:
                     public_id="public", created=1.0, grace_s=grace_s, tick_s=tick_s,
                     stream_timeout_s=stream_timeout_s, caller="test",
                     on_exit=self.exited.append if group is None else group.discard, clock=self.clock,
-                    keep_text=True, on_end=on_end)
+                    keep_text=True, on_end=on_end, coalesce_s=coalesce_s, chunking=chunking)
         if group is not None:
             group.start(pump)
         else:

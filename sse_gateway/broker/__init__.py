@@ -12,6 +12,7 @@ from sse_gateway.broker.base import (
     BrokerError,
     BrokerOptions,
     BrokerUnavailable,
+    ConversationFull,
     PositionGone,
     StreamEnded,
     StreamInfo,
@@ -21,7 +22,8 @@ from sse_gateway.broker.base import (
 from sse_gateway.events import CANCELLED, DONE, ENDED, ERROR, RUNNING
 
 __all__ = ["CANCEL", "CANCELLED", "DONE", "ENDED", "ERROR", "READERS", "RUNNING", "Batch",
-           "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "PositionGone",
+           "Broker", "BrokerError", "BrokerOptions", "BrokerUnavailable", "ConversationFull",
+           "PositionGone",
            "StreamEnded", "StreamInfo", "StreamNotFound", "TooManyReaders", "open_broker"]
 
 

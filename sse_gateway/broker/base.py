@@ -50,6 +50,16 @@ class TooManyReaders(BrokerError):
         self.limit = limit
 
 
+class ConversationFull(BrokerError):
+    """Turns were not added: the conversation would keep more than its bounds.
+    ``turns`` and ``size`` are what it keeps now."""
+
+    def __init__(self, turns: int, size: int) -> None:
+        super().__init__(f"the conversation keeps {turns} turns, {size} bytes")
+        self.turns = turns
+        self.size = size
+
+
 class StreamEnded(BrokerError, ValueError):
     """The stream is no longer running: a write for it came too late (it was ended
     elsewhere, e.g. declared lost while its producer could not reach the store)."""
@@ -75,6 +85,9 @@ class StreamInfo:
     # The wire format it was created in: every response renders it so
     # (``transports.dialects``).
     dialect: str = "sse"
+    # The conversation its answer is added to ("" none): whoever ends it
+    # (its producer, or the process that declares it lost) adds the answer.
+    conversation_id: str = ""
 
     def public(self) -> dict[str, Any]:
         """The status body of the HTTP contract."""
@@ -95,6 +108,8 @@ class BrokerOptions:
     # Bytes of ended streams kept per owner; over it, its oldest ended streams go.
     max_stored_bytes: int = 64 << 20
     max_connections: int = 64  # connections to the backend, per process
+    # Seconds a conversation is kept after its last turn was added.
+    conversation_ttl: float = 86400.0
 
 
 # What one kept event counts for besides its name and payload: in memory the
@@ -236,6 +251,28 @@ class Broker(ABC):
     @abstractmethod
     def chat(self, owner: str, chat_id: str) -> str | None:
         """The current stream id of ``owner``'s chat ``chat_id``, or None."""
+
+    @abstractmethod
+    def conversation(self, owner: str, conversation_id: str) -> list[bytes]:
+        """Every turn ``owner``'s conversation keeps (each as the JSON text it was
+        added as), oldest first; empty when unknown or expired."""
+
+    @abstractmethod
+    def add_turns(self, owner: str, conversation_id: str, turns: list[bytes], *, once: str,
+                  max_turns: int, max_bytes: int) -> bool:
+        """Add ``turns`` to the end of ``owner``'s conversation (creating it), and
+        keep it ``conversation_ttl`` seconds from now.
+
+        One step: raises ConversationFull, adding nothing, when it would then
+        keep more than ``max_turns`` turns or ``max_bytes`` bytes (each turn's
+        length). ``once`` names this addition: an addition under a name already
+        used in this conversation adds nothing and returns False (a retry), and
+        refreshes nothing either.
+        """
+
+    @abstractmethod
+    def forget_conversation(self, owner: str, conversation_id: str) -> bool:
+        """Forget ``owner``'s conversation; False if there was none."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -8,7 +8,8 @@ events are gevent's; the same code works with real threads when unpatched
 ``max_events`` events within ``max_bytes``; reads are of the last few, taken
 from the right. Ended streams are forgotten ``ttl`` seconds after they end, or
 sooner, oldest first, when their owner's ended streams keep more than
-``max_stored_bytes``.
+``max_stored_bytes``. Conversations expire ``conversation_ttl`` seconds after
+their last addition, by the broker's clock (a test's fake one, say).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sse_gateway.broker.base import (
     Batch,
     Broker,
     BrokerOptions,
+    ConversationFull,
     PositionGone,
     StreamEnded,
     StreamInfo,
@@ -38,6 +40,7 @@ from sse_gateway.broker.base import (
     Watcher,
     event_cost,
 )
+from sse_gateway.clock import REAL, Clock
 from sse_gateway.events import ENDED, RUNNING, Event
 
 
@@ -46,6 +49,14 @@ def _copy(info: StreamInfo) -> StreamInfo:
     may change without changing what is kept (as with Redis)."""
     return replace(info, metadata=dict(info.metadata),
                    usage=dict(info.usage) if info.usage is not None else None)
+
+
+@dataclass
+class _Conversation:
+    turns: list[bytes] = field(default_factory=list)
+    size: int = 0  # the turns' bytes
+    added: set[str] = field(default_factory=set)  # the names of its additions
+    expires: float = 0.0  # by the broker's clock
 
 
 @dataclass
@@ -68,7 +79,11 @@ class _Record:
 class MemoryBroker(Broker):
     """Streams in a dict of this process."""
 
-    def __init__(self, options: BrokerOptions) -> None:
+    def __init__(self, options: BrokerOptions, clock: Clock = REAL) -> None:
+        self._clock = clock
+        self._conversation_ttl = options.conversation_ttl
+        # (owner, conversation id) -> its turns, oldest added first
+        self._conversations: OrderedDict[tuple[str, str], _Conversation] = OrderedDict()
         self._ttl = options.ttl
         self._max_events = options.max_events
         self._max_bytes = options.max_bytes
@@ -232,6 +247,41 @@ class MemoryBroker(Broker):
         if found is None or found[1] <= time.monotonic():
             return None
         return found[0]
+
+    def conversation(self, owner: str, conversation_id: str) -> list[bytes]:
+        found = self._live_conversation(owner, conversation_id)
+        return list(found.turns) if found is not None else []
+
+    def add_turns(self, owner: str, conversation_id: str, turns: list[bytes], *, once: str,
+                  max_turns: int, max_bytes: int) -> bool:
+        key = (owner, conversation_id)
+        found = self._live_conversation(owner, conversation_id) or _Conversation()
+        if once in found.added:
+            return False
+        size = sum(map(len, turns))
+        if len(found.turns) + len(turns) > max_turns or found.size + size > max_bytes:
+            raise ConversationFull(len(found.turns), found.size)
+        found.turns.extend(turns)
+        found.size += size
+        found.added.add(once)
+        found.expires = self._clock.monotonic() + self._conversation_ttl
+        self._conversations.pop(key, None)
+        self._conversations[key] = found  # the newest addition last: expiry order
+        return True
+
+    def forget_conversation(self, owner: str, conversation_id: str) -> bool:
+        found = self._live_conversation(owner, conversation_id)
+        if found is not None:
+            del self._conversations[(owner, conversation_id)]
+        return found is not None
+
+    def _live_conversation(self, owner: str, conversation_id: str) -> _Conversation | None:
+        """The conversation, unless expired; forgets the expired ones first."""
+        now = self._clock.monotonic()
+        conversations = self._conversations
+        while conversations and next(iter(conversations.values())).expires <= now:
+            conversations.popitem(last=False)
+        return conversations.get((owner, conversation_id))
 
     def ping(self) -> None:
         """Memory is always there."""

@@ -13,6 +13,8 @@ Per stream, all in one hash slot (``sse:{id}:...``):
     sse:ended:<owner> sorted set: an owner's ended streams "<id>/<bytes>" -> end (ms)
     sse:stored:<owner> the bytes those streams keep (the sum of the members' <bytes>)
     sse:running       sorted set: running streams -> when their producer last ticked (ms)
+    sse:conv:{<owner>:<id>}:turns  list: a conversation's turns (JSON text), oldest first
+    sse:conv:{<owner>:<id>}:meta   hash: ``size`` (the turns' bytes), ``+<name>`` per addition
 
 A stream's log keeps at most ``max_events`` entries and ``max_bytes`` (the
 ``bytes`` field of its meta hash counts each entry's ``event_cost``); an owner's
@@ -25,7 +27,8 @@ greenlet under gevent) holds the only pub/sub connection and wakes local
 waiters. A wake-up is only a hint: readers re-read the log by position, so a
 lost message delays nothing longer than the polling slice, and losing one
 can never skip or repeat an event. Every key expires (``ttl`` after the end,
-or, for a stream whose producer died, ``ttl`` after it was last heard of).
+or, for a stream whose producer died, ``ttl`` after it was last heard of; a
+conversation ``conversation_ttl`` after its last addition).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from sse_gateway.broker.base import (
     Broker,
     BrokerOptions,
     BrokerUnavailable,
+    ConversationFull,
     PositionGone,
     StreamEnded,
     StreamInfo,
@@ -252,6 +256,31 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
+# KEYS turns meta; ARGV ttl_ms max_turns max_bytes once turn...
+# Returns {1, turns, bytes} (added), {0, ...} (``once`` was added before: nothing
+# changes) or {-1, turns, bytes} (over a bound: nothing added).
+_ADD_TURNS = """
+local count = redis.call('LLEN', KEYS[1])
+local size = tonumber(redis.call('HGET', KEYS[2], 'size') or '0')
+if redis.call('HEXISTS', KEYS[2], '+' .. ARGV[4]) == 1 then return {0, count, size} end
+local added = 0
+for i = 5, #ARGV do added = added + #ARGV[i] end
+if count + #ARGV - 4 > tonumber(ARGV[2]) or size + added > tonumber(ARGV[3]) then
+  return {-1, count, size}
+end
+if #ARGV > 4 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 5)) end
+redis.call('HSET', KEYS[2], 'size', size + added, '+' .. ARGV[4], '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {1, count + #ARGV - 4, size + added}
+"""
+
+
+def _conversation(owner: str, conversation_id: str) -> tuple[str, str]:
+    base = f"sse:conv:{{{owner}:{conversation_id}}}"
+    return f"{base}:turns", f"{base}:meta"
+
+
 def _keys(stream_id: str) -> tuple[str, str, str, str]:
     base = f"sse:{{{stream_id}}}"
     return f"{base}:meta", f"{base}:log", f"{base}:readers", f"{base}:alive"
@@ -311,6 +340,8 @@ class RedisBroker(Broker):
         self._cancel = self._redis.register_script(_CANCEL)
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._attach = self._redis.register_script(_ATTACH)
+        self._add_turns = self._redis.register_script(_ADD_TURNS)
+        self._conversation_ms = max(1, int(options.conversation_ttl * 1000))
         self._hub = Hub(url, self._redis)
         self._hub.start()
         # lease -> (stream, holder): for the hub interest and the holder's set
@@ -323,7 +354,8 @@ class RedisBroker(Broker):
                                  ("last_event_id", "-1"),
                                  ("request_digest", info.request_digest),
                                  ("metadata", json.dumps(info.metadata)),
-                                 ("dialect", info.dialect)) for b in (k, v)]
+                                 ("dialect", info.dialect),
+                                 ("conversation_id", info.conversation_id)) for b in (k, v)]
         with _reachable():
             return bool(self._create(keys=[meta, alive],
                                      args=[self._running_ttl_ms, self._producer_ms,
@@ -596,6 +628,25 @@ class RedisBroker(Broker):
             return None
         return found.decode() if isinstance(found, bytes) else str(found)
 
+    def conversation(self, owner: str, conversation_id: str) -> list[bytes]:
+        with _reachable():
+            turns = self._redis.lrange(_conversation(owner, conversation_id)[0], 0, -1)
+        return [turn if isinstance(turn, bytes) else turn.encode() for turn in turns]
+
+    def add_turns(self, owner: str, conversation_id: str, turns: list[bytes], *, once: str,
+                  max_turns: int, max_bytes: int) -> bool:
+        with _reachable():
+            added, count, size = self._add_turns(
+                keys=list(_conversation(owner, conversation_id)),
+                args=[self._conversation_ms, max_turns, max_bytes, once, *turns])
+        if added < 0:
+            raise ConversationFull(int(count), int(size))
+        return bool(added)
+
+    def forget_conversation(self, owner: str, conversation_id: str) -> bool:
+        with _reachable():
+            return bool(self._redis.delete(*_conversation(owner, conversation_id)))
+
     def ping(self) -> None:
         with _reachable():
             self._redis.ping()
@@ -638,4 +689,4 @@ def _info(stream_id: str, fields: dict[bytes, bytes]) -> StreamInfo | None:
                       float(text.get("created", "0")), text.get("status", ERROR),
                       int(text.get("last_event_id", "-1")), usage, text.get("cancel_reason"),
                       text.get("request_digest", ""), json.loads(text.get("metadata") or "{}"),
-                      text.get("dialect", "sse"))
+                      text.get("dialect", "sse"), text.get("conversation_id", ""))

@@ -39,6 +39,9 @@ def chat_request(body: Mapping[str, Any], default_model: str) -> tuple[str, dict
     if body.get("detach") is not None:  # refused before anything starts (and is billed)
         raise InvalidRequest("detach: useChat reads the answer of its own request",
                              param="detach")
+    if body.get("conversation_id") is not None:  # useChat sends the whole chat each time
+        raise InvalidRequest("conversation_id: useChat sends the whole conversation with "
+                             "each request; the gateway keeps none for it", param="conversation_id")
     request_body = {k: v for k, v in body.items() if k not in _CHAT_FIELDS}
     request_body["messages"] = messages
     request_body.setdefault("model", default_model)

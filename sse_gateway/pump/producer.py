@@ -7,6 +7,11 @@ provider's socket) and no hand-off. It tells the supervisor only how it ended
 interrupting it only while it is inside the provider read (never inside an
 append, so no event is half written): the interruption lands in the socket
 read and the adapter's ``finally`` closes the provider's HTTP response.
+
+With batching (``StreamState.batcher``) an output may be held instead of
+stored; held output is sent by the producer's next output after its window,
+else, a window later, by the supervisor (``held`` tells it; ``send_due``). A
+lock keeps the two from numbering events at once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import gevent.lock
 
 from sse_gateway import metrics
 from sse_gateway.broker import Broker, BrokerUnavailable, StreamEnded
@@ -62,7 +68,8 @@ class Producer:
 
     def __init__(self, *, broker: Broker, stream_id: str, candidates: Sequence[Candidate],
                  policy: RetryPolicy, state: StreamState, outage: Outage, clock: Clock,
-                 tell: Callable[[ProducerDone | ProducerFailed], None]) -> None:
+                 tell: Callable[[ProducerDone | ProducerFailed], None],
+                 held: Callable[[float], None] = lambda due: None) -> None:
         self._broker = broker
         self._stream_id = stream_id
         self._candidates = candidates
@@ -71,6 +78,8 @@ class Producer:
         self._outage = outage
         self._clock = clock
         self._tell = tell
+        self._held = held  # batching: output is held until this time
+        self._numbering = gevent.lock.Semaphore()  # batching: one of us appends at a time
         self._ending = False  # set by stop(): the producer must stop
         self._reading = False  # inside the provider read, where it may be interrupted
         self._greenlet: gevent.Greenlet[Any, None] | None = None
@@ -102,6 +111,7 @@ class Producer:
                               sleep=clock.sleep, timeout=clock.timeout)
         state = self._state
         monotonic = clock.monotonic
+        batching = state.batcher is not None
         try:
             busy_since = last = monotonic()
             while not self._ending:
@@ -120,7 +130,10 @@ class Producer:
                     if state.first_output_at is None:
                         metrics.TIME_TO_FIRST_TOKEN.labels(state.provider).observe(
                             now - state.started)
-                    self._append(state.output(item, now))
+                    if batching:
+                        self._batched(item, now)
+                    else:
+                        self._append(state.output(item, now))
                 elif item is _END:
                     self._tell(ProducerDone())
                     return
@@ -140,6 +153,21 @@ class Producer:
             self._tell(ProducerFailed(None))
         finally:
             items.close()  # closes the provider's HTTP response, whatever happened
+
+    def _batched(self, item: Output, now: float) -> None:
+        state = self._state
+        with self._numbering:  # the supervisor may be sending held output
+            for event in state.batched(item, now):
+                self._append(event)
+        due = state.flush_due
+        if due is not None:
+            self._held(due)
+
+    def send_due(self) -> None:
+        """Store the held output that is due (the supervisor calls this at its due time)."""
+        with self._numbering:
+            for event in self._state.due_events(self._clock.monotonic()):
+                self._append(event)
 
     def _note(self, item: object) -> None:
         """What the producer keeps of the items that are not output."""

@@ -3,8 +3,9 @@
 Pure: no gevent, no broker, no clock (every time is passed in). The producer
 feeds it the provider's deltas and stores the events it builds; the
 supervisor asks it for the terminal event. The numbering, the assembled
-output, usage and the end-of-stream metrics live here, so this is also where
-batching outputs into fewer events will go.
+output, usage and the end-of-stream metrics live here, and so does batching
+outputs into fewer events (``batching.Batcher``): one place for every
+transport and every kind of output.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sse_gateway.providers.base import (
     ToolCallStart,
     Usage,
 )
+from sse_gateway.pump.batching import NONE, Batcher, Key, Piece
 from sse_gateway.results import Message
 
 _JOIN = 256  # deltas joined into one string of the text so far
@@ -76,6 +78,23 @@ class _Call:
                 "function": {"name": self.name, "arguments": str(self.arguments)}}
 
 
+_TOKEN: Key = (events.TOKEN, -1)
+_REASONING: Key = (events.REASONING, -1)
+_REFUSAL: Key = (events.REFUSAL, -1)
+
+
+def _event(key: Key, text: str, event_id: int) -> Event:
+    """The event of one batched piece of output."""
+    name, index = key
+    if name == events.TOKEN:
+        return events.token(event_id, text)
+    if name == events.REASONING:
+        return events.reasoning(event_id, text)
+    if name == events.REFUSAL:
+        return events.refusal(event_id, text)
+    return events.tool_call_delta(event_id, index, text)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a stream ended: its terminal event (renumbered when it is stored)."""
@@ -104,7 +123,8 @@ class StreamState:
     """One stream's numbering, output, usage, model and timings."""
 
     def __init__(self, public_id: str, model: str, provider: str, created: float, *,
-                 keep_text: bool = False) -> None:
+                 keep_text: bool = False, coalesce_s: float = 0.0,
+                 chunking: str = NONE) -> None:
         self.public_id = public_id  # the id its client knows
         self.created = created  # wall-clock seconds, as the start event says
         self.model = model  # the candidate that answered (the first until one does)
@@ -127,6 +147,10 @@ class StreamState:
         # as large as the answer, for as long as the stream runs.
         self.keep_text = keep_text
         self._text, self._reasoning, self._refusal = _Text(), _Text(), _Text()
+        # Batching (None: every output delta is its own event, ``output``'s path).
+        self.batcher = (Batcher(coalesce_s, chunking) if coalesce_s > 0 or chunking != NONE
+                        else None)
+        self._output_sent = False  # with batching: the first output event is never held
 
     @property
     def text(self) -> str:
@@ -185,6 +209,66 @@ class StreamState:
                 self._refusal.add(delta.text)
             return events.refusal(event_id, delta.text)
         raise TypeError(f"no event for output of kind {type(delta).__name__}")
+
+    def batched(self, delta: Output, now: float) -> list[Event]:
+        """Count one output delta; the events due now, numbered from ``next_id`` (with
+        batching: none while it is held, two when another kind's held run goes first).
+
+        The first output of a stream is never held: it is its own event at once.
+        """
+        batcher = self.batcher
+        assert batcher is not None
+        self.output_deltas += 1
+        self.last_output_at = now
+        if self.first_output_at is None:
+            self.first_output_at = now
+        kind = type(delta)
+        key: Key
+        if kind is TextDelta:
+            key, text = _TOKEN, delta.text  # type: ignore[attr-defined]
+            if self.keep_text:
+                self._text.add(text)
+        elif kind is ReasoningDelta:
+            key, text = _REASONING, delta.text  # type: ignore[attr-defined]
+            if self.keep_text:
+                self._reasoning.add(text)
+        elif kind is RefusalDelta:
+            key, text = _REFUSAL, delta.text  # type: ignore[attr-defined]
+            self.refused = True
+            if self.keep_text:
+                self._refusal.add(text)
+        elif kind is ToolCallDelta:
+            index, text = delta.index, delta.arguments  # type: ignore[attr-defined]
+            self.calls[index].arguments.add(text)
+            key = (events.TOOL_CALL_DELTA, index)
+        else:  # a tool call starts or ends: nothing is merged across it
+            held = batcher.flush()
+            built = self._built([held] if held is not None else [])
+            built.append(self._rich_output(delta)._replace(id=self.next_id + len(built)))
+            self._output_sent = True
+            return built
+        if not self._output_sent and text:
+            self._output_sent = True
+            return [_event(key, text, self.next_id)]
+        return self._built(batcher.add(key, text, now))
+
+    @property
+    def flush_due(self) -> float | None:
+        """When held output is due to be sent by ``due_events`` (None: nothing is due)."""
+        return self.batcher.due if self.batcher is not None else None
+
+    def due_events(self, now: float) -> list[Event]:
+        """The held output that is due at ``now``, numbered from ``next_id``."""
+        return self._built(self.batcher.tick(now)) if self.batcher is not None else []
+
+    def held_event(self) -> Event | None:
+        """Everything batching still holds, as one event under ``next_id`` (the end of a
+        stream, whatever the end: nothing produced is lost)."""
+        held = self.batcher.flush() if self.batcher is not None else None
+        return _event(*held, self.next_id) if held is not None else None
+
+    def _built(self, pieces: list[Piece]) -> list[Event]:
+        return [_event(key, text, self.next_id + i) for i, (key, text) in enumerate(pieces)]
 
     def add_usage(self, usage: Usage) -> None:
         """Merge a usage report: a later figure replaces an earlier one, None keeps it."""

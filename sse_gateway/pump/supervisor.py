@@ -23,7 +23,7 @@ import gevent.queue
 
 from sse_gateway import metrics
 from sse_gateway.broker import CANCEL, Broker, BrokerUnavailable, StreamEnded
-from sse_gateway.clock import REAL, Clock
+from sse_gateway.clock import REAL, Clock, Timer
 from sse_gateway.providers.base import ProviderError
 from sse_gateway.pump.outage import RETRY_FIRST_S, Outage
 from sse_gateway.pump.producer import Producer, ProducerDone, ProducerFailed
@@ -55,7 +55,13 @@ class Shutdown:
     reason: str
 
 
-Control = CancelRequested | ReadersChanged | Shutdown | ProducerDone | ProducerFailed
+@dataclass(frozen=True, slots=True)
+class HeldDue:
+    """Batched output is overdue and no output came to send it: send it."""
+
+
+Control = (CancelRequested | ReadersChanged | Shutdown | HeldDue | ProducerDone
+           | ProducerFailed)
 
 
 class Pump:
@@ -67,11 +73,14 @@ class Pump:
                  on_exit: Callable[[Pump], None] = lambda pump: None,
                  public_id: str | None = None, clock: Clock = REAL,
                  keep_text: bool = False, detached: bool = False,
-                 on_end: Callable[[StreamState, Outcome], None] | None = None) -> None:
+                 on_end: Callable[[StreamState, Outcome], None] | None = None,
+                 coalesce_s: float = 0.0, chunking: str = "none",
+                 on_ending: Callable[[StreamState, Outcome], None] | None = None) -> None:
         self.stream_id = stream_id  # the broker's key
         self.public_id = public_id or stream_id  # the id its client knows
         self.state = StreamState(self.public_id, candidates[0].model,
-                                 candidates[0].provider.name, created, keep_text=keep_text)
+                                 candidates[0].provider.name, created, keep_text=keep_text,
+                                 coalesce_s=coalesce_s, chunking=chunking)
         self._broker = broker
         self._policy = policy
         self._grace_s = grace_s
@@ -81,13 +90,19 @@ class Pump:
         self._caller = caller
         self._on_exit = on_exit
         self._on_end = on_end  # called once its terminal event is stored (by this pump)
+        # Called just before the terminal event is stored: what must be done
+        # by the time a reader learns that the stream ended (its answer added
+        # to its conversation, so the client's next request finds it there).
+        self._on_ending = on_ending
         self._detached = detached  # no reader yet: the resume grace runs from the start
         self._clock = clock
         self._inbox: gevent.queue.Queue[Control] = gevent.queue.Queue()
         self._outage = Outage(stream_id, tick_s, clock)
         self._producer = Producer(broker=broker, stream_id=stream_id, candidates=candidates,
                                   policy=policy, state=self.state, outage=self._outage,
-                                  clock=clock, tell=self._inbox.put)
+                                  clock=clock, tell=self._inbox.put, held=self._held)
+        self._coalesce_s = coalesce_s
+        self._overdue: Timer | None = None  # batching: wakes the supervisor for held output
         self._stop_noticed: float | None = None  # when a cancel/disconnect/shutdown was seen
         self._counted = 0  # outputs already added to the tokens metric
         self.greenlet: gevent.Greenlet[Any, None] | None = None
@@ -104,6 +119,27 @@ class Pump:
     def stop(self, reason: str) -> None:
         """End the stream with ``cancelled``/``reason`` (used at shutdown)."""
         self._inbox.put(Shutdown(reason))
+
+    def _held(self, due: float) -> None:
+        """The producer holds output until ``due`` (the producer's own next output
+        after that sends it, at no extra cost): make sure it goes out a window later
+        if none comes (one timer at a time, in the event loop: no greenlet wakes)."""
+        if self._overdue is None:
+            self._overdue = self._clock.call_later(
+                due + self._coalesce_s - self._clock.monotonic(), self._check_held)
+
+    def _check_held(self) -> None:
+        """In the event loop: wake the supervisor for held output a window overdue."""
+        if self._overdue is not None:
+            self._overdue.close()
+            self._overdue = None
+        due = self.state.flush_due
+        if due is None:
+            return
+        if self._clock.monotonic() >= due + self._coalesce_s:
+            self._inbox.put(HeldDue())
+        else:  # another run, held since
+            self._held(due)
 
     def _heard(self, what: str) -> None:
         """The broker's watch: a cancel, or the readers changed."""
@@ -125,6 +161,8 @@ class Pump:
             log.exception("stream %s: pump failed", self.stream_id)
         finally:
             self._producer.stop()  # closes the provider connection
+            if self._overdue is not None:
+                self._overdue.close()
             if self._stop_noticed is not None and outcome is not None:
                 metrics.CANCEL_TO_CLOSED.labels(outcome.reason).observe(
                     self._clock.monotonic() - self._stop_noticed)
@@ -135,6 +173,11 @@ class Pump:
                 outcome = self.state.error("stream_lost", "ended elsewhere", retryable=True)
             outcome = outcome or self.state.internal_error()
             self._account(outcome)
+            if not ended_elsewhere and self._on_ending is not None:
+                try:
+                    self._on_ending(self.state, outcome)
+                except Exception:  # the end is recorded all the same
+                    log.exception("stream %s: its end hook failed", self.stream_id)
             try:
                 if not ended_elsewhere:
                     self._finish(outcome)
@@ -189,9 +232,15 @@ class Pump:
                     return self._cancelled(cancel_reason)
                 grace_ends = self._grace(grace_ends, readers)
                 continue
+            due = state.flush_due
+            if due is not None and now >= due:
+                self._producer.send_due()  # held output no output came to send
+                if state.flush_due is not None:  # what chunking keeps waits on
+                    self._held(state.flush_due)
+                continue
             wake = min(next_tick, gives_up, grace_ends or gives_up, silence_ends)
             match clock.get(self._inbox, wake - now):
-                case None:
+                case None | HeldDue():
                     continue
                 case ProducerDone():
                     return state.done(clock.monotonic())
@@ -243,18 +292,24 @@ class Pump:
             self._counted = relayed
 
     def _finish(self, outcome: Outcome) -> None:
-        """Record the terminal event; retried while the store is unreachable.
+        """Record what batching still holds, then the terminal event; retried while the
+        store is unreachable.
 
-        If an append the producer gave up on was stored after all, the terminal
-        event takes the next id instead.
+        If an append the producer gave up on was stored after all, these
+        events take the next ids instead.
         """
         state, clock = self.state, self._clock
         usage = state.usage_body()
         gives_up = clock.monotonic() + FINISH_RETRY_S
         pause = RETRY_FIRST_S
         resynced = False
+        held = state.held_event()
         while True:
             try:
+                if held is not None:
+                    self._broker.append(self.stream_id, held._replace(id=state.next_id))
+                    state.next_id += 1
+                    held = None
                 self._broker.finish(self.stream_id, state.terminal(outcome), outcome.status,
                                     usage if any(v is not None for v in usage.values())
                                     else None)

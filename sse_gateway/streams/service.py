@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
+import gevent
+
 from sse_gateway.broker import (
     ENDED,
     RUNNING,
@@ -28,6 +30,7 @@ from sse_gateway.broker import (
     BrokerError,
     BrokerOptions,
     BrokerUnavailable,
+    ConversationFull,
     StreamInfo,
     StreamNotFound,
     open_broker,
@@ -52,17 +55,19 @@ from sse_gateway.pump import Pump, PumpGroup
 from sse_gateway.pump.state import Outcome, StreamState
 from sse_gateway.reader import Reader
 from sse_gateway.results import Message, StreamResult
-from sse_gateway.streams import ended
+from sse_gateway.streams import conversations, ended
 from sse_gateway.streams.admission import admit, scoped, too_many_readers
 from sse_gateway.transports import dialects
 from sse_gateway.transports.dialects import SSE
 from sse_gateway.upstream import Candidate, RetryPolicy
 from sse_gateway.validation import (
+    CONVERSATION_ID,
     BodyTooLarge,
     InvalidBody,
     StreamRequest,
     parse_stream_request,
 )
+from sse_gateway.validation import messages as valid_messages
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -81,6 +86,12 @@ class Detached(NamedTuple):
 
     stream_id: str
     model: str
+
+
+def _reserved(added: list[bytes], stream_id: str) -> int:
+    """The bytes a start needs in its conversation: its messages, and room for at
+    least the marker of its answer (so what is kept never exceeds the bound)."""
+    return sum(map(len, added)) + len(conversations.omitted("cancelled", stream_id))
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -117,7 +128,8 @@ class Streams:
                 producer_timeout=config.producer_timeout_s,
                 max_events=config.max_events_per_stream, max_bytes=config.max_stream_bytes,
                 max_stored_bytes=config.max_stored_bytes_per_key,
-                max_connections=config.redis_max_connections))
+                max_connections=config.redis_max_connections,
+                conversation_ttl=config.conversation_ttl_s))
         self.broker = broker
         self.catalog = Catalog(dict(build_providers(config) if providers is None else providers),
                                config.models)
@@ -182,6 +194,14 @@ class Streams:
         its resume grace runs until a reader follows it. ``dialect`` is the wire
         format every response renders the stream in (``transports.dialects``);
         a retry of a stream created in another dialect is StreamExists.
+
+        A request with ``conversation_id`` is sent after the turns ``owner``'s
+        conversation of that id keeps (``streams/conversations.py``); its
+        messages are added to it as the stream starts (a retry that resumes
+        adds nothing), its answer just before its terminal event is stored.
+        RequestTooLarge (413) when the conversation, these messages and an
+        answer would exceed ``max_conversation_turns`` or
+        ``max_conversation_bytes``.
         """
         self._sweeper.ensure()
         existing = self._owned(stream_id, owner) if stream_id is not None else None
@@ -201,16 +221,22 @@ class Streams:
         if existing is not None:
             raise StreamExists(f"a stream with id {stream_id!r} already exists (with another "
                                "request)", param="X-Stream-ID")
-        candidates = [self._candidate(model, body, "model" if i == 0 else f"fallbacks.{i - 1}")
-                      for i, model in enumerate((body.model, *body.fallbacks))]
         stream_id = stream_id or secrets.token_urlsafe(18)
         key = scoped(owner, stream_id)
+        added: list[bytes] = []
+        if body.conversation_id is not None:
+            body, added = self._in_conversation(owner, body, stream_id)
+        candidates = [self._candidate(model, body, "model" if i == 0 else f"fallbacks.{i - 1}")
+                      for i, model in enumerate((body.model, *body.fallbacks))]
         slot_owner = admit(self.config, self.broker, self._pumps, holder, key)
         created = round(time.time(), 3)
         try:
+            if body.conversation_id is not None:
+                self._add_sent(owner, body.conversation_id, added, key, len(body.sent))
             if not self.broker.create(StreamInfo(key, owner=owner, model=body.model,
                                                  created=created, request_digest=digest,
-                                                 metadata=body.metadata, dialect=dialect)):
+                                                 metadata=body.metadata, dialect=dialect,
+                                                 conversation_id=body.conversation_id or "")):
                 raise StreamExists(f"a stream with id {stream_id!r} already exists",
                                    param="X-Stream-ID")
             lease = None if body.detach else self.broker.attach_reader(key, holder)
@@ -225,8 +251,14 @@ class Streams:
             stream_id=key, public_id=stream_id, created=created, grace_s=grace,
             tick_s=config.producer_timeout_s / 4, stream_timeout_s=config.stream_timeout_s,
             slot_owner=slot_owner, caller=caller, on_exit=self._pumps.discard,
-            keep_text=keep_text or bool(self.hooks), detached=body.detach,
-            on_end=self._produced(owner, body.metadata) if self.hooks else None)
+            keep_text=keep_text or bool(self.hooks) or body.conversation_id is not None,
+            detached=body.detach,
+            on_end=self._produced(owner, body.metadata) if self.hooks else None,
+            on_ending=(self._answered(owner, body.conversation_id, key)
+                       if body.conversation_id is not None else None),
+            coalesce_s=(config.coalesce_ms if body.coalesce_ms is None
+                        else body.coalesce_ms) / 1000,
+            chunking=config.chunking if body.chunking is None else body.chunking)
         try:
             self._pumps.start(pump)  # appends the start event: the store may fail here
         except BaseException:
@@ -292,6 +324,25 @@ class Streams:
             return None
         return stream_id
 
+    @_translated
+    def conversation(self, owner: str, conversation_id: str) -> list[dict[str, Any]]:
+        """The turns ``owner``'s conversation keeps, oldest first, as stored (markers
+        included: ``streams/conversations.py``); NotFound when there is none
+        (never started, expired, forgotten, or another owner's)."""
+        kept = (self.broker.conversation(owner, conversation_id)
+                if CONVERSATION_ID.fullmatch(conversation_id) else [])
+        if not kept:
+            raise NotFound(f"no conversation {conversation_id!r}")
+        return conversations.turns(kept)
+
+    @_translated
+    def forget_conversation(self, owner: str, conversation_id: str) -> None:
+        """Forget ``owner``'s conversation (the next start with its id begins a new
+        one); NotFound when there is none."""
+        if not (CONVERSATION_ID.fullmatch(conversation_id)
+                and self.broker.forget_conversation(owner, conversation_id)):
+            raise NotFound(f"no conversation {conversation_id!r}")
+
     def models(self) -> list[dict[str, Any]]:
         """The models clients may name, for pickers."""
         return self.catalog.listing()
@@ -345,9 +396,108 @@ class Streams:
                             time.monotonic())
         return fire
 
+    def _in_conversation(self, owner: str, body: StreamRequest, stream_id: str
+                         ) -> tuple[StreamRequest, list[bytes]]:
+        """``body`` with the conversation's kept turns before its messages (checked as
+        one list), and its messages as the turns to add; 413 over the bounds."""
+        assert body.conversation_id is not None
+        config = self.config
+        kept = self.broker.conversation(owner, body.conversation_id)
+        added = conversations.sent(body.sent, stream_id)
+        size = sum(map(len, kept))
+        self._within_bounds(len(kept), size, len(added), _reserved(added, stream_id))
+        history = conversations.for_provider(conversations.turns(kept))
+        try:
+            combined = valid_messages([*history, *body.sent], config.max_messages,
+                                      config.max_image_bytes)
+        except InvalidBody as exc:
+            raise self._in_history(exc, len(history)) from None
+        return dataclasses.replace(body, request=dataclasses.replace(
+            body.request, messages=combined)), added
+
+    def _within_bounds(self, turns: int, size: int, new_turns: int, new_size: int) -> None:
+        """413 unless a conversation of ``turns`` and ``size`` bytes has room for
+        ``new_turns`` of ``new_size`` bytes (its answer's marker included) and
+        its answer's turn."""
+        config = self.config
+        if (turns + new_turns + 1 <= config.conversation_turns
+                and size + new_size <= config.max_conversation_bytes):
+            return
+        raise RequestTooLarge(
+            f"conversation_id: the conversation keeps {turns} messages ({size} bytes); with "
+            f"this request's {new_turns} ({new_size} bytes with room for the answer's marker) "
+            "and its answer it would hold more "
+            f"than {config.conversation_turns} messages or {config.max_conversation_bytes} "
+            "bytes. Forget it (DELETE the conversation) or start a new conversation",
+            param="conversation_id")
+
+    @staticmethod
+    def _in_history(exc: InvalidBody, kept: int) -> InvalidRequest:
+        """A refusal of the combined messages, named as the client knows them: its
+        own messages by their index in its request, else the kept conversation."""
+        param = exc.param or ""
+        head, _, rest = param.partition(".")
+        index, _, tail = rest.partition(".")
+        if head != "messages" or not index.isdigit():
+            return InvalidRequest(exc.message, param=exc.param)
+        if int(index) >= kept:
+            mine = ".".join(filter(None, ("messages", str(int(index) - kept), tail)))
+            return InvalidRequest(exc.message.replace(param, mine, 1), param=mine)
+        return InvalidRequest(f"conversation_id: the kept conversation is refused "
+                              f"({exc.message}); forget it or start a new conversation",
+                              param="conversation_id")
+
+    def _add_sent(self, owner: str, conversation_id: str, added: list[bytes], key: str,
+                  count: int) -> None:
+        """Add a starting stream's messages to its conversation (once per stream)."""
+        config = self.config
+        # Room is left for the answer: a turn, and at least its marker's bytes.
+        public_id = key[len(owner) + 1:] if owner else key
+        room = _reserved(added, public_id) - sum(map(len, added))
+        try:
+            self.broker.add_turns(owner, conversation_id, added, once=key,
+                                  max_turns=config.conversation_turns - 1,
+                                  max_bytes=config.max_conversation_bytes - room)
+        except ConversationFull as full:  # another request filled it meanwhile
+            self._within_bounds(full.turns, full.size, count, _reserved(added, public_id))
+            raise  # not reached: over a bound, the check above refuses
+
+    def _answered(self, owner: str, conversation_id: str, key: str
+                  ) -> Callable[[StreamState, Outcome], None]:
+        """What a pump calls just before it stores its terminal event: add the answer
+        (as far as it got) to the stream's conversation."""
+        def add(state: StreamState, outcome: Outcome) -> None:
+            self._add_answer(owner, conversation_id, key,
+                             conversations.answer(state.message(), outcome.status,
+                                                  state.public_id), outcome.status)
+        return add
+
+    def _add_answer(self, owner: str, conversation_id: str, key: str, turn: bytes,
+                    status: str) -> None:
+        """Add a stream's answer to its conversation, or, when it does not fit, its
+        marker (for which its start left room); once, whoever tries."""
+        config = self.config
+        public_id = key[len(owner) + 1:] if owner else key
+        once = key + conversations.ANSWER
+        bounds = {"max_turns": config.conversation_turns,
+                  "max_bytes": config.max_conversation_bytes}
+        try:
+            try:
+                self.broker.add_turns(owner, conversation_id, [turn], once=once, **bounds)
+            except ConversationFull:
+                log.info("stream %s: its answer (%d bytes) does not fit in conversation %s; "
+                         "kept as omitted", public_id, len(turn), conversation_id)
+                marker = conversations.omitted(status, public_id)
+                self.broker.add_turns(owner, conversation_id, [marker], once=once, **bounds)
+        except BrokerError as exc:
+            log.warning("stream %s: its answer was not added to conversation %s (%s)",
+                        public_id, conversation_id, type(exc).__name__)
+
     def _lost(self, key: str) -> None:
-        """The broker ended a stream as lost, here: this process calls its hooks."""
+        """The broker ended a stream as lost, here: this process adds its answer to its
+        conversation (as far as the store keeps it) and calls its hooks."""
         ended_at = time.time()
+        gevent.spawn(self._lost_answer, key)
 
         def result() -> StreamResult | None:
             info = self.broker.info(key)
@@ -356,6 +506,23 @@ class Streams:
             public_id = key[len(info.owner) + 1:] if info.owner else key
             return ended.from_store(self.broker, key, public_id, ended_at)
         self.hooks.fire(result, time.monotonic())
+
+    def _lost_answer(self, key: str) -> None:
+        """A lost stream's answer, from the store, added to its conversation (if any)."""
+        try:
+            info = self.broker.info(key)
+            if info is None or not info.conversation_id:
+                return
+            public_id = key[len(info.owner) + 1:] if info.owner else key
+            result = ended.from_store(self.broker, key, public_id, time.time())
+        except BrokerError as exc:
+            log.warning("stream %s: lost; its answer was not added to its conversation (%s)",
+                        key, type(exc).__name__)
+            return
+        if result is not None:
+            self._add_answer(info.owner, info.conversation_id, key,
+                             conversations.answer(result.message, info.status, public_id),
+                             info.status)
 
     def _candidate(self, model: str, body: StreamRequest, param: str) -> Candidate:
         """The model (or a fallback) as one candidate of the stream; its provider

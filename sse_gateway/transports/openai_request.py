@@ -20,7 +20,8 @@ not listed here):
   ``parallel_tool_calls: true``, ``logprobs: false``.
 - ``user`` is accepted and ignored (OpenAI uses it for its abuse monitoring).
 - the gateway's own extensions (``extra_body`` in the SDKs): ``fallbacks``,
-  ``resume_grace_s``, ``reasoning`` (not with ``reasoning_effort``).
+  ``resume_grace_s``, ``reasoning`` (not with ``reasoning_effort``),
+  ``coalesce_ms``, ``chunking``.
 - anything else: 400 naming it.
 """
 
@@ -33,7 +34,8 @@ from typing import Any
 from sse_gateway.validation import InvalidBody, json_object
 
 _AS_IS = ("model", "messages", "tools", "tool_choice", "response_format", "stop", "top_p",
-          "seed", "temperature", "metadata", "fallbacks", "resume_grace_s", "reasoning")
+          "seed", "temperature", "metadata", "fallbacks", "resume_grace_s", "reasoning",
+          "coalesce_ms", "chunking")
 _OWN = ("stream", "stream_options", "reasoning_effort", "max_tokens", "max_completion_tokens",
         "n", "parallel_tool_calls", "logprobs", "user")
 KNOWN = frozenset(_AS_IS + _OWN)

@@ -297,6 +297,32 @@ def test_a_closed_socket_is_a_disconnect_for_each_of_its_streams(
         assert final["data"] == {"reason": "client_disconnected"}
 
 
+def test_a_conversation_over_the_socket(
+        gateway: GatewayServer, fake: FakeProvider, sockets: list[Socket]) -> None:
+    """``conversation_id`` on start frames: turn two sends turn one's messages and
+    answer first; the kept turns are those of POST /v1/streams."""
+    from tests.fake_provider import Behaviour
+
+    model = fake.scenario_seq([Behaviour(tokens=["Hel", "lo"]), Behaviour(tokens=["Fine."])])
+    conversation = f"ws-chat-{RUN}"
+    ws = open_ws(sockets, gateway)
+    ws.send(type="start", model=f"openai/{model}", prompt="Hi", conversation_id=conversation)
+    (first,) = ws.to_the_end().values()
+    ws.send(type="start", model=f"openai/{model}", conversation_id=conversation,
+            messages=[{"role": "user", "content": "How are you?"}])
+    (second,) = ws.to_the_end().values()
+    assert (content(first), content(second)) == ("Hello", "Fine.")
+    sent = fake.wait_call(model, 1).body
+    assert isinstance(sent, dict)
+    assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+        ("user", "Hi"), ("assistant", "Hello"), ("user", "How are you?")]
+    kept = gateway.request("GET", f"/v1/conversations/{conversation}", headers=A).json()
+    assert [(m["role"], m["content"], m["stream_id"]) for m in kept["messages"]] == [
+        ("user", "Hi", first[0]["stream_id"]), ("assistant", "Hello", first[0]["stream_id"]),
+        ("user", "How are you?", second[0]["stream_id"]),
+        ("assistant", "Fine.", second[0]["stream_id"])]
+
+
 # ------------------------------------------------------------------------------ auth, owners
 
 
