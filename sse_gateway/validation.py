@@ -46,6 +46,9 @@ MAX_COALESCE_MS = 1000
 # no "." (a broker key is "<owner>.<id>": an id with one could name another
 # owner's key).
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
+# An event id a client last saw (Last-Event-ID): ASCII digits only (a str
+# pattern's \d takes any script's digits).
+EVENT_ID = re.compile(r"[0-9]{1,18}")
 # A conversation's id (``conversation_id``): a client's name for it, so short
 # ones are fine; a URL path segment as it is, and no ":" (part of a store key).
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")

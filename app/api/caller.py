@@ -17,15 +17,17 @@ from app.errors import RateLimited, Unauthorized
 from app.tokens import PREFIX, StreamToken, TokenError, TokenExpired
 from sse_gateway.errors import NotFound
 
-# The routes a stream token opens (follow, status, cancel): blueprint.view names.
+# The routes a stream token opens (follow, status, cancel; a WebSocket that may
+# only resume and cancel its stream): blueprint.view names.
+WEBSOCKET_ENDPOINT = "ws.websocket"
 TOKEN_ENDPOINTS = frozenset({"streams.stream_events", "streams.stream_status",
-                             "streams.cancel_stream"})
+                             "streams.cancel_stream", WEBSOCKET_ENDPOINT})
 
 
 def key_id() -> str | None:
     """The request's API key id, or None (no key, a wrong key, or the gateway is open)."""
     if "key_id" not in g:
-        g.key_id = current_gateway().keys.identify(request.headers.get("Authorization"))
+        g.key_id = current_gateway().keys.identify(authorization())
     found: str | None = g.key_id
     return found
 
@@ -86,16 +88,34 @@ def authenticate() -> None:
         raise Unauthorized("a stream token opens only its own stream's events, status and "
                            "DELETE; this route needs an API key")
     stream_id = (request.view_args or {}).get("stream_id")
-    if stream_id != token.stream_id:
+    if request.endpoint != WEBSOCKET_ENDPOINT and stream_id != token.stream_id:
         # Exactly what an unknown stream answers: nothing is revealed.
         raise NotFound(f"no stream {stream_id!r}")
     g.stream_token = token
 
 
+def authorization() -> str | None:
+    """The request's ``Authorization`` header; for a WebSocket handshake without
+    one, a ``bearer.<key or token>`` subprotocol as ``Bearer <key or token>``.
+
+    A browser's ``WebSocket`` cannot send headers, only subprotocols
+    (``new WebSocket(url, ["sse-gateway", "bearer." + key])``; the server picks
+    ``sse-gateway``): a key kept out of the URL, so out of access logs.
+    """
+    header = request.headers.get("Authorization")
+    if header is not None or request.endpoint != WEBSOCKET_ENDPOINT:
+        return header
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        name, dot, value = offered.strip().partition(".")
+        if dot and name.lower() == "bearer" and value:
+            return f"Bearer {value}"
+    return None
+
+
 def _presented_token() -> str | None:
     """The stream token the request carries: a Bearer value with the token prefix,
     else ``?token=``; None when it carries none."""
-    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    scheme, _, value = (authorization() or "").partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer" and value.startswith(PREFIX):
         return value
