@@ -1078,7 +1078,7 @@ function sharedSocket(options) {
  * socket reconnects with computeBackoff() delays and sends {"type": "resume",
  * "stream_id", "last_event_id"} for each unfinished stream; events it already had
  * are skipped by id. A start whose socket dropped before any answer is sent again,
- * and followed (resume) if the gateway says it exists. After `maxRetries` attempts
+ * (the gateway resumes a start it has of the same id and body). After `maxRetries` attempts
  * without a frame, the unfinished streams fail with `reconnect_failed`. An idle
  * socket that drops reconnects when the next stream starts.
  *
@@ -1290,6 +1290,12 @@ export class GatewaySocket {
       this._errorFrame(frame);
       return;
     }
+    if (frame.type === "ended") {
+      // A resume at or past the end of an ended stream (SSE's 204): nothing follows.
+      this._streams.get(frame.stream_id)?._fail(new GatewayError(`stream ${frame.stream_id} `
+        + "has ended: no event follows the position asked for", { code: "stream_ended" }));
+      return;
+    }
     if (typeof frame.stream_id !== "string" || typeof frame.event !== "string") return; // newer
     this._streams.get(frame.stream_id)?._wsEvent(frame);
   }
@@ -1298,7 +1304,7 @@ export class GatewaySocket {
     const body = frame.error !== null && typeof frame.error === "object" ? frame.error : {};
     const error = () => new GatewayError(body.message || "the gateway refused the request", {
       code: body.code || "error", param: body.param ?? null,
-      retryAfter: typeof body.retry_after === "number" ? body.retry_after : null,
+      retryAfter: typeof frame.retry_after === "number" ? frame.retry_after : null,
       event: frame });
     // No stream named: it answers the frames still unanswered (a refused start).
     const targets = typeof frame.stream_id === "string"

@@ -1618,8 +1618,8 @@ describe("GatewayStream over a WebSocket", () => {
     await settle();
     ws = WebSocket.last();
     ws.accept();
-    ws.push({ type: "error", stream_id: sid, error: { code: "overloaded", message: "busy",
-      retry_after: 2 } });
+    ws.push({ type: "error", stream_id: sid, error: { code: "overloaded", message: "busy" },
+      retry_after: 2 });
     await settle();
     assert.deepEqual(sleep.delays, [100, 2000]); // the socket's backoff, then Retry-After
     assert.deepEqual(ws.sent.map((f) => f.type), ["resume", "resume"]);
@@ -1683,6 +1683,43 @@ describe("GatewayStream over a WebSocket", () => {
       assert.deepEqual(tokens(), ["new"]);
       assert.throws(() => socket.followStream({}), /streamId is required/);
     });
+
+  test("following an ended stream from its end: the ended frame ends it as stream_ended",
+    async () => {
+      const { WebSocket, socket } = wsSetup();
+      const stream = socket.followStream({ streamId: SID, lastEventId: 9 });
+      WebSocket.last().accept();
+      WebSocket.last().push({ type: "ended", stream_id: SID });
+      const result = await stream.finished;
+      assert.equal(result.status, "error");
+      assert.equal(result.error.code, "stream_ended");
+    });
+
+  test("a start sent again after a drop that the gateway answers from its beginning "
+    + "(same id and body: a resume) delivers nothing twice", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const { callbacks, tokens, log } = recorder();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x", ...callbacks });
+    const sid = stream.streamId;
+    WebSocket.last().accept();
+    WebSocket.last().drop(); // before the start event came: the start is not known to be in
+    await settle();
+    const ws = WebSocket.last();
+    ws.accept();
+    assert.deepEqual(ws.sent, [{ type: "start", model: "demo/echo", prompt: "x", stream_id: sid }]);
+    ws.push(wsStart(sid));
+    ws.push(wsToken(sid, 1, "a"));
+    ws.drop();
+    await settle();
+    WebSocket.last().accept();
+    assert.deepEqual(WebSocket.last().sent, [{ type: "resume", stream_id: sid, last_event_id: 1 }]);
+    WebSocket.last().push(wsToken(sid, 1, "a"));
+    WebSocket.last().push(wsToken(sid, 2, "b"));
+    WebSocket.last().push(wsDone(sid, 3));
+    assert.equal((await stream.finished).text, "ab");
+    assert.deepEqual(tokens(), ["a", "b"]);
+    assert.equal(log.filter((l) => l[0] === "start").length, 1);
+  });
 
   test("an API key goes in a header where the WebSocket takes one, never in a browser",
     async () => {
