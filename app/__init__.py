@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway; ``overrides`` win over the environment and ``config``."""
-    from app.api import Gateway, ai_sdk, chat_completions, ops, streams, web
+    from app.api import Gateway, ai_sdk, chat_completions, ops, streams, web, ws
     from app.api.caller import authenticate
     from app.limits import limiter
     from app.security import Keys
@@ -76,6 +76,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(streams.bp)
     app.register_blueprint(ai_sdk.bp)
     app.register_blueprint(chat_completions.bp)
+    app.config["SOCK_SERVER_OPTIONS"] = ws.server_options(settings.streams.heartbeat_s,
+                                                          settings.max_content_length)
+    app.register_blueprint(ws.bp)  # GET /v1/ws
     app.register_blueprint(ops.bp)
     app.register_blueprint(web.bp)
     app.cli.add_command(stream_command)  # `flask --app app stream "prompt"`

@@ -19,6 +19,7 @@ from flask_limiter import Limiter
 
 from app.api import current_gateway
 from app.api.caller import caller
+from app.errors import RateLimited
 from app.settings import RATE_SETTINGS
 
 # swallow_errors: with Redis down the limiter lets requests through, and the
@@ -72,6 +73,28 @@ def count_auth_failure(address: str) -> None:
             limiter.limiter.hit(item, *_auth_key(address))
     except Exception as exc:
         log.warning("could not count a failed authentication (%s)", type(exc).__name__)
+
+
+def hit_route_limit(setting: str, endpoint: str) -> None:
+    """Count one action against the rate of the route ``endpoint`` (its setting
+    ``setting``), in that route's own bucket; RateLimited when it is over.
+
+    For what another transport does in a route's stead (a WebSocket's start
+    frame is a ``POST /v1/streams``): flask-limiter keys a route's limit as
+    (prefix, key, endpoint), so hitting that key shares the bucket. Fails open
+    when the storage is down, as the route limits do.
+    """
+    args = ("sse-rl", caller(), endpoint)
+    try:
+        for item in _parsed(getattr(current_gateway().settings, setting)):
+            if not limiter.limiter.hit(item, *args):
+                reset = limiter.limiter.get_window_stats(item, *args).reset_time
+                raise RateLimited(f"rate limit exceeded ({item}); slow down",
+                                  retry_after=max(1.0, reset - time.time()))
+    except RateLimited:
+        raise
+    except Exception as exc:
+        log.warning("could not count a rate (%s)", type(exc).__name__)
 
 
 def _auth_key(address: str) -> tuple[str, str, str]:

@@ -48,6 +48,11 @@ CANCEL_TO_CLOSED = Histogram(
     "From noticing a cancel, disconnect or shutdown to the provider connection closed.",
     ["reason"], buckets=_LATENCY)
 REJECTIONS = Counter("sse_rejections_total", "Requests refused by a limit.", ["reason"])
+WEBSOCKETS_OPEN = Gauge("sse_websockets_open", "WebSockets open (GET /v1/ws).",
+                        multiprocess_mode="livesum")
+WEBSOCKET_FRAMES_REFUSED = Counter("sse_websocket_frames_refused_total",
+                                   "Client WebSocket frames answered with an error frame.",
+                                   ["code"])
 HEARTBEATS = Counter("sse_heartbeats_total", "': ping' comments sent.")
 END_HOOKS = Counter("sse_end_hooks_total",
                     "Completion hook calls, by outcome (ok, error, timeout).", ["outcome"])

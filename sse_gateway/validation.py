@@ -44,6 +44,9 @@ MAX_METADATA_ITEMS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 # no "." (a broker key is "<owner>.<id>": an id with one could name another
 # owner's key).
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
+# An event id a client last saw (Last-Event-ID): ASCII digits only (a str
+# pattern's \d takes any script's digits).
+EVENT_ID = re.compile(r"[0-9]{1,18}")
 # Nesting of the free-form JSON a request carries (a tool's parameters, a
 # response schema, provider_data): real schemas are a few levels deep; a bound
 # keeps every later walk over them (the size of the tools, the SDKs' encoding)

@@ -17,9 +17,11 @@ from app.errors import RateLimited, Unauthorized
 from app.tokens import PREFIX, StreamToken, TokenError, TokenExpired
 from sse_gateway.errors import NotFound
 
-# The routes a stream token opens (follow, status, cancel): blueprint.view names.
+# The routes a stream token opens (follow, status, cancel; a WebSocket that may
+# only resume and cancel its stream): blueprint.view names.
+WEBSOCKET_ENDPOINT = "ws.websocket"
 TOKEN_ENDPOINTS = frozenset({"streams.stream_events", "streams.stream_status",
-                             "streams.cancel_stream"})
+                             "streams.cancel_stream", WEBSOCKET_ENDPOINT})
 
 
 def key_id() -> str | None:
@@ -86,7 +88,7 @@ def authenticate() -> None:
         raise Unauthorized("a stream token opens only its own stream's events, status and "
                            "DELETE; this route needs an API key")
     stream_id = (request.view_args or {}).get("stream_id")
-    if stream_id != token.stream_id:
+    if request.endpoint != WEBSOCKET_ENDPOINT and stream_id != token.stream_id:
         # Exactly what an unknown stream answers: nothing is revealed.
         raise NotFound(f"no stream {stream_id!r}")
     g.stream_token = token

@@ -7,14 +7,11 @@ product's JSON bodies, on this blueprint only.
 
 from __future__ import annotations
 
-import re
-
 from flask import Blueprint, Response, g, jsonify, request
 
 from sse_gateway.errors import InvalidRequest, StreamsError
 from sse_gateway.flask.responses import error_response, sse_response
-
-EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only (a str pattern's \d takes any script's)
+from sse_gateway.validation import EVENT_ID
 
 
 def blueprint(name: str, *, cors_origins: tuple[str, ...] = ()) -> Blueprint:

@@ -1,0 +1,66 @@
+"""``GET /v1/ws``: the streams over one WebSocket (flask-sock on gunicorn's gevent worker).
+
+Authentication is the other ``/v1`` routes' (``caller.authenticate`` runs
+before the upgrade, so a missing or wrong key is a plain ``401`` answer): an
+API key, or a stream token, whose socket may only resume and cancel its own
+stream. Each frame's action counts against the same rate as its HTTP route,
+in the same bucket (a start as a ``POST /v1/streams``): using both gives a
+client no more. The frames and the socket's life are
+``sse_gateway.transports.websocket``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, request
+from flask_sock import Sock
+
+from app.api import current_gateway, current_streams
+from app.api import streams as stream_routes
+from app.api.caller import caller, key_id, owner, stream_token
+from app.limits import hit_route_limit
+from sse_gateway.transports.websocket import (
+    CANCEL,
+    RESUME,
+    START,
+    Access,
+    Session,
+    SimpleWebSocket,
+)
+
+bp = Blueprint("ws", __name__, url_prefix="/v1")
+sock = Sock()
+log = logging.getLogger(__name__)
+
+# Each action's rate setting and the route whose bucket it shares.
+_RATES = {
+    START: ("ratelimit_create", f"{stream_routes.bp.name}.create_stream"),
+    RESUME: ("ratelimit_events", f"{stream_routes.bp.name}.stream_events"),
+    CANCEL: ("ratelimit_cancel", f"{stream_routes.bp.name}.cancel_stream"),
+}
+
+
+def server_options(heartbeat_s: float, max_message_size: int) -> dict[str, Any]:
+    """flask-sock's ``SOCK_SERVER_OPTIONS``: a ping every heartbeat (keeps nginx from
+    cutting an idle socket, drops a peer that stopped answering), and a frame over
+    the body limit closes the socket with 1009 before it is buffered whole."""
+    return {"ping_interval": heartbeat_s, "max_message_size": max_message_size}
+
+
+@sock.route("/ws", bp=bp)  # type: ignore[untyped-decorator]  # flask-sock has no hints
+def websocket(ws: Any) -> None:
+    streams = current_streams()
+    token = stream_token()
+    access = Access(owner=owner(), holder=caller(),
+                    caller=key_id() or request.remote_addr or "",
+                    only_stream=token.stream_id if token is not None else None)
+    connection = SimpleWebSocket(ws, streams.config.write_timeout_s)
+    Session(connection, streams, access, check=_check,
+            max_frame_bytes=current_gateway().settings.max_content_length).run()
+
+
+def _check(action: str) -> None:
+    setting, endpoint = _RATES[action]
+    hit_route_limit(setting, endpoint)
