@@ -1,4 +1,5 @@
-// sse-client.js: a dependency-free browser (and Node >= 18) client for sse-gateway.
+// sse-client.js: a dependency-free browser (and Node >= 18) client for sse-gateway,
+// over SSE (fetch) or over one WebSocket (GET /v1/ws) shared by many streams.
 //
 // Copy this one file into any frontend and import it as an ES module:
 //
@@ -37,9 +38,28 @@
 //     // ... and stream the next turn with these messages
 //   }
 //
+// The same streams over one WebSocket: the same options, callbacks and results; a dropped
+// socket reconnects and resumes every unfinished stream from its last id:
+//
+//   const a = streamChat({ transport: "websocket", model, prompt: "One", onToken });
+//   const b = streamChat({ transport: "websocket", model, prompt: "Two", onToken });
+//   // both on one socket to /v1/ws; b.cancel() sends {"type": "cancel", "stream_id"}
+//
+//   // or a socket of your own (Node 20 has no global WebSocket: pass the ws package's)
+//   const socket = new GatewaySocket({ baseUrl: "https://gateway.example", WebSocket });
+//   const stream = socket.streamChat({ model, messages, onToken });
+//   socket.followStream({ streamId, lastEventId });  // resume frame
+//   socket.close();
+//
+// A browser's WebSocket cannot send an Authorization header: over WebSocket a page uses
+// an open gateway (or one behind its own auth proxy), or a stream token for one stream:
+// new GatewaySocket({ token }).followStream({ streamId }) (resume and cancel only).
+//
 // Exports:
 //   SSEParser     incremental WHATWG event-stream parser (bytes or strings in, events out)
 //   GatewayStream one stream: POST, read, resume from Last-Event-ID, dedupe, cancel
+//   GatewaySocket one WebSocket carrying many streams (start, resume, cancel frames)
+//   socketUrl(options) the gateway's ws(s):// URL for baseUrl (and ?token=)
 //   GatewayError  the error every failure is reported as (code, status, retryAfter, ...)
 //   streamChat(options)   new GatewayStream(options).start()
 //   followStream(options) follow an existing stream id (GET .../events) from options.lastEventId
@@ -346,11 +366,17 @@ export function assistantMessage(message) {
  *   toolChoice, reasoning, responseFormat, stop, topP, seed, metadata
  *                  the request body (snake_case names are accepted too; `body` adds fields)
  *   apiKey         sent as `Authorization: Bearer <apiKey>`
- *   streamId       sent as `X-Stream-ID` (16-128 of A-Z a-z 0-9 _ -)
+ *   streamId       sent as `X-Stream-ID` (16-128 of A-Z a-z 0-9 _ -); over a WebSocket
+ *                  made here when not given, so that every frame names its stream
+ *   transport      "sse" (default) or "websocket": the stream goes over the socket the
+ *                  page's WebSocket streams share (per URL and key; see GatewaySocket,
+ *                  whose baseUrl, token, WebSocket and retry options it takes)
+ *   socket         a GatewaySocket to carry this stream (implies "websocket")
  *   follow         true: do not POST; follow `streamId` with GET .../events from `lastEventId`
  *   signal         an AbortSignal: aborting it cancels the stream (see deleteOnAbort)
  *   maxRetries, retryDelay, maxRetryDelay, jitter, idleTimeout, cancelWait, deleteOnAbort
- *                  see DEFAULTS above
+ *                  see DEFAULTS above (over a WebSocket the socket's retry settings
+ *                  apply, and no idleTimeout: the gateway's pings are WebSocket pings)
  *   headers        extra request headers
  *   fetch, sleep, random, now  injectable (tests)
  *   onStart(payload, event), onToken(text, event), onReasoning(text, event),
@@ -1011,9 +1037,11 @@ export class GatewayStream {
 // Close codes after which reconnecting cannot help: a policy refusal (1008) and the
 // application range (4000-4999, e.g. an unknown or expired credential).
 const finalClose = (code) => code === 1008 || (code >= 4000 && code <= 4999);
-// Error frames that answer a resume and are worth another try: the gateway was busy
-// or briefly without its store, it did not refuse the stream for good.
-const RETRY_CODES = new Set(["rate_limited", "overloaded", "internal_error"]);
+// Error frames that answer a resume and are worth another try (SSE mode retries their
+// 429 and 5xx answers): the gateway was busy or briefly without its store.
+const RETRY_CODES = new Set(["rate_limited", "too_many_streams", "too_many_readers",
+  "overloaded", "internal_error"]);
+const TOO_BIG = 1009; // the gateway closes a socket whose frame is over its body limit
 const OPEN = 1; // WebSocket.OPEN
 
 /** A fresh stream id: 128 random bits, URL-safe (what X-Stream-ID accepts). */
@@ -1270,7 +1298,19 @@ export class GatewaySocket {
     ws.onmessage = (event) => {
       if (this._ws === ws) this._frame(event.data);
     };
-    ws.onerror = () => {}; // the close event that follows decides
+    ws.onerror = () => {
+      // The close event that follows decides; but a WebSocket that fails before opening
+      // and never closes (undici 5, on a refused handshake such as a 401) counts as closed.
+      setTimeout(() => {
+        if (this._ws !== ws || ws.readyState !== 0) return;
+        try {
+          ws.close();
+        } catch {
+          // never opened
+        }
+        this._dropped({ code: 1006 });
+      }, 0);
+    };
     ws.onclose = (event) => {
       if (this._ws === ws) this._dropped(event ?? {});
     };
@@ -1326,6 +1366,15 @@ export class GatewaySocket {
           cause });
       for (const stream of [...this._streams.values()]) stream._fail(failure);
       this._cancels.clear();
+    } else if (event.code === TOO_BIG) {
+      // A start over the gateway's body limit (413 over HTTP): sending it again cannot
+      // help. It is one of the starts not answered yet; the others go on.
+      for (const stream of [...this._streams.values()]) {
+        if (stream._wsSent && !stream._wsAcked && !stream._wsResume) {
+          stream._fail(new GatewayError("the request is over the gateway's size limit "
+            + `(the WebSocket closed with ${TOO_BIG})`, { code: "payload_too_large", cause }));
+        }
+      }
     } else if (this._attempt === 0) {
       // Streams whose request never went out, on a first connection: as a POST that
       // could not reach the gateway.

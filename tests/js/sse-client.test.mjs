@@ -1623,6 +1623,10 @@ describe("GatewayStream over a WebSocket", () => {
     await settle();
     assert.deepEqual(sleep.delays, [100, 2000]); // the socket's backoff, then Retry-After
     assert.deepEqual(ws.sent.map((f) => f.type), ["resume", "resume"]);
+    ws.push({ type: "error", stream_id: sid, error: { code: "too_many_readers", message: "busy" } });
+    await settle();
+    assert.deepEqual(sleep.delays, [100, 2000, 200]); // its own attempts go on doubling
+    assert.deepEqual(ws.sent.map((f) => f.type), ["resume", "resume", "resume"]);
     ws.push({ type: "error", stream_id: sid, error: { code: "not_found", message: "gone" } });
     const result = await stream.finished;
     assert.equal(result.error.code, "not_found");
@@ -1640,6 +1644,17 @@ describe("GatewayStream over a WebSocket", () => {
     assert.equal(socket.state, "idle");
   });
 
+  test("an error with no close event after it (undici 5 on a refused handshake) counts as "
+    + "the connection failing", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    WebSocket.last().onerror({}); // readyState stays CONNECTING, no close event
+    const result = await stream.finished;
+    assert.equal(result.error.code, "network_error");
+    assert.equal(WebSocket.last().closedWith.code, 1000);
+    assert.equal(socket.state, "idle");
+  });
+
   test("a refusing close code (1008, 4000-4999) ends the streams without reconnecting",
     async () => {
       const { WebSocket, socket } = wsSetup();
@@ -1651,6 +1666,24 @@ describe("GatewayStream over a WebSocket", () => {
       assert.equal(result.error.message, "a stream token opens only its own stream");
       await settle();
       assert.equal(WebSocket.made.length, 1);
+    });
+
+  test("a socket closed as too big (1009) fails the unanswered start; the others resume",
+    async () => {
+      const { WebSocket, socket } = wsSetup();
+      const running = socket.streamChat({ model: "demo/echo", prompt: "small" });
+      WebSocket.last().accept();
+      WebSocket.last().push(wsStart(running.streamId));
+      const huge = socket.streamChat({ model: "demo/echo", prompt: "x".repeat(1000) });
+      WebSocket.last().drop(1009, "message too big");
+      const result = await huge.finished;
+      assert.equal(result.error.code, "payload_too_large");
+      await settle();
+      WebSocket.last().accept();
+      assert.deepEqual(WebSocket.last().sent, [{ type: "resume", stream_id: running.streamId,
+        last_event_id: 0 }]);
+      WebSocket.last().push(wsDone(running.streamId, 1));
+      assert.equal((await running.finished).status, "done");
     });
 
   test("a cancel while the socket is down is sent when it is back", async () => {
