@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +191,49 @@ class Streaming:
         current = state()
         who = owner if owner is not None else current_owner(current)
         return ai_sdk.stop_chat(current.streams, chat_id, owner=who)
+
+    def serve_websocket(self, ws: Any, *, owner: str | None = None) -> None:
+        """Serve streams over a WebSocket from the host's own flask-sock route, under
+        the host's login; returns when the socket closes.
+
+            sock = Sock(app)  # with app.config["SOCK_SERVER_OPTIONS"] =
+                              # {"ping_interval": 15, "max_message_size": 1024 * 1024}
+
+            @sock.route("/ws")
+            def ws(ws):
+                streaming.serve_websocket(ws)
+
+        The frames are ``GET /v1/ws``'s (``sse_gateway.transports.websocket``):
+        start, resume and cancel by frame, every event of every followed stream
+        as ``{"stream_id", "id", "event", "data"}``. The owner is the owner
+        callable's (or ``owner``); with nobody signed in the socket gets an
+        ``unauthorized`` error frame and is closed (1008): flask-sock upgrades
+        before the view runs, so refuse with a plain 401 in a ``before_request``
+        when you can. A closed socket is a client disconnect for each of its
+        streams (their resume grace runs). Frames over ``MAX_CONTENT_LENGTH``
+        (1 MiB when unset) are refused.
+        """
+        from sse_gateway.transports.websocket import (
+            Access,
+            Closed,
+            Session,
+            SimpleWebSocket,
+            error_frame,
+        )
+
+        current = state()
+        streams = current.streams
+        connection = SimpleWebSocket(ws, streams.config.write_timeout_s)
+        try:
+            who = owner if owner is not None else current_owner(current)
+        except NotSignedIn as exc:
+            with suppress(Closed):
+                connection.send([error_frame(exc)])
+                connection.close(1008, "sign in to use streams")
+            return
+        access = Access(owner=who, holder=holder(who), caller=request.remote_addr or "")
+        limit = current_app.config.get("MAX_CONTENT_LENGTH") or 1024 * 1024
+        Session(connection, streams, access, max_frame_bytes=limit).run()
 
     @staticmethod
     def _bind_hook(app: Flask, current: _State, hook: Hook) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import gevent
 from flask import Flask, Response, current_app, has_app_context, has_request_context, session
 from flask import request as flask_request
+from flask_sock import Sock
 
 from sse_gateway import metrics
 from sse_gateway.errors import InvalidRequest, StreamsError
@@ -96,6 +97,14 @@ def create_app() -> Flask:
             return {"host_error": {"field": exc.param, "problem": exc.message}}, 400
         except StreamsError as exc:
             return error_response(exc)
+
+    # The host's own WebSocket route (flask-sock), under its own login.
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5, "max_message_size": 1024 * 1024}
+    sock = Sock(app)
+
+    @sock.route("/ws")
+    def ws(ws: Any) -> None:
+        streaming.serve_websocket(ws)
 
     streaming.init_app(app, owner=lambda: session.get("user"),
                        url_prefix=os.environ.get("HOST_PREFIX", "/streams"))

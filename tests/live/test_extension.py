@@ -231,6 +231,39 @@ def test_another_users_stream_is_unknown_and_nobody_signed_in_is_401_on_every_ro
     assert host.wait_record(stream_id)["status"] == "done"
 
 
+def test_the_hosts_websocket_route_streams_under_its_login(
+        host: Host, alice: dict[str, str], fake: FakeProvider) -> None:
+    """``streaming.serve_websocket(ws)`` in the host's own flask-sock route: the
+    session's user owns what the socket starts; another user's socket cannot see
+    it; nobody signed in gets an error frame and a 1008 close."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = f"ws://{host.server.host}:{host.server.port}/ws"
+    model = fake.scenario(tokens=TOKENS, delay=0.01)
+    with connect(url, additional_headers=alice, proxy=None, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "start", "model": f"openai/{model}", "prompt": "hi"}))
+        frames = []
+        while not frames or frames[-1]["event"] != "done":
+            frames.append(json.loads(ws.recv(10)))
+    stream_id = frames[0]["stream_id"]
+    assert "".join(f["data"]["content"] for f in frames if f["event"] == "token") == \
+        "".join(TOKENS)
+    replay = host.server.stream("GET", f"{PREFIX}/{stream_id}/events", headers=alice)
+    assert [(int(e.id or -1), e.event, e.json()) for e in replay.read_all()] == \
+        [(f["id"], f["event"], f["data"]) for f in frames]
+    with connect(url, additional_headers=host.login("bob"), proxy=None) as ws:
+        ws.send(json.dumps({"type": "resume", "stream_id": stream_id}))
+        assert json.loads(ws.recv(10)) == {"type": "error", "stream_id": stream_id,
+                                           **not_found(stream_id)}
+    with connect(url, proxy=None) as ws:
+        assert json.loads(ws.recv(10)) == {"type": "error", **UNAUTHORIZED}
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert host.wait_record(stream_id)["status"] == "done"
+
+
 def test_the_hosts_own_pages_are_untouched(host: Host, alice: dict[str, str]) -> None:
     for path, who in (("/no/such/page", None), (f"{PREFIX}/a/b/c", alice),
                       (f"{PREFIX}/", alice)):
