@@ -5,10 +5,15 @@
 // The page's own tools (get_time) are offered to demo/tools (and to any model with
 // ?tools=1): when an answer ends with finish_reason "tool_calls", the page runs the
 // calls, shows the results and streams the next turn with them.
+// Answers come over SSE (one fetch per answer) or over one WebSocket that every answer of
+// the page shares (the Transport select, or ?transport=websocket); the same callbacks serve
+// both.
 
 import { streamChat } from "./sse-client.js";
 
-const STORE = { apiKey: "sse-gateway.apiKey", model: "sse-gateway.model" };
+const STORE = { apiKey: "sse-gateway.apiKey", model: "sse-gateway.model",
+  transport: "sse-gateway.transport" };
+const TRANSPORTS = new Set(["sse", "websocket"]);
 const CUSTOM = "__custom__";
 
 const $ = (selector) => document.querySelector(selector);
@@ -19,6 +24,8 @@ const ui = {
   custom: $("#model-custom"),
   modelHint: $("#model-hint"),
   apiKey: $("#api-key"),
+  transport: $("#transport"),
+  transportShown: $('[data-testid="metric-transport"]'),
   newChat: $("#new-chat"),
   settings: $('[data-testid="settings"]'),
   conversation: $("#conversation"),
@@ -315,12 +322,15 @@ function showFigures(stream) {
   ui.tps.textContent = s.tokensPerSecond == null ? "–" : s.tokensPerSecond.toFixed(1);
   ui.tokens.textContent = String(s.tokens);
   ui.eventId.textContent = stream.lastEventId ?? "–";
+  ui.transportShown.textContent = stream.options.transport === "websocket" ? "WebSocket" : "SSE";
   ui.streamId.textContent = stream.streamId ?? "–";
   ui.streamId.title = stream.streamId ?? "";
 }
 
 function clearFigures() {
-  for (const el of [ui.ttft, ui.tps, ui.tokens, ui.eventId, ui.streamId]) el.textContent = "–";
+  for (const el of [ui.ttft, ui.tps, ui.tokens, ui.eventId, ui.streamId, ui.transportShown]) {
+    el.textContent = "–";
+  }
   ui.streamId.title = "";
 }
 
@@ -341,6 +351,7 @@ function setBusy(busy) {
   ui.newChat.disabled = busy;
   ui.model.disabled = busy;
   ui.custom.disabled = busy;
+  ui.transport.disabled = busy;
   app.dataset.busy = String(busy);
 }
 
@@ -399,6 +410,7 @@ async function streamAnswer(model, tools) {
     scheduleFigures(stream);
   };
   const stream = streamChat({
+    transport: ui.transport.value,
     model,
     messages: history.map((message) => ({ ...message })),
     tools: tools ?? undefined,
@@ -546,6 +558,13 @@ ui.model.addEventListener("change", () => {
   if (ui.model.value === CUSTOM) ui.custom.focus();
 });
 ui.custom.addEventListener("change", () => save(STORE.model, selectedModel() || CUSTOM));
+ui.transport.value = [params.get("transport"), load(STORE.transport)]
+  .find((value) => TRANSPORTS.has(value)) ?? "sse";
+app.dataset.transport = ui.transport.value;
+ui.transport.addEventListener("change", () => {
+  save(STORE.transport, ui.transport.value);
+  app.dataset.transport = ui.transport.value;
+});
 ui.apiKey.value = load(STORE.apiKey);
 ui.apiKey.addEventListener("change", () => {
   save(STORE.apiKey, ui.apiKey.value);

@@ -1,4 +1,5 @@
-// sse-client.js: a dependency-free browser (and Node >= 18) client for sse-gateway.
+// sse-client.js: a dependency-free browser (and Node >= 18) client for sse-gateway,
+// over SSE (fetch) or over one WebSocket (GET /v1/ws) shared by many streams.
 //
 // Copy this one file into any frontend and import it as an ES module:
 //
@@ -37,9 +38,28 @@
 //     // ... and stream the next turn with these messages
 //   }
 //
+// The same streams over one WebSocket: the same options, callbacks and results; a dropped
+// socket reconnects and resumes every unfinished stream from its last id:
+//
+//   const a = streamChat({ transport: "websocket", model, prompt: "One", onToken });
+//   const b = streamChat({ transport: "websocket", model, prompt: "Two", onToken });
+//   // both on one socket to /v1/ws; b.cancel() sends {"type": "cancel", "stream_id"}
+//
+//   // or a socket of your own (Node 20 has no global WebSocket: pass the ws package's)
+//   const socket = new GatewaySocket({ baseUrl: "https://gateway.example", WebSocket });
+//   const stream = socket.streamChat({ model, messages, onToken });
+//   socket.followStream({ streamId, lastEventId });  // resume frame
+//   socket.close();
+//
+// A browser's WebSocket cannot send an Authorization header: over WebSocket a page uses
+// an open gateway (or one behind its own auth proxy), or a stream token for one stream:
+// new GatewaySocket({ token }).followStream({ streamId }) (resume and cancel only).
+//
 // Exports:
 //   SSEParser     incremental WHATWG event-stream parser (bytes or strings in, events out)
 //   GatewayStream one stream: POST, read, resume from Last-Event-ID, dedupe, cancel
+//   GatewaySocket one WebSocket carrying many streams (start, resume, cancel frames)
+//   socketUrl(options) the gateway's ws(s):// URL for baseUrl (and ?token=)
 //   GatewayError  the error every failure is reported as (code, status, retryAfter, ...)
 //   streamChat(options)   new GatewayStream(options).start()
 //   followStream(options) follow an existing stream id (GET .../events) from options.lastEventId
@@ -346,11 +366,17 @@ export function assistantMessage(message) {
  *   toolChoice, reasoning, responseFormat, stop, topP, seed, metadata
  *                  the request body (snake_case names are accepted too; `body` adds fields)
  *   apiKey         sent as `Authorization: Bearer <apiKey>`
- *   streamId       sent as `X-Stream-ID` (16-128 of A-Z a-z 0-9 _ -)
+ *   streamId       sent as `X-Stream-ID` (16-128 of A-Z a-z 0-9 _ -); over a WebSocket
+ *                  made here when not given, so that every frame names its stream
+ *   transport      "sse" (default) or "websocket": the stream goes over the socket the
+ *                  page's WebSocket streams share (per URL and key; see GatewaySocket,
+ *                  whose baseUrl, token, WebSocket and retry options it takes)
+ *   socket         a GatewaySocket to carry this stream (implies "websocket")
  *   follow         true: do not POST; follow `streamId` with GET .../events from `lastEventId`
  *   signal         an AbortSignal: aborting it cancels the stream (see deleteOnAbort)
  *   maxRetries, retryDelay, maxRetryDelay, jitter, idleTimeout, cancelWait, deleteOnAbort
- *                  see DEFAULTS above
+ *                  see DEFAULTS above (over a WebSocket the socket's retry settings
+ *                  apply, and no idleTimeout: the gateway's pings are WebSocket pings)
  *   headers        extra request headers
  *   fetch, sleep, random, now  injectable (tests)
  *   onStart(payload, event), onToken(text, event), onReasoning(text, event),
@@ -395,6 +421,19 @@ export class GatewayStream {
     this.outcome = null; // {status, ...} once finished
     this.error = null;
     this._lastDelivered = numericId(this.lastEventId);
+    // WebSocket mode: the GatewaySocket that carries this stream (with other streams).
+    this._socket = options.socket
+      ?? (options.transport === "websocket" ? sharedSocket(options) : null);
+    if (options.transport != null && !["sse", "websocket"].includes(options.transport)) {
+      throw new TypeError(`transport: "sse" or "websocket", not ${JSON.stringify(options.transport)}`);
+    }
+    if (this._socket && !this.streamId) this.streamId = newStreamId();
+    this._wsAttempt = 0; // WebSocket mode: resumes in a row that brought no event
+    this._wsSent = false; // WebSocket mode: a start or resume frame went out for this stream
+    this._wsAcked = false; // WebSocket mode: the gateway sent an event of this stream
+    this._wsStarts = 0; // WebSocket mode: start frames sent (a second one follows a drop)
+    this._wsResume = false; // WebSocket mode: attach with resume frames from now on
+    this._wsWaiting = false; // WebSocket mode: waiting out a backoff of its own
     const fetchImpl = options.fetch;
     // Called as a plain function: `fetch: window.fetch` must not get the stream as `this`.
     this._fetch = fetchImpl
@@ -489,6 +528,10 @@ export class GatewayStream {
   cancel() {
     if (this.outcome) return this.finished;
     if (this._cancelling) return this._cancelling;
+    if (this._socket) {
+      this._cancelling = this._socket._cancel(this);
+      return this._cancelling;
+    }
     this._cancelling = (async () => {
       let deleted = null;
       if (this.streamId) {
@@ -603,6 +646,10 @@ export class GatewayStream {
   }
 
   async _run() {
+    if (this._socket) {
+      this._socket._add(this);
+      return;
+    }
     this._setState("connecting");
     let response = this.options.follow ? await this._resumeOnce(true) : await this._create();
     let attempt = 0;
@@ -807,17 +854,19 @@ export class GatewayStream {
         provider: payload?.provider ?? null, event: { ...raw, payload } });
   }
 
-  _deliver(raw) {
+  // `payload`: the data already parsed (WebSocket frames carry it as JSON, not text).
+  _deliver(raw, payload = undefined) {
     const n = numericId(raw.id);
     if (n !== null && this._lastDelivered !== null && n <= this._lastDelivered) {
       this._stats.duplicates += 1;
       return;
     }
-    let payload = null;
-    try {
-      payload = JSON.parse(raw.data);
-    } catch {
-      payload = null;
+    if (payload === undefined) {
+      try {
+        payload = JSON.parse(raw.data);
+      } catch {
+        payload = null;
+      }
     }
     const event = { ...raw, payload };
     if (raw.id !== null) {
@@ -910,6 +959,49 @@ export class GatewayStream {
     }
   }
 
+  // ------------------------------------------------------------------ WebSocket mode
+
+  // One server frame {stream_id, id, event, data} of this stream (from its GatewaySocket).
+  _wsEvent(frame) {
+    if (this.outcome) return;
+    const id = frame.id == null ? null : String(frame.id);
+    const data = frame.data === undefined ? null : frame.data;
+    const raw = { type: frame.event, data: JSON.stringify(data), lastEventId: id ?? this.lastEventId ?? "",
+      id };
+    if (raw.type === "error" && id === null) {
+      // Unnumbered: the gateway lost its stream store, not the stream (as in SSE mode).
+      this._socket._retry(this, this._outage(raw));
+      return;
+    }
+    this._wsAcked = true;
+    if (this.state !== "streaming") this._setState("streaming");
+    const before = this.events.length;
+    this._deliver(raw, data);
+    if (this.events.length > before) this._wsAttempt = 0; // progress: a fresh budget
+  }
+
+  // An error frame for this stream: the start or resume it answered was refused.
+  _wsError(error) {
+    if (this.outcome) return;
+    if (error.code === "stream_exists" && this._wsStarts > 1 && !this._wsAcked) {
+      // Our start reached the gateway before the socket dropped: follow it instead.
+      this._wsResume = true;
+      this._socket._hello(this);
+      return;
+    }
+    if ((this._wsAcked || this._wsResume) && RETRY_CODES.has(error.code)) {
+      this._socket._retry(this, error);
+      return;
+    }
+    this._fail(error);
+  }
+
+  _wsReconnecting(attempt, delay, cause) {
+    this._stats.reconnects += 1;
+    this._setState("reconnecting");
+    this._call("onReconnecting", attempt, delay, cause);
+  }
+
   _finishCancelled(payload, event) {
     if (this.outcome) return;
     this._finish({ status: "cancelled", payload, event });
@@ -934,8 +1026,451 @@ export class GatewayStream {
     this._setState(status);
     this._stopper.abort();
     this._connection?.abort();
+    this._socket?._forget(this);
     this._resolve(this.outcome);
     this._wake();
+  }
+}
+
+// --------------------------------------------------------------------------------- websocket
+
+// Close codes after which reconnecting cannot help: a policy refusal (1008) and the
+// application range (4000-4999, e.g. an unknown or expired credential).
+const finalClose = (code) => code === 1008 || (code >= 4000 && code <= 4999);
+// Error frames that answer a resume and are worth another try (SSE mode retries their
+// 429 and 5xx answers): the gateway was busy or briefly without its store.
+const RETRY_CODES = new Set(["rate_limited", "too_many_streams", "too_many_readers",
+  "overloaded", "internal_error"]);
+const TOO_BIG = 1009; // the gateway closes a socket whose frame is over its body limit
+const OPEN = 1; // WebSocket.OPEN
+
+/** A fresh stream id: 128 random bits, URL-safe (what X-Stream-ID accepts). */
+function newStreamId() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_")
+    .replace(/=+$/, "");
+}
+
+/**
+ * The gateway's WebSocket URL: `url` as given, else `baseUrl` + "/v1/ws" (the page's
+ * origin when both are empty), http(s) turned into ws(s), plus `?token=` when given.
+ */
+export function socketUrl({ url = null, baseUrl = "", token = null } = {}) {
+  const path = url || `${String(baseUrl || "").replace(/\/+$/, "")}/v1/ws`;
+  const base = globalThis.location?.href;
+  if (!base && !/^[a-z][a-z0-9+.-]*:/i.test(path)) {
+    throw new TypeError("GatewaySocket: outside a page, give baseUrl (http://host:port) or url");
+  }
+  const target = new URL(path, base);
+  if (target.protocol === "http:") target.protocol = "ws:";
+  else if (target.protocol === "https:") target.protocol = "wss:";
+  if (token) target.searchParams.set("token", token);
+  return target.href;
+}
+
+const SHARED = []; // the sockets streamChat({transport: "websocket"}) shares, one per URL and key
+
+function sharedSocket(options) {
+  const url = socketUrl(options);
+  const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+  const apiKey = options.apiKey ?? null;
+  let socket = SHARED.find((s) => s.url === url && s._WebSocket === WebSocketImpl
+    && (s.options.apiKey ?? null) === apiKey);
+  if (!socket) {
+    const pick = ["maxRetries", "retryDelay", "maxRetryDelay", "jitter", "sleep", "random"];
+    const settings = Object.fromEntries(pick.filter((k) => options[k] !== undefined)
+      .map((k) => [k, options[k]]));
+    socket = new GatewaySocket({ ...settings, url, apiKey, WebSocket: WebSocketImpl });
+    SHARED.push(socket);
+  }
+  return socket;
+}
+
+/**
+ * One WebSocket to the gateway (GET /v1/ws) that carries any number of streams at
+ * once, each a GatewayStream with the callbacks, results and iteration of SSE mode.
+ *
+ *   const socket = new GatewaySocket({ baseUrl: "" });          // same origin
+ *   const a = socket.streamChat({ model, prompt: "One", onToken });
+ *   const b = socket.streamChat({ model, prompt: "Two", onToken });
+ *   b.cancel();                                                 // {"type": "cancel"}
+ *   await a.finished;
+ *
+ * `streamChat({transport: "websocket", ...})` does the same on a socket shared by
+ * every such stream of the page with the same URL and key.
+ *
+ * Frames: each stream goes out as {"type": "start", "stream_id", ...the POST body}
+ * with an id made here (so that every answer, error frames included, names its
+ * stream); events come back as {"stream_id", "id", "event", "data"}. A dropped
+ * socket reconnects with computeBackoff() delays and sends {"type": "resume",
+ * "stream_id", "last_event_id"} for each unfinished stream; events it already had
+ * are skipped by id. A start whose socket dropped before any answer is sent again,
+ * (the gateway resumes a start it has of the same id and body). After `maxRetries` attempts
+ * without a frame, the unfinished streams fail with `reconnect_failed`. An idle
+ * socket that drops reconnects when the next stream starts.
+ *
+ * Options: baseUrl | url, token (a stream token, sent as ?token=: that one stream's
+ * resume and cancel only), apiKey (sent as an Authorization header, which only
+ * non-browser WebSockets can do: Node's global WebSocket and the `ws` package),
+ * protocols, WebSocket (the constructor: Node 20 has none, pass the `ws` package's),
+ * maxRetries, retryDelay, maxRetryDelay, jitter, sleep, random, onStateChange(state)
+ * (idle, connecting, open, reconnecting, closed), onError(GatewayError) (error frames
+ * that name no stream of this socket).
+ */
+export class GatewaySocket {
+  constructor(options = {}) {
+    this.options = { ...DEFAULTS, ...options };
+    this.url = socketUrl(options);
+    this.state = "idle";
+    this.closed = false;
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError("GatewaySocket: this runtime has no WebSocket (Node < 22): pass the "
+        + "WebSocket option, e.g. the ws package's");
+    }
+    this._sleep = options.sleep ?? defaultSleep;
+    this._random = options.random ?? Math.random;
+    this._ws = null;
+    this._streams = new Map(); // the unfinished streams by id
+    this._cancels = new Set(); // ids whose cancel frame waits for the socket to reopen
+    this._attempt = 0; // reconnects in a row without a frame
+    this._stopper = new AbortController(); // aborted by close()
+    this.stats = { connects: 0, reconnects: 0, framesIn: 0, framesOut: 0 };
+  }
+
+  /** Start a stream on this socket: the options and result of the module's streamChat. */
+  streamChat(options) {
+    return new GatewayStream({ ...options, socket: this }).start();
+  }
+
+  /** Follow an existing stream on this socket from `options.lastEventId` (resume frame). */
+  followStream(options) {
+    if (!options?.streamId) throw new TypeError("followStream: streamId is required");
+    return new GatewayStream({ ...options, socket: this, follow: true }).start();
+  }
+
+  /**
+   * Close the socket for good. Its unfinished streams end `cancelled` here (reason
+   * "closed", local: true); the gateway treats that as their clients leaving
+   * (generation goes on for resume_grace_s, then stops).
+   */
+  close(code = 1000, reason = "") {
+    if (this.closed) return;
+    this.closed = true;
+    this._stopper.abort();
+    const shared = SHARED.indexOf(this);
+    if (shared !== -1) SHARED.splice(shared, 1);
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      try {
+        ws.close(code, reason);
+      } catch {
+        // already closing
+      }
+    }
+    for (const stream of [...this._streams.values()]) {
+      stream._finishCancelled({ reason: "closed", local: true }, null);
+    }
+    this._streams.clear();
+    this._cancels.clear();
+    this._setState("closed");
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._callback("onStateChange", state);
+  }
+
+  _callback(name, ...args) {
+    const callback = this.options[name];
+    if (typeof callback !== "function") return;
+    try {
+      callback.apply(this, args);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  _send(frame) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== OPEN) return false;
+    try {
+      ws.send(JSON.stringify(frame));
+    } catch {
+      return false;
+    }
+    this.stats.framesOut += 1;
+    return true;
+  }
+
+  // A stream's run(): send it now, or once the socket is open.
+  _add(stream) {
+    if (this.closed) {
+      stream._fail(new GatewayError("this GatewaySocket is closed", { code: "network_error" }));
+      return;
+    }
+    if (this._streams.has(stream.streamId)) {
+      stream._fail(new GatewayError(`stream ${stream.streamId} is already on this socket`,
+        { code: "stream_exists" }));
+      return;
+    }
+    this._streams.set(stream.streamId, stream);
+    if (this.state === "open") {
+      this._hello(stream);
+    } else {
+      stream._setState("connecting");
+      if (!this._ws && this.state !== "reconnecting") this._connect();
+    }
+  }
+
+  // A stream ended: the socket stops routing frames to it.
+  _forget(stream) {
+    if (this._streams.get(stream.streamId) === stream) this._streams.delete(stream.streamId);
+  }
+
+  // (Re)attach a stream: its start frame, or a resume from its last id.
+  _hello(stream) {
+    let frame;
+    if (stream.options.follow || stream._wsAcked || stream._wsResume) {
+      frame = { type: "resume", stream_id: stream.streamId };
+      const last = numericId(stream.lastEventId);
+      if (last !== null) frame.last_event_id = last;
+    } else {
+      frame = { type: "start", ...stream._body(), stream_id: stream.streamId };
+    }
+    if (!this._send(frame)) return;
+    if (frame.type === "start") stream._wsStarts += 1;
+    stream._wsSent = true;
+    stream._setState("streaming");
+  }
+
+  _open() {
+    const { apiKey, protocols } = this.options;
+    if (apiKey) {
+      if (typeof document !== "undefined") {
+        throw new TypeError("a browser's WebSocket cannot send an API key: use a stream "
+          + "token (token option), an open gateway, or the SSE transport");
+      }
+      return new this._WebSocket(this.url, { headers: { Authorization: `Bearer ${apiKey}` },
+        ...(protocols ? { protocols } : {}) });
+    }
+    return protocols ? new this._WebSocket(this.url, protocols) : new this._WebSocket(this.url);
+  }
+
+  _connect() {
+    if (this.closed || this._ws) return;
+    for (const stream of this._streams.values()) {
+      if (!stream._wsWaiting) stream._setState("connecting");
+    }
+    this._setState("connecting");
+    let ws;
+    try {
+      ws = this._open();
+    } catch (error) {
+      const failure = new GatewayError(`could not open the WebSocket: ${error?.message || error}`,
+        { code: "network_error", cause: error });
+      for (const stream of [...this._streams.values()]) stream._fail(failure);
+      this._cancels.clear();
+      this._attempt = 0;
+      this._setState("idle");
+      return;
+    }
+    this._ws = ws;
+    this.stats.connects += 1;
+    try {
+      ws.binaryType = "arraybuffer";
+    } catch {
+      // not settable: text frames only
+    }
+    ws.onopen = () => {
+      if (this._ws !== ws) return;
+      this._setState("open");
+      for (const id of this._cancels) this._send({ type: "cancel", stream_id: id });
+      this._cancels.clear();
+      for (const stream of [...this._streams.values()]) {
+        if (!stream._wsWaiting) this._hello(stream);
+      }
+    };
+    ws.onmessage = (event) => {
+      if (this._ws === ws) this._frame(event.data);
+    };
+    ws.onerror = () => {
+      // The close event that follows decides; but a WebSocket that fails before opening
+      // and never closes (undici 5, on a refused handshake such as a 401) counts as closed.
+      setTimeout(() => {
+        if (this._ws !== ws || ws.readyState !== 0) return;
+        try {
+          ws.close();
+        } catch {
+          // never opened
+        }
+        this._dropped({ code: 1006 });
+      }, 0);
+    };
+    ws.onclose = (event) => {
+      if (this._ws === ws) this._dropped(event ?? {});
+    };
+  }
+
+  _frame(data) {
+    let frame;
+    try {
+      frame = JSON.parse(typeof data === "string" ? data : new TextDecoder().decode(data));
+    } catch {
+      return; // not JSON: nothing this client understands
+    }
+    if (frame === null || typeof frame !== "object") return;
+    this.stats.framesIn += 1;
+    this._attempt = 0; // the gateway answers: a fresh budget of reconnects
+    if (frame.type === "error") {
+      this._errorFrame(frame);
+      return;
+    }
+    if (frame.type === "ended") {
+      // A resume at or past the end of an ended stream (SSE's 204): nothing follows.
+      this._streams.get(frame.stream_id)?._fail(new GatewayError(`stream ${frame.stream_id} `
+        + "has ended: no event follows the position asked for", { code: "stream_ended" }));
+      return;
+    }
+    if (typeof frame.stream_id !== "string" || typeof frame.event !== "string") return; // newer
+    this._streams.get(frame.stream_id)?._wsEvent(frame);
+  }
+
+  _errorFrame(frame) {
+    const body = frame.error !== null && typeof frame.error === "object" ? frame.error : {};
+    const error = () => new GatewayError(body.message || "the gateway refused the request", {
+      code: body.code || "error", param: body.param ?? null,
+      retryAfter: typeof frame.retry_after === "number" ? frame.retry_after : null,
+      event: frame });
+    // No stream named: it answers the frames still unanswered (a refused start).
+    const targets = typeof frame.stream_id === "string"
+      ? [this._streams.get(frame.stream_id)].filter(Boolean)
+      : [...this._streams.values()].filter((s) => s._wsSent && !s._wsAcked);
+    if (!targets.length) this._callback("onError", error());
+    for (const stream of targets) stream._wsError(error());
+  }
+
+  _dropped(event) {
+    this._ws = null;
+    if (this.closed) return;
+    const why = event.code ? ` (${event.code}${event.reason ? `: ${event.reason}` : ""})` : "";
+    const cause = new GatewayError(`the WebSocket to the gateway closed${why}`,
+      { code: "network_error" });
+    if (finalClose(event.code)) {
+      const failure = new GatewayError(event.reason || `the gateway closed the WebSocket${why}`,
+        { code: event.code === 1008 || event.code === 4401 ? "unauthorized" : "network_error",
+          cause });
+      for (const stream of [...this._streams.values()]) stream._fail(failure);
+      this._cancels.clear();
+    } else if (event.code === TOO_BIG) {
+      // A start over the gateway's body limit (413 over HTTP): sending it again cannot
+      // help. It is one of the starts not answered yet; the others go on.
+      for (const stream of [...this._streams.values()]) {
+        if (stream._wsSent && !stream._wsAcked && !stream._wsResume) {
+          stream._fail(new GatewayError("the request is over the gateway's size limit "
+            + `(the WebSocket closed with ${TOO_BIG})`, { code: "payload_too_large", cause }));
+        }
+      }
+    } else if (this._attempt === 0) {
+      // Streams whose request never went out, on a first connection: as a POST that
+      // could not reach the gateway.
+      for (const stream of [...this._streams.values()]) {
+        if (!stream._wsSent) {
+          stream._fail(new GatewayError(`could not reach the gateway: ${cause.message}`,
+            { code: "network_error", cause }));
+        }
+      }
+    }
+    this._reconnect(cause);
+  }
+
+  async _reconnect(cause) {
+    if (this._streams.size === 0 && this._cancels.size === 0) {
+      this._attempt = 0;
+      this._setState("idle");
+      return;
+    }
+    this._attempt += 1;
+    if (this._attempt > this.options.maxRetries) {
+      const failure = new GatewayError("lost the WebSocket to the gateway and could not "
+        + `reconnect after ${this.options.maxRetries} attempt(s) (last: ${cause.message})`,
+      { code: "reconnect_failed", cause });
+      for (const stream of [...this._streams.values()]) stream._fail(failure);
+      this._cancels.clear();
+      this._attempt = 0;
+      this._setState("idle");
+      return;
+    }
+    this.stats.reconnects += 1;
+    const delay = computeBackoff(this._attempt, { retryDelay: this.options.retryDelay,
+      maxRetryDelay: this.options.maxRetryDelay, jitter: this.options.jitter,
+      random: this._random });
+    this._setState("reconnecting");
+    for (const stream of this._streams.values()) {
+      if (!stream._wsWaiting) stream._wsReconnecting(this._attempt, delay, cause);
+    }
+    try {
+      await this._sleep(delay, this._stopper.signal);
+    } catch {
+      return; // closed meanwhile
+    }
+    if (this.closed) return;
+    if (this._streams.size === 0 && this._cancels.size === 0) {
+      this._attempt = 0;
+      this._setState("idle");
+      return;
+    }
+    this._connect();
+  }
+
+  // One stream tries again after a refused resume or a store outage, with backoff.
+  async _retry(stream, cause) {
+    stream._wsAttempt += 1;
+    if (stream._wsAttempt > this.options.maxRetries) {
+      stream._fail(new GatewayError(`could not resume stream ${stream.streamId} after `
+        + `${this.options.maxRetries} attempt(s) (last: ${cause.message})`,
+      { code: "reconnect_failed", cause }));
+      return;
+    }
+    const delay = computeBackoff(stream._wsAttempt, { retryDelay: this.options.retryDelay,
+      maxRetryDelay: this.options.maxRetryDelay, jitter: this.options.jitter,
+      random: this._random, retryAfterMs: cause?.retryAfter ? cause.retryAfter * 1000 : 0 });
+    stream._wsWaiting = true;
+    stream._wsReconnecting(stream._wsAttempt, delay, cause);
+    try {
+      await this._sleep(delay, stream._stopper.signal);
+    } catch {
+      return; // the stream ended meanwhile
+    } finally {
+      stream._wsWaiting = false;
+    }
+    if (stream.outcome || this.closed) return;
+    stream._wsResume = true;
+    if (this.state === "open") this._hello(stream);
+    else stream._setState("connecting"); // the reconnecting socket sends it when open
+  }
+
+  // stream.cancel(): the cancel frame, then up to cancelWait for the `cancelled` event.
+  async _cancel(stream) {
+    let sent = false;
+    if (stream._wsSent) {
+      sent = this._send({ type: "cancel", stream_id: stream.streamId });
+      if (!sent) this._cancels.add(stream.streamId); // sent when the socket is back
+      if (sent) {
+        await Promise.race([
+          stream.finished,
+          this._sleep(stream.options.cancelWait, stream._stopper.signal).catch(() => {}),
+        ]);
+      }
+    }
+    if (!stream.outcome) {
+      stream._finishCancelled({ reason: sent ? "deleted" : "aborted", local: true }, null);
+    }
+    return stream.finished;
   }
 }
 

@@ -1,18 +1,22 @@
 // Tests of app/static/sse-client.js with Node's own runner: `node --test tests/js/`.
 // No npm dependencies: the parser against WHATWG "Parsing an event stream" cases,
 // each fed whole, one byte at a time and in many seeded random chunkings; the
-// stream class against an injected fake fetch (resume, dedupe, backoff, cancel, errors).
+// stream class against an injected fake fetch (resume, dedupe, backoff, cancel, errors);
+// its WebSocket mode against an injected fake WebSocket class (frames in, callbacks
+// out; several streams on one socket; cancel, reconnect and resume frames).
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
   GatewayError,
+  GatewaySocket,
   GatewayStream,
   SSEParser,
   assistantMessage,
   computeBackoff,
   followStream,
+  socketUrl,
   streamChat,
 } from "../../app/static/sse-client.js";
 
@@ -1136,5 +1140,659 @@ describe("assistantMessage()", () => {
       role: "assistant", content: null,
       tool_calls: [{ id: "c", type: "function", function: { name: "f", arguments: "{}" } }],
       provider_data: { anthropic: { thinking_blocks: [] } } });
+  });
+});
+
+// ----------------------------------------------------------------------------- WebSocket mode
+
+/**
+ * A fake WebSocket class (a fresh one per test, so no socket is shared between tests):
+ * `made` lists its instances; a test drives each with accept() (open), push(frame)
+ * (a server frame), drop(code) (the connection is lost) and refuse() (it never opens),
+ * and reads `sent` (the client's frames, parsed).
+ */
+function fakeWebSockets() {
+  const made = [];
+  class FakeWebSocket {
+    constructor(url, protocols) {
+      this.url = url;
+      this.protocols = protocols;
+      this.readyState = 0;
+      this.sent = [];
+      this.closedWith = null;
+      this.onopen = this.onmessage = this.onerror = this.onclose = null;
+      made.push(this);
+    }
+
+    send(text) {
+      if (this.readyState !== 1) throw new Error("InvalidStateError: not open");
+      this.sent.push(JSON.parse(text));
+    }
+
+    close(code = 1000, reason = "") {
+      this.closedWith = { code, reason };
+      this.readyState = 3;
+      queueMicrotask(() => this.onclose?.({ code, reason, wasClean: true }));
+    }
+
+    accept() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+
+    push(frame) {
+      this.onmessage?.({ data: typeof frame === "string" ? frame : JSON.stringify(frame) });
+    }
+
+    drop(code = 1006, reason = "") {
+      this.readyState = 3;
+      this.onclose?.({ code, reason, wasClean: false });
+    }
+
+    refuse() {
+      this.readyState = 3;
+      this.onerror?.({});
+      this.onclose?.({ code: 1006, reason: "", wasClean: false });
+    }
+  }
+  FakeWebSocket.made = made;
+  FakeWebSocket.last = () => made.at(-1);
+  return FakeWebSocket;
+}
+
+/** Let pending promise jobs and timers of 0 ms run (the client's own awaits). */
+const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+const wsEvent = (streamId, id, event, data) => ({ stream_id: streamId, id, event, data });
+const wsStart = (sid, id = 0) => wsEvent(sid, id, "start", { stream_id: sid, model: "demo/echo",
+  created: 1 });
+const wsToken = (sid, id, content) => wsEvent(sid, id, "token", { content });
+const wsDone = (sid, id) => wsEvent(sid, id, "done", { finish_reason: "stop", model: "demo/echo",
+  usage: { input_tokens: 2, output_tokens: 3 } });
+
+/** A socket on a fresh fake class, with instant (recorded) backoff sleeps. */
+function wsSetup(options = {}) {
+  const WebSocket = fakeWebSockets();
+  const sleep = recordingSleep();
+  const socket = new GatewaySocket({ baseUrl: "http://gateway.test", WebSocket, sleep,
+    random: () => 0, ...options });
+  return { WebSocket, sleep, socket };
+}
+
+describe("GatewayStream over a WebSocket", () => {
+  test("the URL: ws(s) from the base URL or the page, and the token as ?token=", () => {
+    assert.equal(socketUrl({ baseUrl: "http://h:8000/" }), "ws://h:8000/v1/ws");
+    assert.equal(socketUrl({ baseUrl: "https://h/gw" }), "wss://h/gw/v1/ws");
+    assert.equal(socketUrl({ baseUrl: "https://h", token: "sst_a+b" }),
+      "wss://h/v1/ws?token=sst_a%2Bb");
+    assert.equal(socketUrl({ url: "ws://other/socket" }), "ws://other/socket");
+    assert.throws(() => socketUrl({}), /outside a page, give baseUrl/);
+    globalThis.location = { href: "https://page.example/chat/" };
+    try {
+      assert.equal(socketUrl({}), "wss://page.example/v1/ws");
+    } finally {
+      delete globalThis.location;
+    }
+  });
+
+  test("the start frame carries the POST body and a fresh stream id; frames in, callbacks out, "
+    + "exact text", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const { log, callbacks } = recorder();
+    const states = [];
+    const stream = socket.streamChat({ model: "demo/echo", messages: [{ role: "user", content: "Hi" }],
+      maxTokens: 50, temperature: 0.5, metadata: { user: "u1" }, body: { chunking: "word" },
+      onStateChange: (state) => states.push(state), ...callbacks });
+    assert.equal(WebSocket.made.length, 1);
+    const ws = WebSocket.last();
+    assert.equal(ws.url, "ws://gateway.test/v1/ws");
+    assert.deepEqual(ws.sent, []); // nothing before the socket opens
+    ws.accept();
+    assert.equal(ws.sent.length, 1);
+    const sid = stream.streamId;
+    assert.match(sid, /^[A-Za-z0-9_-]{22}$/); // 128 random bits, URL-safe
+    assert.deepEqual(ws.sent[0], { type: "start", model: "demo/echo",
+      messages: [{ role: "user", content: "Hi" }], max_tokens: 50, temperature: 0.5,
+      metadata: { user: "u1" }, chunking: "word", stream_id: sid });
+    const pieces = ["Hél", "lo 👋🏽", "\n", "<b>x</b>", '{"a": 1}'];
+    ws.push(wsStart(sid));
+    pieces.forEach((piece, i) => ws.push(wsToken(sid, i + 1, piece)));
+    ws.push(wsDone(sid, pieces.length + 1));
+    const result = await stream.finished;
+    assert.equal(result.status, "done");
+    assert.equal(result.text, pieces.join(""));
+    assert.equal(result.message.content, pieces.join(""));
+    assert.equal(result.lastEventId, String(pieces.length + 1));
+    assert.deepEqual(result.payload.usage, { input_tokens: 2, output_tokens: 3 });
+    assert.deepEqual(log, [["start", sid], ...pieces.map((p, i) => ["token", p, String(i + 1)]),
+      ["done", "stop"]]);
+    assert.deepEqual(states, ["connecting", "streaming", "done"]);
+    assert.equal(stream.events[1].data, JSON.stringify({ content: pieces[0] }));
+    assert.deepEqual(stream.events[1].payload, { content: pieces[0] });
+    assert.equal(socket.state, "open"); // kept for the page's next stream
+    assert.equal(stream.stats.tokens, pieces.length);
+  });
+
+  test("for await yields the frames' events; reasoning and tool calls assemble as in SSE mode",
+    async () => {
+      const { WebSocket, socket } = wsSetup();
+      const stream = socket.streamChat({ model: "m/x", prompt: "t" });
+      const ws = WebSocket.last();
+      ws.accept();
+      const sid = stream.streamId;
+      const frames = [wsStart(sid), wsEvent(sid, 1, "reasoning", { content: "Think" }),
+        wsEvent(sid, 2, "tool_call", { index: 0, id: "call_1", name: "get_time" }),
+        wsEvent(sid, 3, "tool_call_delta", { index: 0, arguments: '{"timezone"' }),
+        wsEvent(sid, 4, "tool_call_delta", { index: 0, arguments: ': "UTC"}' }),
+        wsEvent(sid, 5, "tool_call_done", { index: 0, id: "call_1", name: "get_time",
+          arguments: '{"timezone": "UTC"}' }),
+        wsEvent(sid, 6, "done", { finish_reason: "tool_calls", provider_data: { p: 1 } })];
+      queueMicrotask(() => frames.forEach((f) => ws.push(f)));
+      const seen = [];
+      for await (const event of stream) seen.push([event.type, event.id]);
+      assert.deepEqual(seen, frames.map((f) => [f.event, String(f.id)]));
+      assert.equal(stream.reasoning, "Think");
+      assert.deepEqual(stream.assistantMessage(), { role: "assistant", content: null,
+        tool_calls: [{ id: "call_1", type: "function",
+          function: { name: "get_time", arguments: '{"timezone": "UTC"}' } }],
+        provider_data: { p: 1 } });
+    });
+
+  test("two streams on one socket: interleaved frames reach each its own stream", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const a = recorder();
+    const b = recorder();
+    const one = socket.streamChat({ model: "demo/echo", prompt: "one", ...a.callbacks });
+    const two = socket.streamChat({ model: "demo/echo", prompt: "two", ...b.callbacks });
+    assert.equal(WebSocket.made.length, 1);
+    const ws = WebSocket.last();
+    ws.accept();
+    assert.deepEqual(ws.sent.map((f) => [f.type, f.prompt, f.stream_id]),
+      [["start", "one", one.streamId], ["start", "two", two.streamId]]);
+    assert.notEqual(one.streamId, two.streamId);
+    ws.push(wsStart(one.streamId));
+    ws.push(wsStart(two.streamId));
+    for (let i = 1; i <= 4; i++) {
+      ws.push(wsToken(one.streamId, i, `a${i} `));
+      ws.push(wsToken(two.streamId, i, `b${i} `));
+    }
+    ws.push(wsDone(two.streamId, 5));
+    assert.equal((await two.finished).text, "b1 b2 b3 b4 ");
+    assert.equal(one.state, "streaming"); // the other goes on
+    // A third stream started later uses the same open socket at once.
+    const three = socket.streamChat({ model: "demo/echo", prompt: "three" });
+    assert.equal(WebSocket.made.length, 1);
+    assert.deepEqual(ws.sent.at(-1), { type: "start", model: "demo/echo", prompt: "three",
+      stream_id: three.streamId });
+    ws.push(wsDone(one.streamId, 5));
+    assert.equal((await one.finished).text, "a1 a2 a3 a4 ");
+    assert.deepEqual(a.tokens(), ["a1 ", "a2 ", "a3 ", "a4 "]);
+    assert.deepEqual(b.tokens(), ["b1 ", "b2 ", "b3 ", "b4 "]);
+    // Frames of a finished or unknown stream, and frames this client does not know, are ignored.
+    ws.push(wsToken(one.streamId, 6, "late"));
+    ws.push(wsToken("someone-else-entirely", 1, "x"));
+    ws.push({ type: "pong" });
+    ws.push("not json");
+    assert.equal(one.text, "a1 a2 a3 a4 ");
+    ws.push(wsDone(three.streamId, 1));
+    assert.equal((await three.finished).status, "done");
+  });
+
+  test("streamChat({transport: 'websocket'}) shares one socket per URL and key", async () => {
+    const WebSocket = fakeWebSockets();
+    const options = { transport: "websocket", baseUrl: "http://shared.test", WebSocket,
+      model: "demo/echo" };
+    const one = streamChat({ ...options, prompt: "1" });
+    const two = streamChat({ ...options, prompt: "2" });
+    const other = streamChat({ ...options, baseUrl: "http://other.test", prompt: "3" });
+    assert.deepEqual(WebSocket.made.map((w) => w.url),
+      ["ws://shared.test/v1/ws", "ws://other.test/v1/ws"]);
+    assert.equal(one._socket, two._socket);
+    WebSocket.made[0].accept();
+    assert.deepEqual(WebSocket.made[0].sent.map((f) => f.prompt), ["1", "2"]);
+    assert.throws(() => streamChat({ ...options, transport: "carrier-pigeon" }), /transport/);
+    one._socket.close();
+    other._socket.close();
+    assert.equal((await two.finished).status, "cancelled");
+    assert.equal((await two.finished).payload.reason, "closed");
+    // Closed sockets are not shared any more: the next stream opens a new one.
+    streamChat({ ...options, prompt: "4" });
+    assert.equal(WebSocket.made.length, 3);
+    WebSocket.last().accept();
+    assert.deepEqual(WebSocket.last().sent.map((f) => f.prompt), ["4"]);
+  });
+
+  test("cancel() sends the cancel frame and ends with the gateway's cancelled event", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const { log, callbacks } = recorder();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "long", ...callbacks });
+    const ws = WebSocket.last();
+    ws.accept();
+    const sid = stream.streamId;
+    ws.push(wsStart(sid));
+    ws.push(wsToken(sid, 1, "partial"));
+    const cancelled = stream.cancel();
+    assert.equal(stream.cancel(), cancelled); // once
+    assert.deepEqual(ws.sent.at(-1), { type: "cancel", stream_id: sid });
+    ws.push(wsEvent(sid, 2, "cancelled", { reason: "deleted" }));
+    const result = await cancelled;
+    assert.equal(result.status, "cancelled");
+    assert.deepEqual(result.payload, { reason: "deleted" });
+    assert.equal(result.text, "partial");
+    assert.deepEqual(log.at(-1), ["cancelled", "deleted"]);
+    assert.equal(ws.sent.filter((f) => f.type === "cancel").length, 1);
+  });
+
+  test("cancel() ends locally after cancelWait when no cancelled event comes; aborting the "
+    + "signal cancels too", async () => {
+    const { WebSocket, socket, sleep } = wsSetup();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x", cancelWait: 250 });
+    const controller = new AbortController();
+    const other = socket.streamChat({ model: "demo/echo", prompt: "y", signal: controller.signal });
+    const ws = WebSocket.last();
+    ws.accept();
+    const result = await stream.cancel();
+    assert.equal(result.status, "cancelled");
+    assert.deepEqual(result.payload, { reason: "deleted", local: true });
+    assert.ok(sleep.delays.includes(250));
+    controller.abort();
+    await settle();
+    assert.deepEqual(ws.sent.filter((f) => f.type === "cancel").map((f) => f.stream_id),
+      [stream.streamId, other.streamId]);
+    ws.push(wsEvent(other.streamId, 0, "cancelled", { reason: "deleted" }));
+    assert.equal((await other.finished).payload.reason, "deleted");
+  });
+
+  test("a stream cancelled before its socket opens is never sent", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    const result = await stream.cancel();
+    assert.deepEqual(result.payload, { reason: "aborted", local: true });
+    await settle();
+    WebSocket.last().accept();
+    assert.deepEqual(WebSocket.last().sent, []);
+  });
+
+  test("a dropped socket reconnects with backoff and resumes each unfinished stream from its "
+    + "last id; replayed events are not delivered twice", async () => {
+    const { WebSocket, socket, sleep } = wsSetup({ retryDelay: 400 });
+    const a = recorder();
+    const b = recorder();
+    const statesA = [];
+    const one = socket.streamChat({ model: "demo/echo", prompt: "one", ...a.callbacks,
+      onStateChange: (s) => statesA.push(s) });
+    const two = socket.streamChat({ model: "demo/echo", prompt: "two", ...b.callbacks });
+    const done = socket.streamChat({ model: "demo/echo", prompt: "three" });
+    const socketStates = [];
+    socket.options.onStateChange = (s) => socketStates.push(s);
+    let ws = WebSocket.last();
+    ws.accept();
+    ws.push(wsStart(one.streamId));
+    ws.push(wsToken(one.streamId, 1, "Hel"));
+    ws.push(wsToken(one.streamId, 2, "lo"));
+    ws.push(wsStart(two.streamId)); // two has only its start event
+    ws.push(wsDone(done.streamId, 0));
+    await done.finished;
+    ws.drop();
+    assert.equal(one.state, "reconnecting");
+    await settle();
+    assert.equal(WebSocket.made.length, 2);
+    assert.deepEqual(sleep.delays, [400]);
+    ws = WebSocket.last();
+    ws.accept();
+    assert.deepEqual(ws.sent, [
+      { type: "resume", stream_id: one.streamId, last_event_id: 2 },
+      { type: "resume", stream_id: two.streamId, last_event_id: 0 }]);
+    // The gateway replays from an earlier position than asked: nothing repeats.
+    ws.push(wsToken(one.streamId, 1, "Hel"));
+    ws.push(wsToken(one.streamId, 2, "lo"));
+    ws.push(wsToken(one.streamId, 3, " world"));
+    ws.push(wsDone(one.streamId, 4));
+    ws.push(wsStart(two.streamId));
+    ws.push(wsToken(two.streamId, 1, "Two"));
+    ws.push(wsDone(two.streamId, 2));
+    assert.equal((await one.finished).text, "Hello world");
+    assert.equal((await two.finished).text, "Two");
+    assert.deepEqual(a.tokens(), ["Hel", "lo", " world"]);
+    assert.deepEqual(a.log.filter((l) => l[0] === "reconnecting"), [["reconnecting", 1, 400]]);
+    assert.deepEqual(b.log.filter((l) => l[0] === "start").length, 1);
+    assert.equal(one.stats.duplicatesSkipped, 2);
+    assert.equal(one.stats.reconnects, 1);
+    assert.deepEqual(statesA, ["connecting", "streaming", "reconnecting", "connecting", "streaming",
+      "done"]);
+    assert.deepEqual(socketStates, ["open", "reconnecting", "connecting", "open"]);
+  });
+
+  test("backoff doubles per failed reconnect, then the streams fail with reconnect_failed",
+    async () => {
+      const { WebSocket, socket, sleep } = wsSetup({ retryDelay: 100, maxRetries: 3 });
+      const { log, callbacks } = recorder();
+      const stream = socket.streamChat({ model: "demo/echo", prompt: "x", ...callbacks });
+      WebSocket.last().accept();
+      WebSocket.last().push(wsStart(stream.streamId));
+      WebSocket.last().drop();
+      for (let i = 0; i < 3; i++) {
+        await settle();
+        WebSocket.last().refuse();
+      }
+      const result = await stream.finished;
+      assert.equal(result.status, "error");
+      assert.equal(result.error.code, "reconnect_failed");
+      assert.match(result.error.message, /after 3 attempt\(s\)/);
+      assert.deepEqual(sleep.delays, [100, 200, 400]);
+      assert.deepEqual(log.filter((l) => l[0] === "reconnecting").map((l) => l[1]), [1, 2, 3]);
+      assert.deepEqual(log.at(-1), ["error", "reconnect_failed"]);
+      assert.equal(WebSocket.made.length, 4);
+      assert.equal(socket.state, "idle");
+      // The next stream opens a new socket.
+      socket.streamChat({ model: "demo/echo", prompt: "y" });
+      assert.equal(WebSocket.made.length, 5);
+    });
+
+  test("a frame after a reconnect resets the attempts", async () => {
+    const { WebSocket, socket, sleep } = wsSetup({ retryDelay: 100, maxRetries: 2 });
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    let id = 0;
+    WebSocket.last().accept();
+    WebSocket.last().push(wsStart(stream.streamId, id));
+    for (let round = 0; round < 4; round++) {
+      WebSocket.last().drop();
+      await settle();
+      WebSocket.last().accept();
+      WebSocket.last().push(wsToken(stream.streamId, ++id, "t"));
+    }
+    WebSocket.last().push(wsDone(stream.streamId, ++id));
+    const result = await stream.finished;
+    assert.equal(result.text, "tttt");
+    assert.deepEqual(sleep.delays, [100, 100, 100, 100]);
+  });
+
+  test("a socket that drops before the start is answered sends the start again; if the "
+    + "gateway has it already (stream_exists), it follows it from the start", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    const sid = stream.streamId;
+    WebSocket.last().accept();
+    WebSocket.last().drop();
+    await settle();
+    let ws = WebSocket.last();
+    ws.accept();
+    assert.deepEqual(ws.sent, [{ type: "start", model: "demo/echo", prompt: "x", stream_id: sid }]);
+    ws.push({ type: "error", stream_id: sid,
+      error: { code: "stream_exists", message: "stream id in use", param: "stream_id" } });
+    assert.deepEqual(ws.sent.at(-1), { type: "resume", stream_id: sid });
+    ws.push(wsStart(sid));
+    ws.drop(); // and once more, now from id 0
+    await settle();
+    ws = WebSocket.last();
+    ws.accept();
+    assert.deepEqual(ws.sent, [{ type: "resume", stream_id: sid, last_event_id: 0 }]);
+    ws.push(wsToken(sid, 1, "ok"));
+    ws.push(wsDone(sid, 2));
+    assert.equal((await stream.finished).text, "ok");
+  });
+
+  test("stream_exists on a first start is the caller's error (its own streamId in use)",
+    async () => {
+      const { WebSocket, socket } = wsSetup();
+      const stream = socket.streamChat({ model: "demo/echo", prompt: "x",
+        streamId: "my-own-id-0123456789" });
+      WebSocket.last().accept();
+      assert.equal(WebSocket.last().sent[0].stream_id, "my-own-id-0123456789");
+      WebSocket.last().push({ type: "error", stream_id: "my-own-id-0123456789",
+        error: { code: "stream_exists", message: "in use", param: null } });
+      const result = await stream.finished;
+      assert.equal(result.error.code, "stream_exists");
+      assert.deepEqual(WebSocket.last().sent.map((f) => f.type), ["start"]);
+    });
+
+  test("error frames: onError with the code, message and param; iteration throws the "
+    + "GatewayError; a frame naming no stream answers the unanswered starts", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const onSocketError = [];
+    socket.options.onError = (error) => onSocketError.push(error.code);
+    const { log, callbacks } = recorder();
+    const named = socket.streamChat({ model: "nowhere/x", prompt: "x", ...callbacks });
+    const other = socket.streamChat({ model: "demo/echo", prompt: "y" });
+    const unnamed = socket.streamChat({ model: "demo/echo", prompt: "z" });
+    const ws = WebSocket.last();
+    ws.accept();
+    ws.push(wsStart(other.streamId));
+    ws.push({ type: "error", stream_id: named.streamId, error: { code: "unknown_model",
+      message: "unknown model nowhere/x", param: "model" } });
+    const result = await named.finished;
+    assert.equal(result.status, "error");
+    assert.ok(result.error instanceof GatewayError);
+    assert.equal(result.error.code, "unknown_model");
+    assert.equal(result.error.message, "unknown model nowhere/x");
+    assert.equal(result.error.param, "model");
+    assert.deepEqual(log, [["error", "unknown_model"]]);
+    await assert.rejects(async () => {
+      for await (const event of named) assert.fail(`no event expected: ${event.type}`);
+    }, (error) => error.code === "unknown_model");
+    // Without stream_id: only the start not answered yet fails (other has its start event).
+    ws.push({ type: "error", error: { code: "rate_limited", message: "slow down", param: null } });
+    assert.equal((await unnamed.finished).error.code, "rate_limited");
+    assert.equal(other.state, "streaming");
+    // With nothing left to answer it goes to the socket's onError.
+    ws.push({ type: "error", error: { code: "invalid_request", message: "bad frame" } });
+    assert.deepEqual(onSocketError, ["invalid_request"]);
+    ws.push(wsDone(other.streamId, 1));
+    assert.equal((await other.finished).status, "done");
+  });
+
+  test("a numbered error event is final; an id-less one (store outage) resumes later",
+    async () => {
+      const { WebSocket, socket, sleep } = wsSetup({ retryDelay: 300 });
+      const { log, callbacks } = recorder();
+      const stream = socket.streamChat({ model: "demo/echo", prompt: "x", ...callbacks });
+      const ws = WebSocket.last();
+      ws.accept();
+      const sid = stream.streamId;
+      ws.push(wsStart(sid));
+      ws.push(wsToken(sid, 1, "a"));
+      ws.push(wsEvent(sid, null, "error", { code: "internal_error", message: "store away",
+        retryable: true }));
+      await settle();
+      assert.deepEqual(sleep.delays, [300]);
+      assert.deepEqual(ws.sent.at(-1), { type: "resume", stream_id: sid, last_event_id: 1 });
+      assert.deepEqual(log.filter((l) => l[0] === "reconnecting"), [["reconnecting", 1, 300]]);
+      ws.push(wsToken(sid, 2, "b"));
+      ws.push(wsEvent(sid, 3, "error", { code: "upstream_timeout", message: "slow provider",
+        retryable: true, provider: "openai" }));
+      const result = await stream.finished;
+      assert.equal(result.error.code, "upstream_timeout");
+      assert.equal(result.error.provider, "openai");
+      assert.equal(result.text, "ab");
+      assert.equal(WebSocket.made.length, 1);
+    });
+
+  test("a resume refused as busy is retried with backoff; not_found is final", async () => {
+    const { WebSocket, socket, sleep } = wsSetup({ retryDelay: 100 });
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    let ws = WebSocket.last();
+    ws.accept();
+    const sid = stream.streamId;
+    ws.push(wsStart(sid));
+    ws.drop();
+    await settle();
+    ws = WebSocket.last();
+    ws.accept();
+    ws.push({ type: "error", stream_id: sid, error: { code: "overloaded", message: "busy" },
+      retry_after: 2 });
+    await settle();
+    assert.deepEqual(sleep.delays, [100, 2000]); // the socket's backoff, then Retry-After
+    assert.deepEqual(ws.sent.map((f) => f.type), ["resume", "resume"]);
+    ws.push({ type: "error", stream_id: sid, error: { code: "too_many_readers", message: "busy" } });
+    await settle();
+    assert.deepEqual(sleep.delays, [100, 2000, 200]); // its own attempts go on doubling
+    assert.deepEqual(ws.sent.map((f) => f.type), ["resume", "resume", "resume"]);
+    ws.push({ type: "error", stream_id: sid, error: { code: "not_found", message: "gone" } });
+    const result = await stream.finished;
+    assert.equal(result.error.code, "not_found");
+  });
+
+  test("the first connection failing is a network_error at once, as a POST that cannot "
+    + "reach the gateway", async () => {
+    const { WebSocket, socket, sleep } = wsSetup();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    WebSocket.last().refuse();
+    const result = await stream.finished;
+    assert.equal(result.error.code, "network_error");
+    assert.match(result.error.message, /could not reach the gateway/);
+    assert.deepEqual(sleep.delays, []);
+    assert.equal(socket.state, "idle");
+  });
+
+  test("an error with no close event after it (undici 5 on a refused handshake) counts as "
+    + "the connection failing", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    WebSocket.last().onerror({}); // readyState stays CONNECTING, no close event
+    const result = await stream.finished;
+    assert.equal(result.error.code, "network_error");
+    assert.equal(WebSocket.last().closedWith.code, 1000);
+    assert.equal(socket.state, "idle");
+  });
+
+  test("a refusing close code (1008, 4000-4999) ends the streams without reconnecting",
+    async () => {
+      const { WebSocket, socket } = wsSetup();
+      const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+      WebSocket.last().accept();
+      WebSocket.last().drop(1008, "a stream token opens only its own stream");
+      const result = await stream.finished;
+      assert.equal(result.error.code, "unauthorized");
+      assert.equal(result.error.message, "a stream token opens only its own stream");
+      await settle();
+      assert.equal(WebSocket.made.length, 1);
+    });
+
+  test("a socket closed as too big (1009) fails the unanswered start; the others resume",
+    async () => {
+      const { WebSocket, socket } = wsSetup();
+      const running = socket.streamChat({ model: "demo/echo", prompt: "small" });
+      WebSocket.last().accept();
+      WebSocket.last().push(wsStart(running.streamId));
+      const huge = socket.streamChat({ model: "demo/echo", prompt: "x".repeat(1000) });
+      WebSocket.last().drop(1009, "message too big");
+      const result = await huge.finished;
+      assert.equal(result.error.code, "payload_too_large");
+      await settle();
+      WebSocket.last().accept();
+      assert.deepEqual(WebSocket.last().sent, [{ type: "resume", stream_id: running.streamId,
+        last_event_id: 0 }]);
+      WebSocket.last().push(wsDone(running.streamId, 1));
+      assert.equal((await running.finished).status, "done");
+    });
+
+  test("a cancel while the socket is down is sent when it is back", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x" });
+    WebSocket.last().accept();
+    WebSocket.last().push(wsStart(stream.streamId));
+    WebSocket.last().drop();
+    const result = await stream.cancel();
+    assert.deepEqual(result.payload, { reason: "aborted", local: true });
+    await settle();
+    WebSocket.last().accept();
+    assert.deepEqual(WebSocket.last().sent, [{ type: "cancel", stream_id: stream.streamId }]);
+  });
+
+  test("followStream() on a socket resumes from lastEventId; the token goes in the URL",
+    async () => {
+      const WebSocket = fakeWebSockets();
+      const socket = new GatewaySocket({ baseUrl: "https://gw.test", token: "sst_tok", WebSocket });
+      const { callbacks, tokens } = recorder();
+      const stream = socket.followStream({ streamId: SID, lastEventId: "3", ...callbacks });
+      const ws = WebSocket.last();
+      assert.equal(ws.url, "wss://gw.test/v1/ws?token=sst_tok");
+      ws.accept();
+      assert.deepEqual(ws.sent, [{ type: "resume", stream_id: SID, last_event_id: 3 }]);
+      ws.push(wsToken(SID, 3, "old"));
+      ws.push(wsToken(SID, 4, "new"));
+      ws.push(wsDone(SID, 5));
+      assert.equal((await stream.finished).text, "new");
+      assert.deepEqual(tokens(), ["new"]);
+      assert.throws(() => socket.followStream({}), /streamId is required/);
+    });
+
+  test("following an ended stream from its end: the ended frame ends it as stream_ended",
+    async () => {
+      const { WebSocket, socket } = wsSetup();
+      const stream = socket.followStream({ streamId: SID, lastEventId: 9 });
+      WebSocket.last().accept();
+      WebSocket.last().push({ type: "ended", stream_id: SID });
+      const result = await stream.finished;
+      assert.equal(result.status, "error");
+      assert.equal(result.error.code, "stream_ended");
+    });
+
+  test("a start sent again after a drop that the gateway answers from its beginning "
+    + "(same id and body: a resume) delivers nothing twice", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const { callbacks, tokens, log } = recorder();
+    const stream = socket.streamChat({ model: "demo/echo", prompt: "x", ...callbacks });
+    const sid = stream.streamId;
+    WebSocket.last().accept();
+    WebSocket.last().drop(); // before the start event came: the start is not known to be in
+    await settle();
+    const ws = WebSocket.last();
+    ws.accept();
+    assert.deepEqual(ws.sent, [{ type: "start", model: "demo/echo", prompt: "x", stream_id: sid }]);
+    ws.push(wsStart(sid));
+    ws.push(wsToken(sid, 1, "a"));
+    ws.drop();
+    await settle();
+    WebSocket.last().accept();
+    assert.deepEqual(WebSocket.last().sent, [{ type: "resume", stream_id: sid, last_event_id: 1 }]);
+    WebSocket.last().push(wsToken(sid, 1, "a"));
+    WebSocket.last().push(wsToken(sid, 2, "b"));
+    WebSocket.last().push(wsDone(sid, 3));
+    assert.equal((await stream.finished).text, "ab");
+    assert.deepEqual(tokens(), ["a", "b"]);
+    assert.equal(log.filter((l) => l[0] === "start").length, 1);
+  });
+
+  test("an API key goes in a header where the WebSocket takes one, never in a browser",
+    async () => {
+      const WebSocket = fakeWebSockets();
+      const socket = new GatewaySocket({ baseUrl: "http://gw.test", apiKey: "sk-1", WebSocket });
+      socket.streamChat({ model: "demo/echo", prompt: "x" });
+      assert.deepEqual(WebSocket.last().protocols, { headers: { Authorization: "Bearer sk-1" } });
+      globalThis.document = {};
+      try {
+        const browser = new GatewaySocket({ baseUrl: "http://gw.test", apiKey: "sk-1", WebSocket });
+        const result = await browser.streamChat({ model: "demo/echo", prompt: "x" }).finished;
+        assert.equal(result.error.code, "network_error");
+        assert.match(result.error.message, /browser's WebSocket cannot send an API key/);
+      } finally {
+        delete globalThis.document;
+      }
+      assert.throws(() => new GatewaySocket({ baseUrl: "http://gw.test", WebSocket: undefined }),
+        /has no WebSocket/);
+    });
+
+  test("a throwing callback does not break the socket or the other streams", async () => {
+    const { WebSocket, socket } = wsSetup();
+    const reported = [];
+    const original = globalThis.reportError;
+    globalThis.reportError = (error) => reported.push(error.message);
+    try {
+      const bad = socket.streamChat({ model: "demo/echo", prompt: "x",
+        onToken: () => { throw new Error("boom"); } });
+      const good = socket.streamChat({ model: "demo/echo", prompt: "y" });
+      const ws = WebSocket.last();
+      ws.accept();
+      ws.push(wsToken(bad.streamId, 1, "a"));
+      ws.push(wsToken(good.streamId, 1, "b"));
+      ws.push(wsDone(bad.streamId, 2));
+      ws.push(wsDone(good.streamId, 2));
+      assert.equal((await bad.finished).text, "a");
+      assert.equal((await good.finished).text, "b");
+      assert.deepEqual(reported, ["boom"]);
+    } finally {
+      globalThis.reportError = original;
+    }
   });
 });

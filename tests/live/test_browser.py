@@ -1,19 +1,23 @@
 """The demo page in a real headless Chromium, against the real gunicorn and the fake provider.
 
 Debian's ``chromium`` (installed by ``ensure_chromium`` when missing) is driven by
-Playwright for Python; no browser is ever downloaded. The resume test puts a small
-TCP proxy between the page and the gateway and cuts its connections mid-answer.
+Playwright for Python; no browser is ever downloaded. The resume tests put a small
+TCP proxy between the page and the gateway and cut its connections mid-answer. The
+page streams over SSE by default, and over one WebSocket (``GET /v1/ws``) for every
+answer of the page with ``?transport=websocket``: the last tests run it that way.
 Screenshots land in ``build/screenshots/``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, WebSocket
 
 from tests.fake_provider import FakeProvider
 from tests.live.browser import SHOTS, watched_page
@@ -43,6 +47,10 @@ def models(fake: FakeProvider) -> dict[str, str]:
         "resume": fake.scenario(tokens=TOKENS * 2, delay=0.08),
         "error": fake.scenario(status=400),
         "followup": fake.scenario(tokens=["Sure", "."]),
+        "ws_stream": fake.scenario(tokens=TOKENS, delay=0.05, ttft=0.1),
+        "ws_followup": fake.scenario(tokens=["Again", " over", " the", " socket", "."]),
+        "ws_stop": fake.scenario(tokens=LONG, delay=0.05),
+        "ws_resume": fake.scenario(tokens=TOKENS * 2, delay=0.08),
     }
 
 
@@ -257,3 +265,165 @@ def test_an_error_event_and_an_error_answer_are_shown(
     note = str(page.get_by_test_id("message-note").last.text_content())
     assert note.startswith("unknown_model:"), note
     assert shown(page, "status-label") == "Error"
+
+
+# ------------------------------------------------------------------------------- WebSocket
+
+
+class Sockets:
+    """The page's WebSockets and the JSON frames each sent and received (Playwright's view
+    of the browser's own connections)."""
+
+    def __init__(self, page: Page) -> None:
+        self.opened: list[WebSocket] = []
+        self.sent: list[list[dict[str, Any]]] = []
+        self.received: list[list[dict[str, Any]]] = []
+        page.on("websocket", self._opened)
+
+    def _opened(self, ws: WebSocket) -> None:
+        sent: list[dict[str, Any]] = []
+        received: list[dict[str, Any]] = []
+        self.opened.append(ws)
+        self.sent.append(sent)
+        self.received.append(received)
+        ws.on("framesent", lambda payload: sent.append(json.loads(payload)))
+        ws.on("framereceived", lambda payload: received.append(json.loads(payload)))
+
+    def frames_sent(self, kind: str) -> list[dict[str, Any]]:
+        return [f for frames in self.sent for f in frames if f.get("type") == kind]
+
+
+def open_ws_page(page: Page, url: str) -> tuple[Sockets, list[str]]:
+    """The demo page on its WebSocket transport; what it sends over HTTP is recorded too."""
+    sockets = Sockets(page)
+    http: list[str] = []
+    page.on("request", lambda r: http.append(f"{r.method} {r.url.split('/', 3)[-1]}"))
+    page.goto(url + "/?transport=websocket")
+    page.wait_for_selector('[data-testid="app"][data-ready="true"][data-transport="websocket"]')
+    assert page.get_by_test_id("transport-select").input_value() == "websocket"
+    return sockets, http
+
+
+def test_websocket_answers_stream_to_the_end_on_one_socket(
+        page: Page, server: GatewayServer, fake: FakeProvider, models: dict[str, str]) -> None:
+    sockets, http = open_ws_page(page, server.url)
+    started = time.monotonic()
+    ask(page, f"openai/{models['ws_stream']}", "Say hello over a socket")
+    wait_answer_length(page, 1)
+    first = answer_text(page)
+    wait_state(page, "done")
+    expected = "".join(TOKENS)
+    assert answer_text(page) == expected
+    assert 0 < len(first) < len(expected)  # it streamed in, not all at the end
+    assert shown(page, "metric-transport") == "WebSocket"
+    stream_id = shown(page, "stream-id")
+    status = server.request("GET", f"/v1/streams/{stream_id}").json()
+    assert status["status"] == "done"
+    assert shown(page, "metric-event-id") == str(status["last_event_id"])
+    assert int(shown(page, "metric-tokens")) == status["last_event_id"] - 1
+    # The next turn goes over the same socket, with the whole conversation.
+    ask(page, f"openai/{models['ws_followup']}", "And again?")
+    wait_state(page, "done")
+    print(f"\ntwo answers over one WebSocket in {time.monotonic() - started:.2f} s")
+    assert answer_text(page) == "Again over the socket."
+    assert fake.calls(models["ws_followup"])[0].body["messages"] == [
+        {"role": "user", "content": "Say hello over a socket"},
+        {"role": "assistant", "content": expected},
+        {"role": "user", "content": "And again?"}]
+    assert len(sockets.opened) == 1
+    starts = sockets.frames_sent("start")
+    assert [f["model"] for f in starts] == [f"openai/{models['ws_stream']}",
+                                            f"openai/{models['ws_followup']}"]
+    assert starts[0]["stream_id"] == stream_id
+    assert [r for r in http if r.startswith("POST") or "/v1/streams" in r] == []
+    # Every event came as a frame: the same ids as SSE, from 0 to the terminal event.
+    ids = [f["id"] for f in sockets.received[0] if f.get("stream_id") == stream_id]
+    assert ids == list(range(status["last_event_id"] + 1))
+    shot(page, "websocket-done")
+
+
+def test_websocket_stop_sends_a_cancel_frame_and_closes_the_provider(
+        page: Page, server: GatewayServer, fake: FakeProvider, models: dict[str, str]) -> None:
+    model = models["ws_stop"]
+    sockets, _ = open_ws_page(page, server.url)
+    ask(page, f"openai/{model}", "Talk for a long time")
+    wait_answer_length(page, 40)
+    page.click('[data-testid="stop"]')
+    call = fake.wait_closed(model)
+    assert call.outcome == "peer_closed"
+    assert call.tokens_sent < len(LONG)
+    page.wait_for_selector('[data-testid="message"][data-role="assistant"][data-state="cancelled"]')
+    wait_state(page, "cancelled")
+    assert "deleted" in str(page.get_by_test_id("message-note").last.text_content())
+    text = answer_text(page)
+    assert text and "".join(LONG).startswith(text)
+    stream_id = shown(page, "stream-id")
+    assert sockets.frames_sent("cancel") == [{"type": "cancel", "stream_id": stream_id}]
+    assert server.request("GET", f"/v1/streams/{stream_id}").json()["status"] == "cancelled"
+    # The gateway's own `cancelled` event ended it (not the client's wait for one).
+    assert [f["event"] for f in sockets.received[0] if f.get("stream_id") == stream_id][-1] \
+        == "cancelled"
+    assert page.get_by_test_id("send").is_visible()
+
+
+def test_websocket_dropped_resumes_without_losing_or_repeating_a_token(
+        page: Page, server: GatewayServer, fake: FakeProvider, models: dict[str, str]) -> None:
+    model = models["ws_resume"]
+    expected = "".join(TOKENS * 2)
+    proxy = CuttableProxy(server.port)
+    try:
+        sockets, _ = open_ws_page(page, proxy.url)
+        ask(page, f"openai/{model}", "Stream through a flaky network")
+        wait_answer_length(page, 25)
+        assert proxy.cut(hold=True) >= 1
+        cut_at = time.monotonic()
+        wait_state(page, "reconnecting", timeout=5_000)  # and it stays so while held
+        partial = answer_text(page)
+        assert 0 < len(partial) < len(expected) and expected.startswith(partial)
+        proxy.release()
+        wait_state(page, "done")
+        print(f"\nWebSocket cut -> answer complete in {time.monotonic() - cut_at:.2f} s")
+        assert page.get_by_test_id("app").get_attribute("data-reconnected") == "true"
+        assert answer_text(page) == expected
+        assert fake.wait_closed(model).outcome == "complete"  # generation went on meanwhile
+        assert len(fake.calls(model)) == 1  # resumed, never started again
+        stream_id = shown(page, "stream-id")
+        assert len(sockets.opened) == 2
+        resumes = sockets.frames_sent("resume")
+        assert len(resumes) == 1 and resumes[0]["stream_id"] == stream_id
+        assert resumes[0]["last_event_id"] >= 1
+        # Between them, the two sockets brought every event; the client showed each once.
+        ids = [f["id"] for frames in sockets.received for f in frames
+               if f.get("stream_id") == stream_id]
+        last = server.request("GET", f"/v1/streams/{stream_id}").json()["last_event_id"]
+        assert set(ids) == set(range(last + 1))
+        assert int(shown(page, "metric-tokens")) == last - 1
+    finally:
+        proxy.close()
+
+
+def test_websocket_refusals_are_shown(page: Page, server: GatewayServer) -> None:
+    sockets, _ = open_ws_page(page, server.url)
+    # A start the gateway refuses: its error frame, shown as an HTTP refusal is.
+    page.select_option('[data-testid="model-select"]', value="__custom__")
+    page.fill('[data-testid="model-custom"]', "nowhere/model")
+    page.fill('[data-testid="prompt"]', "refused over the socket")
+    page.keyboard.press("Enter")
+    wait_state(page, "error")
+    note = str(page.get_by_test_id("message-note").last.text_content())
+    assert note.startswith("unknown_model:"), note
+    refusals = [f for f in sockets.received[0] if f.get("type") == "error"]
+    assert [f["error"]["code"] for f in refusals] == ["unknown_model"]
+    assert refusals[0]["stream_id"] == sockets.frames_sent("start")[0]["stream_id"]
+    # An API key cannot ride on a browser's WebSocket: said so, and nothing is sent.
+    page.fill('[data-testid="api-key"]', "sk-not-sendable")
+    page.get_by_test_id("api-key").dispatch_event("change")
+    page.wait_for_selector('[data-testid="app"][data-busy="false"]')
+    page.fill('[data-testid="prompt"]', "with a key")
+    page.keyboard.press("Enter")
+    page.wait_for_function("""() => document.querySelectorAll(
+        '[data-testid="message"][data-role="assistant"][data-state="error"]').length === 2""")
+    note = str(page.get_by_test_id("message-note").last.text_content())
+    assert note.startswith("network_error: could not open the WebSocket: a browser's WebSocket "
+                           "cannot send an API key"), note
+    assert len(sockets.opened) == 1
