@@ -1111,8 +1111,9 @@ function sharedSocket(options) {
  * socket that drops reconnects when the next stream starts.
  *
  * Options: baseUrl | url, token (a stream token, sent as ?token=: that one stream's
- * resume and cancel only), apiKey (sent as an Authorization header, which only
- * non-browser WebSockets can do: Node's global WebSocket and the `ws` package),
+ * resume and cancel only), apiKey (sent as the subprotocol `bearer.<apiKey>` beside
+ * `sse-gateway`, since a browser's WebSocket cannot send headers: keep keys to
+ * `A-Z a-z 0-9 . _ -`),
  * protocols, WebSocket (the constructor: Node 20 has none, pass the `ws` package's),
  * maxRetries, retryDelay, maxRetryDelay, jitter, sleep, random, onStateChange(state)
  * (idle, connecting, open, reconnecting, closed), onError(GatewayError) (error frames
@@ -1251,12 +1252,10 @@ export class GatewaySocket {
   _open() {
     const { apiKey, protocols } = this.options;
     if (apiKey) {
-      if (typeof document !== "undefined") {
-        throw new TypeError("a browser's WebSocket cannot send an API key: use a stream "
-          + "token (token option), an open gateway, or the SSE transport");
-      }
-      return new this._WebSocket(this.url, { headers: { Authorization: `Bearer ${apiKey}` },
-        ...(protocols ? { protocols } : {}) });
+      // A browser's WebSocket sends no headers: the key travels as a subprotocol
+      // (the gateway reads it as "Authorization: Bearer <key>" and picks sse-gateway).
+      return new this._WebSocket(this.url, [...(protocols || []), "sse-gateway",
+        `bearer.${apiKey}`]);
     }
     return protocols ? new this._WebSocket(this.url, protocols) : new this._WebSocket(this.url);
   }

@@ -1754,21 +1754,16 @@ describe("GatewayStream over a WebSocket", () => {
     assert.equal(log.filter((l) => l[0] === "start").length, 1);
   });
 
-  test("an API key goes in a header where the WebSocket takes one, never in a browser",
+  test("an API key goes as a bearer subprotocol beside sse-gateway, in a browser too",
     async () => {
       const WebSocket = fakeWebSockets();
       const socket = new GatewaySocket({ baseUrl: "http://gw.test", apiKey: "sk-1", WebSocket });
       socket.streamChat({ model: "demo/echo", prompt: "x" });
-      assert.deepEqual(WebSocket.last().protocols, { headers: { Authorization: "Bearer sk-1" } });
-      globalThis.document = {};
-      try {
-        const browser = new GatewaySocket({ baseUrl: "http://gw.test", apiKey: "sk-1", WebSocket });
-        const result = await browser.streamChat({ model: "demo/echo", prompt: "x" }).finished;
-        assert.equal(result.error.code, "network_error");
-        assert.match(result.error.message, /browser's WebSocket cannot send an API key/);
-      } finally {
-        delete globalThis.document;
-      }
+      assert.deepEqual(WebSocket.last().protocols, ["sse-gateway", "bearer.sk-1"]);
+      const own = new GatewaySocket({ baseUrl: "http://gw.test", apiKey: "sk-2", WebSocket,
+        protocols: ["mine"] });
+      own.streamChat({ model: "demo/echo", prompt: "x" });
+      assert.deepEqual(WebSocket.last().protocols, ["mine", "sse-gateway", "bearer.sk-2"]);
       assert.throws(() => new GatewaySocket({ baseUrl: "http://gw.test", WebSocket: undefined }),
         /has no WebSocket/);
     });
