@@ -1,7 +1,8 @@
 """The README's client snippets ("Clients"), run as written against a real gateway:
-Chromium's native ``EventSource`` and our ``sse-client.js`` module, ``httpx-sse`` and the
-official ``openai`` SDK. Only the gateway's address is put in (the snippets name
-``http://127.0.0.1:8000`` or a same-origin path). The ``useChat`` snippet is an excerpt
+Chromium's native ``EventSource`` and our ``sse-client.js`` module (over SSE and over a
+WebSocket), ``httpx-sse``, ``websockets`` and the official ``openai`` SDK. Only the
+gateway's address is put in (the snippets name ``http://127.0.0.1:8000`` or a same-origin
+path). The ``useChat`` snippet is an excerpt
 of the React example, which tests/live/test_react_example.py runs in Chromium."""
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ def run_python(server: GatewayServer, name: str) -> str:
     return done.stdout
 
 
+def test_the_websockets_snippet_prints_both_answers(server: GatewayServer) -> None:
+    code = snippet("websockets-python")
+    done = subprocess.run([sys.executable, "-c", code.replace("ws://127.0.0.1:8000",
+                                                              server.url.replace("http", "ws"))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Hello socket\n"
+
+
 def test_the_openai_sdk_snippet_prints_the_answer(server: GatewayServer) -> None:
     assert run_python(server, "openai-python") == "Hello from the OpenAI SDK"
 
@@ -114,6 +124,26 @@ def test_the_sse_client_snippet_streams_and_finishes(page: Page,
     page.wait_for_function("() => window.__result !== undefined")
     assert page.evaluate("() => [window.__result, window.output.text]") == [
         {"status": "done", "text": "Hello"}, "Hello"]
+
+
+def test_the_websocket_mode_snippet_streams_on_one_socket(page: Page,
+                                                          server: GatewayServer) -> None:
+    page.goto(server.url + "/healthz")
+    page.evaluate("""() => {
+        window.output = {text: "", append(t) { this.text += t; }};
+        window.stopButton = {};
+        window.__sockets = 0;
+        const Native = window.WebSocket;
+        window.WebSocket = class extends Native {
+            constructor(...args) { super(...args); window.__sockets += 1; }
+        };
+    }""")
+    page.add_script_tag(type="module", content=snippet("sse-client-websocket")
+                        + "\nconst other = await two.finished;"
+                        + "\nwindow.__result = [result.status, result.text, other.text];")
+    page.wait_for_function("() => window.__result !== undefined")
+    assert page.evaluate("() => [window.__result, window.output.text, window.__sockets]") == [
+        ["done", "One", "Two"], "One", 1]
 
 
 def test_the_usechat_snippet_is_the_example_s_own_code() -> None:
