@@ -129,7 +129,8 @@ class Streams:
                 max_events=config.max_events_per_stream, max_bytes=config.max_stream_bytes,
                 max_stored_bytes=config.max_stored_bytes_per_key,
                 max_connections=config.redis_max_connections,
-                conversation_ttl=config.conversation_ttl_s))
+                conversation_ttl=config.conversation_ttl_s,
+                max_conversation_bytes_per_owner=config.max_conversation_bytes_per_key))
         self.broker = broker
         self.catalog = Catalog(dict(build_providers(config) if providers is None else providers),
                                config.models)
@@ -201,7 +202,9 @@ class Streams:
         adds nothing), its answer just before its terminal event is stored.
         RequestTooLarge (413) when the conversation, these messages and an
         answer would exceed ``max_conversation_turns`` or
-        ``max_conversation_bytes``.
+        ``max_conversation_bytes``. An addition that takes the owner's
+        conversations over ``max_conversation_bytes_per_key`` forgets its
+        least recently added-to other ones (the broker, in the same step).
         """
         self._sweeper.ensure()
         existing = self._owned(stream_id, owner) if stream_id is not None else None
