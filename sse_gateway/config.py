@@ -79,7 +79,8 @@ class StreamsConfig:
     # answer that does not fit is kept as a marker without its content.
     max_conversation_bytes: int = 1024 * 1024
     # Bytes of all of one owner's conversations together (API key; the whole
-    # gateway when open): when adding turns would take the owner over it, its
+    # gateway when open; each conversation counts its turns' bytes plus 640
+    # for its keeping): when adding turns would take the owner over it, its
     # least recently added-to other conversations are forgotten first (404 as
     # expired; a start with such an id begins a new conversation). The
     # conversation added to is never forgotten so. Must be at least

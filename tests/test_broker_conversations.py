@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from sse_gateway.broker import Broker, BrokerOptions, ConversationFull, StreamInfo, open_broker
+from sse_gateway.broker.base import CONVERSATION_OVERHEAD
 from sse_gateway.broker.memory import MemoryBroker
 from tests.fake_clock import FakeClock
 from tests.test_broker import BACKENDS, REDIS_URL
@@ -136,13 +137,15 @@ def test_a_streams_conversation_is_kept_with_it(backend: Backend) -> None:
     assert info is not None and info.conversation_id == "chat-7"
 
 
-# The bytes of all of one owner's conversations: the bound, and turns of known sizes.
+# The bytes of all of one owner's conversations: the bound, and turns of known sizes
+# (no overhead counted per conversation but where a test says so).
 OWNED = 100
 
 
 @pytest.fixture(params=BACKENDS)
 def bounded(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    made = Backend(request.param, max_conversation_bytes_per_owner=OWNED)
+    made = Backend(request.param, max_conversation_bytes_per_owner=OWNED,
+                   conversation_overhead=0)
     yield made
     made.broker.close()
 
@@ -264,7 +267,8 @@ def test_concurrent_additions_cannot_exceed_the_bound(bounded: Backend) -> None:
     runs: list[Any]
     if bounded.clock is None:  # a longer ttl than the fixture's: nothing expires here
         brokers = [open_broker(REDIS_URL, BrokerOptions(
-            ttl=5, conversation_ttl=30, max_conversation_bytes_per_owner=OWNED))
+            ttl=5, conversation_ttl=30, max_conversation_bytes_per_owner=OWNED,
+            conversation_overhead=0))
             for _ in range(workers)]
         pause: Callable[[], None] = lambda: time.sleep(0)  # noqa: E731
     else:
@@ -308,3 +312,27 @@ def _check_after_concurrent(broker: Broker, owner: str, everyone: list[str]) -> 
     add(broker, owner, one := conv(), sized(10))
     add(broker, owner, two := conv(), sized(10))
     assert held(broker, owner, [*everyone, full, one, two]) == {one: 10, two: 10}
+
+
+@pytest.fixture(params=BACKENDS)
+def overhead(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The backend as deployed: each conversation counts CONVERSATION_OVERHEAD too."""
+    made = Backend(request.param, max_conversation_bytes_per_owner=10 * CONVERSATION_OVERHEAD)
+    yield made
+    made.broker.close()
+
+
+def test_tiny_conversations_cannot_hide_in_the_bound(overhead: Backend) -> None:
+    """A conversation costs far more than its turns' bytes: each counts the overhead,
+    so a bound of 10 overheads keeps 9 one-byte conversations, not thousands."""
+    broker, owner = overhead.broker, conv()
+    ids = [conv() for _ in range(30)]
+    for cid in ids:
+        add(broker, owner, cid, b"x")
+    fit = 10 * CONVERSATION_OVERHEAD // (1 + CONVERSATION_OVERHEAD)
+    assert fit == 9
+    assert held(broker, owner, ids) == dict.fromkeys(ids[-fit:], 1)
+    assert counted(overhead, owner) == {**dict.fromkeys(ids[-fit:], 1),
+                                        "#": fit * (1 + CONVERSATION_OVERHEAD)}
+    assert broker.forget_conversation(owner, ids[-1])  # gives back its overhead too
+    assert counted(overhead, owner)["#"] == (fit - 1) * (1 + CONVERSATION_OVERHEAD)

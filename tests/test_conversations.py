@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sse_gateway.broker import StreamInfo
+from sse_gateway.broker.base import CONVERSATION_OVERHEAD
 from sse_gateway.config import ConfigError, StreamsConfig
 from sse_gateway.errors import InvalidRequest, NotFound, RequestTooLarge
 from sse_gateway.events import Event
@@ -339,8 +340,9 @@ def test_an_owners_conversations_together_are_bounded_least_recently_added_to_fi
     probe, _ = service()
     turn(probe, conversation_id="probe", prompt="Hi")
     size = sum(len(t) for t in probe.broker.conversation(OWNER, "probe"))
+    each = size + CONVERSATION_OVERHEAD  # what one conversation counts for
     streams, provider = service(max_conversation_bytes=2 * size,
-                                max_conversation_bytes_per_key=3 * size + size // 2)
+                                max_conversation_bytes_per_key=3 * each + size // 2)
     turn(streams, owner="other-key", conversation_id="theirs", prompt="Hi")
     for name in ("c1", "c2", "c3"):
         turn(streams, conversation_id=name, prompt="Hi")
@@ -354,7 +356,7 @@ def test_an_owners_conversations_together_are_bounded_least_recently_added_to_fi
         f"conversation c1 of key {OWNER!r} ({size} bytes) forgotten: the key's "
         "conversations keep more than their bound"]
     # c2 is added to (its messages, then its answer): c3 is now the least recent.
-    turn(streams, conversation_id="c2", prompt="Hi")  # 4 x size: c3 goes
+    turn(streams, conversation_id="c2", prompt="Hi")  # 4 x size + 3 overheads: c3 goes
     assert [t["content"] for t in kept_in(streams, "c2")] == ["Hi", "Hello"] * 2
     with pytest.raises(NotFound):
         streams.conversation(OWNER, "c3")

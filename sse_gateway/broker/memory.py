@@ -11,7 +11,8 @@ sooner, oldest first, when their owner's ended streams keep more than
 ``max_stored_bytes``. Conversations expire ``conversation_ttl`` seconds after
 their last addition, by the broker's clock (a test's fake one, say), or
 sooner, least recently added-to first, when an addition takes their owner's
-conversations over ``max_conversation_bytes_per_owner``.
+conversations over ``max_conversation_bytes_per_owner`` (each counting its
+bytes and ``conversation_overhead``).
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ class MemoryBroker(Broker):
         # (owner, conversation id) -> its turns, oldest added first
         self._conversations: OrderedDict[tuple[str, str], _Conversation] = OrderedDict()
         # owner -> its conversations by id, least recently added-to first, and
-        # the bytes they keep together
+        # what they count for together (each its bytes and the overhead)
         self._owned: dict[str, OrderedDict[str, _Conversation]] = {}
         self._owned_bytes: dict[str, int] = {}
         self._max_owned = options.max_conversation_bytes_per_owner
+        self._overhead = options.conversation_overhead
         self._ttl = options.ttl
         self._max_events = options.max_events
         self._max_bytes = options.max_bytes
@@ -277,7 +279,7 @@ class MemoryBroker(Broker):
         self._conversations[key] = found  # the newest addition last: expiry order
         owned = self._owned.setdefault(owner, OrderedDict())
         owned[conversation_id] = found  # likewise per owner: eviction order
-        self._owned_bytes[owner] = self._owned_bytes.get(owner, 0) + found.size
+        self._owned_bytes[owner] = self._owned_bytes.get(owner, 0) + found.size + self._overhead
         while self._owned_bytes[owner] > self._max_owned and len(owned) > 1:
             oldest_id, oldest = next(iter(owned.items()))  # this one is last: never it
             self._drop_conversation((owner, oldest_id))
@@ -306,7 +308,7 @@ class MemoryBroker(Broker):
         owner, conversation_id = key
         owned = self._owned[owner]
         del owned[conversation_id]
-        self._owned_bytes[owner] -= found.size
+        self._owned_bytes[owner] -= found.size + self._overhead
         if not owned:
             del self._owned[owner], self._owned_bytes[owner]
 

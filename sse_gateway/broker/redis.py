@@ -16,7 +16,8 @@ Per stream, all in one hash slot (``sse:{id}:...``):
     sse:conv:{<owner>:<id>}:turns  list: a conversation's turns (JSON text), oldest first
     sse:conv:{<owner>:<id>}:meta   hash: ``size`` (the turns' bytes), ``+<name>`` per addition
     sse:convs:<owner>     sorted set: an owner's conversation ids -> last addition (ms)
-    sse:convbytes:<owner> hash: conversation id -> its bytes as counted; ``#`` their sum
+    sse:convbytes:<owner> hash: conversation id -> its bytes as counted; ``#`` what they
+                          count for together (each its bytes plus the overhead)
 
 A stream's log keeps at most ``max_events`` entries and ``max_bytes`` (the
 ``bytes`` field of its meta hash counts each entry's ``event_cost``); an owner's
@@ -262,7 +263,7 @@ return redis.call('HGETALL', KEYS[1])
 
 
 # KEYS turns meta index sizes; ARGV ttl_ms max_turns max_bytes once max_owned owner
-#   conversation_id turn...
+#   conversation_id overhead turn...
 # Returns {1, turns, bytes, evicted id, its bytes, ...} (added), {0, ...} (``once``
 # was added before: nothing changes) or {-1, turns, bytes} (over a bound: nothing
 # added).
@@ -271,7 +272,7 @@ return redis.call('HGETALL', KEYS[1])
 # order of additions within a millisecond is kept); a member whose score is a
 # ttl old is expired, so it is pruned, and its bytes with it, before counting.
 _ADD_TURNS = """
-local first = 8  -- ARGV index of the first turn
+local first = 9  -- ARGV index of the first turn
 local count = redis.call('LLEN', KEYS[1])
 local size = tonumber(redis.call('HGET', KEYS[2], 'size') or '0')
 if redis.call('HEXISTS', KEYS[2], '+' .. ARGV[4]) == 1 then return {0, count, size} end
@@ -285,18 +286,22 @@ redis.call('HSET', KEYS[2], 'size', size + added, '+' .. ARGV[4], '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 local index, sizes, mine, ttl = KEYS[3], KEYS[4], ARGV[7], tonumber(ARGV[1])
+local overhead = tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local held = tonumber(redis.call('HGET', sizes, '#') or '0')
 local expired = redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl)
 for _, id in ipairs(expired) do
-  held = held - tonumber(redis.call('HGET', sizes, id) or '0')
+  local bytes = redis.call('HGET', sizes, id)
+  if bytes then held = held - tonumber(bytes) - overhead end
   redis.call('HDEL', sizes, id)
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl) end
--- This one's bytes as counted (0 when new; stale when it expired just now) give
--- way to its bytes now.
-held = held - tonumber(redis.call('HGET', sizes, mine) or '0') + size + added
+-- This one as counted (not at all when new; stale when it expired just now)
+-- gives way to what it counts for now.
+local counted = redis.call('HGET', sizes, mine)
+if counted then held = held - tonumber(counted) - overhead end
+held = held + size + added + overhead
 local newest = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
 redis.call('ZADD', index, math.max(now, tonumber(newest or '0') + 1), mine)
 redis.call('HSET', sizes, mine, size + added)
@@ -307,7 +312,7 @@ while held > tonumber(ARGV[5]) do
   local bytes = tonumber(redis.call('HGET', sizes, oldest) or '0')
   redis.call('ZREM', index, oldest)
   redis.call('HDEL', sizes, oldest)
-  held = held - bytes
+  held = held - bytes - overhead
   local base = 'sse:conv:{' .. ARGV[6] .. ':' .. oldest .. '}:'
   if redis.call('DEL', base .. 'turns', base .. 'meta') > 0 then  -- else it had expired
     table.insert(result, oldest)
@@ -320,14 +325,14 @@ redis.call('PEXPIRE', sizes, ttl)
 return result
 """
 
-# KEYS turns meta index sizes; ARGV conversation_id. Returns the keys deleted.
+# KEYS turns meta index sizes; ARGV conversation_id overhead. Returns the keys deleted.
 _FORGET_CONVERSATION = """
 local gone = redis.call('DEL', KEYS[1], KEYS[2])
 local bytes = redis.call('HGET', KEYS[4], ARGV[1])
 if bytes then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('HDEL', KEYS[4], ARGV[1])
-  redis.call('HINCRBY', KEYS[4], '#', -tonumber(bytes))
+  redis.call('HINCRBY', KEYS[4], '#', -tonumber(bytes) - tonumber(ARGV[2]))
 end
 return gone
 """
@@ -702,7 +707,7 @@ class RedisBroker(Broker):
                 keys=[*_conversation(owner, conversation_id), *_owned_conversations(owner)],
                 args=[self._conversation_ms, max_turns, max_bytes, once,
                       self._options.max_conversation_bytes_per_owner, owner, conversation_id,
-                      *turns])
+                      self._options.conversation_overhead, *turns])
         if added < 0:
             raise ConversationFull(int(count), int(size))
         for gone, gone_size in zip(evicted[::2], evicted[1::2], strict=True):
@@ -714,7 +719,7 @@ class RedisBroker(Broker):
         with _reachable():
             return bool(self._forget_conversation(
                 keys=[*_conversation(owner, conversation_id), *_owned_conversations(owner)],
-                args=[conversation_id]))
+                args=[conversation_id, self._options.conversation_overhead]))
 
     def ping(self) -> None:
         with _reachable():

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from app.security import key_id
+from sse_gateway.broker.base import CONVERSATION_OVERHEAD
 from tests.conftest import record
 from tests.fake_provider import FakeProvider
 from tests.live.conftest import gateway_env
@@ -26,7 +27,7 @@ from tests.live.gateway import GatewayServer, tokens_text
 from tests.test_broker import REDIS_URL
 
 KEY, OTHER = (f"sk-bound-{secrets.token_hex(8)}" for _ in range(2))
-PER_KEY = 1200  # MAX_CONVERSATION_BYTES_PER_KEY
+PER_KEY = 4500  # MAX_CONVERSATION_BYTES_PER_KEY: about 5 conversations of one exchange
 MADE = 8  # conversations the key makes
 
 
@@ -78,7 +79,7 @@ def test_a_keys_oldest_conversations_are_forgotten_another_keys_are_not(
     status, newest = kept(gateway, ids[-1], KEY)
     assert status == 200
     size = stored_size(newest["messages"])
-    fit = PER_KEY // size
+    fit = PER_KEY // (size + CONVERSATION_OVERHEAD)  # each counts the overhead too
     assert 2 <= fit < MADE, size
     statuses = [kept(gateway, conversation, KEY)[0] for conversation in ids]
     assert statuses == [404] * (MADE - fit) + [200] * fit
