@@ -66,8 +66,8 @@ class StreamsConfig:
     # Conversations kept by the gateway (a request's conversation_id): a
     # conversation is forgotten CONVERSATION_TTL_S after its last turn was
     # added (a day by default: a chat left overnight goes on in the morning,
-    # while abandoned ones do not pile up; each is bounded below, so an
-    # owner keeps at most its conversations of a day times those bounds).
+    # while abandoned ones do not pile up; each is bounded below, and all of
+    # an owner's together by MAX_CONVERSATION_BYTES_PER_KEY).
     conversation_ttl_s: float = 86400.0
     # Messages one conversation keeps (the clients' messages and the answers);
     # a start whose kept turns, new messages and answer would exceed it
@@ -78,6 +78,14 @@ class StreamsConfig:
     # a start whose new messages would exceed it answers 413 as above. An
     # answer that does not fit is kept as a marker without its content.
     max_conversation_bytes: int = 1024 * 1024
+    # Bytes of all of one owner's conversations together (API key; the whole
+    # gateway when open; each conversation counts its turns' bytes plus 640
+    # for its keeping): when adding turns would take the owner over it, its
+    # least recently added-to other conversations are forgotten first (404 as
+    # expired; a start with such an id begins a new conversation). The
+    # conversation added to is never forgotten so. Must be at least
+    # MAX_CONVERSATION_BYTES.
+    max_conversation_bytes_per_key: int = 64 * 1024 * 1024
     # A producer not heard of for this long (and half as long again while Redis
     # answers) is dead: its readers get stream_lost. Also how long a running
     # stream rides through a Redis outage before it ends with internal_error.
@@ -221,6 +229,9 @@ class StreamsConfig:
         if self.max_stored_bytes_per_key < self.max_stream_bytes:
             raise ConfigError(f"{prefix}MAX_STORED_BYTES_PER_KEY must be at least "
                               f"{prefix}MAX_STREAM_BYTES")
+        if self.max_conversation_bytes_per_key < self.max_conversation_bytes:
+            raise ConfigError(f"{prefix}MAX_CONVERSATION_BYTES_PER_KEY must be at least "
+                              f"{prefix}MAX_CONVERSATION_BYTES")
         if self.max_conversation_turns < 2:  # room for one message and its answer
             raise ConfigError(f"{prefix}MAX_CONVERSATION_TURNS must be >= 2, "
                               f"got {self.max_conversation_turns!r}")

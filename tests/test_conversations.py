@@ -8,12 +8,14 @@ events) and what the provider was sent (the history, then the new messages).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Generator, Sequence
 from typing import Any
 
 import pytest
 
-from sse_gateway.broker import BrokerOptions, StreamInfo
+from sse_gateway.broker import StreamInfo
+from sse_gateway.broker.base import CONVERSATION_OVERHEAD
 from sse_gateway.config import ConfigError, StreamsConfig
 from sse_gateway.errors import InvalidRequest, NotFound, RequestTooLarge
 from sse_gateway.events import Event
@@ -30,7 +32,7 @@ from sse_gateway.providers.base import (
 )
 from sse_gateway.reader import Reader
 from sse_gateway.streams import Streams
-from sse_gateway.streams.service import Detached
+from sse_gateway.streams.service import Detached, broker_options
 from tests.fake_clock import FakeClock
 from tests.test_streams import (
     HANG,
@@ -74,9 +76,7 @@ def service(*scripts: Sequence[Any], clock: FakeClock | None = None,
     provider = Recording(*(scripts or (answer("Hello"),)))
     settings = StreamsConfig(models=("scripted/a",), heartbeat_s=0.05, producer_timeout_s=0.2,
                              shutdown_margin_s=0.0, **config).check()
-    broker = GreenMemoryBroker(BrokerOptions(ttl=settings.stream_ttl_s,
-                                             conversation_ttl=settings.conversation_ttl_s),
-                               clock=clock or FakeClock())
+    broker = GreenMemoryBroker(broker_options(settings), clock=clock or FakeClock())
     return Streams(settings, broker=broker, providers={"scripted": provider}), provider
 
 
@@ -319,6 +319,58 @@ def test_the_turn_bound_is_checked_and_fits_the_messages_bound() -> None:
         StreamsConfig(max_conversation_turns=1).check()
     with pytest.raises(ConfigError, match="MAX_CONVERSATION_BYTES"):
         StreamsConfig(max_conversation_bytes=0).check()
+
+
+def test_the_owners_bound_is_checked_against_one_conversations() -> None:
+    assert StreamsConfig().max_conversation_bytes_per_key == 64 << 20
+    with pytest.raises(ConfigError) as refused:
+        StreamsConfig.from_mapping({"MAX_CONVERSATION_BYTES": "2000",
+                                    "MAX_CONVERSATION_BYTES_PER_KEY": "1999"})
+    assert str(refused.value) == ("MAX_CONVERSATION_BYTES_PER_KEY must be at least "
+                                  "MAX_CONVERSATION_BYTES")
+    same = StreamsConfig.from_mapping({"MAX_CONVERSATION_BYTES": "2000",
+                                       "MAX_CONVERSATION_BYTES_PER_KEY": "2000"})
+    assert broker_options(same).max_conversation_bytes_per_owner == 2000
+
+
+def test_an_owners_conversations_together_are_bounded_least_recently_added_to_first(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each conversation of one exchange keeps the same bytes: with room for three,
+    a fourth forgets the least recently added-to; another owner's stay."""
+    probe, _ = service()
+    turn(probe, conversation_id="probe", prompt="Hi")
+    size = sum(len(t) for t in probe.broker.conversation(OWNER, "probe"))
+    each = size + CONVERSATION_OVERHEAD  # what one conversation counts for
+    streams, provider = service(max_conversation_bytes=2 * size,
+                                max_conversation_bytes_per_key=3 * each + size // 2)
+    turn(streams, owner="other-key", conversation_id="theirs", prompt="Hi")
+    for name in ("c1", "c2", "c3"):
+        turn(streams, conversation_id=name, prompt="Hi")
+    caplog.set_level(logging.INFO, logger="sse_gateway.broker.base")
+    turn(streams, conversation_id="c4", prompt="Hi")  # c1 goes
+    with pytest.raises(NotFound):
+        streams.conversation(OWNER, "c1")
+    assert [len(streams.conversation(OWNER, c)) for c in ("c2", "c3", "c4")] == [2, 2, 2]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+            and "forgotten" in r.getMessage()] == [
+        f"conversation c1 of key {OWNER!r} ({size} bytes) forgotten: the key's "
+        "conversations keep more than their bound"]
+    # c2 is added to (its messages, then its answer): c3 is now the least recent.
+    turn(streams, conversation_id="c2", prompt="Hi")  # 4 x size + 3 overheads: c3 goes
+    assert [t["content"] for t in kept_in(streams, "c2")] == ["Hi", "Hello"] * 2
+    with pytest.raises(NotFound):
+        streams.conversation(OWNER, "c3")
+    assert len(streams.conversation(OWNER, "c4")) == 2
+    # A start with a forgotten id begins a new conversation: only its own messages.
+    turn(streams, conversation_id="c1", prompt="Again")
+    assert provider.sent() == [("user", "Again")]
+    assert [t["content"] for t in kept_in(streams, "c1")] == ["Again", "Hello"]
+    assert [t["content"] for t in kept_in(streams, "theirs", "other-key")] == ["Hi", "Hello"]
+
+
+def kept_in(streams: Streams, conversation_id: str, owner: str = OWNER
+            ) -> list[dict[str, Any]]:
+    return streams.conversation(owner, conversation_id)
 
 
 def test_the_ai_sdk_and_openai_routes_refuse_a_conversation_id() -> None:

@@ -13,12 +13,15 @@ way on every delivery, so a replay is identical to the first one.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from sse_gateway.events import RUNNING, Event
+
+log = logging.getLogger(__name__)
 
 # What a watcher is told: the stream was cancelled, or its readers changed.
 CANCEL, READERS = "cancel", "readers"
@@ -96,6 +99,13 @@ class StreamInfo:
                 "usage": self.usage, "metadata": self.metadata}
 
 
+# What one conversation counts for against its owner's bound besides its turns'
+# bytes: its keys, its index entries, its addition names (measured: about 630
+# bytes in memory, 650 in Redis, for a conversation of one short turn), so
+# many tiny conversations cannot hide in the bound.
+CONVERSATION_OVERHEAD = 640
+
+
 @dataclass(frozen=True)
 class BrokerOptions:
     """How a backend bounds and expires what it keeps."""
@@ -110,6 +120,11 @@ class BrokerOptions:
     max_connections: int = 64  # connections to the backend, per process
     # Seconds a conversation is kept after its last turn was added.
     conversation_ttl: float = 86400.0
+    # Bytes of all of one owner's conversations, each counting its turns' bytes
+    # plus ``conversation_overhead``; over it, an addition forgets the owner's
+    # least recently added-to other conversations first.
+    max_conversation_bytes_per_owner: int = 64 << 20
+    conversation_overhead: int = CONVERSATION_OVERHEAD  # 0 in tests of the arithmetic
 
 
 # What one kept event counts for besides its name and payload: in memory the
@@ -123,6 +138,13 @@ def event_cost(event: Event) -> int:
     """The bytes an event counts for against ``max_bytes`` and ``max_stored_bytes``:
     its name, a separator and its payload (as Redis stores it), plus the overhead."""
     return len(event.name) + 1 + len(event.data) + EVENT_OVERHEAD
+
+
+def log_evicted(owner: str, conversation_id: str, size: int) -> None:
+    """Say that an addition forgot one of the owner's other conversations (its
+    names and size only: never what it said)."""
+    log.info("conversation %s of key %r (%d bytes) forgotten: the key's conversations "
+             "keep more than their bound", conversation_id, owner, size)
 
 
 class Batch(NamedTuple):
@@ -268,6 +290,13 @@ class Broker(ABC):
         length). ``once`` names this addition: an addition under a name already
         used in this conversation adds nothing and returns False (a retry), and
         refreshes nothing either.
+
+        In the same step, while the owner's conversations together count for
+        more than ``max_conversation_bytes_per_owner`` (each its bytes plus
+        ``conversation_overhead``), its least recently added-to other
+        conversation is forgotten (``log_evicted``); never this one, whose own
+        ``max_bytes`` bounds it. Expired and forgotten conversations count for
+        nothing.
         """
 
     @abstractmethod

@@ -9,7 +9,10 @@ events are gevent's; the same code works with real threads when unpatched
 from the right. Ended streams are forgotten ``ttl`` seconds after they end, or
 sooner, oldest first, when their owner's ended streams keep more than
 ``max_stored_bytes``. Conversations expire ``conversation_ttl`` seconds after
-their last addition, by the broker's clock (a test's fake one, say).
+their last addition, by the broker's clock (a test's fake one, say), or
+sooner, least recently added-to first, when an addition takes their owner's
+conversations over ``max_conversation_bytes_per_owner`` (each counting its
+bytes and ``conversation_overhead``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sse_gateway.broker.base import (
     TooManyReaders,
     Watcher,
     event_cost,
+    log_evicted,
 )
 from sse_gateway.clock import REAL, Clock
 from sse_gateway.events import ENDED, RUNNING, Event
@@ -84,6 +88,12 @@ class MemoryBroker(Broker):
         self._conversation_ttl = options.conversation_ttl
         # (owner, conversation id) -> its turns, oldest added first
         self._conversations: OrderedDict[tuple[str, str], _Conversation] = OrderedDict()
+        # owner -> its conversations by id, least recently added-to first, and
+        # what they count for together (each its bytes and the overhead)
+        self._owned: dict[str, OrderedDict[str, _Conversation]] = {}
+        self._owned_bytes: dict[str, int] = {}
+        self._max_owned = options.max_conversation_bytes_per_owner
+        self._overhead = options.conversation_overhead
         self._ttl = options.ttl
         self._max_events = options.max_events
         self._max_bytes = options.max_bytes
@@ -261,18 +271,25 @@ class MemoryBroker(Broker):
         size = sum(map(len, turns))
         if len(found.turns) + len(turns) > max_turns or found.size + size > max_bytes:
             raise ConversationFull(len(found.turns), found.size)
+        self._drop_conversation(key)  # taken out with its bytes, put back with the new
         found.turns.extend(turns)
         found.size += size
         found.added.add(once)
         found.expires = self._clock.monotonic() + self._conversation_ttl
-        self._conversations.pop(key, None)
         self._conversations[key] = found  # the newest addition last: expiry order
+        owned = self._owned.setdefault(owner, OrderedDict())
+        owned[conversation_id] = found  # likewise per owner: eviction order
+        self._owned_bytes[owner] = self._owned_bytes.get(owner, 0) + found.size + self._overhead
+        while self._owned_bytes[owner] > self._max_owned and len(owned) > 1:
+            oldest_id, oldest = next(iter(owned.items()))  # this one is last: never it
+            self._drop_conversation((owner, oldest_id))
+            log_evicted(owner, oldest_id, oldest.size)
         return True
 
     def forget_conversation(self, owner: str, conversation_id: str) -> bool:
         found = self._live_conversation(owner, conversation_id)
         if found is not None:
-            del self._conversations[(owner, conversation_id)]
+            self._drop_conversation((owner, conversation_id))
         return found is not None
 
     def _live_conversation(self, owner: str, conversation_id: str) -> _Conversation | None:
@@ -280,8 +297,20 @@ class MemoryBroker(Broker):
         now = self._clock.monotonic()
         conversations = self._conversations
         while conversations and next(iter(conversations.values())).expires <= now:
-            conversations.popitem(last=False)
+            self._drop_conversation(next(iter(conversations)))
         return conversations.get((owner, conversation_id))
+
+    def _drop_conversation(self, key: tuple[str, str]) -> None:
+        """Forget a conversation (if kept), and its bytes from its owner's."""
+        found = self._conversations.pop(key, None)
+        if found is None:
+            return
+        owner, conversation_id = key
+        owned = self._owned[owner]
+        del owned[conversation_id]
+        self._owned_bytes[owner] -= found.size + self._overhead
+        if not owned:
+            del self._owned[owner], self._owned_bytes[owner]
 
     def ping(self) -> None:
         """Memory is always there."""

@@ -15,12 +15,17 @@ Per stream, all in one hash slot (``sse:{id}:...``):
     sse:running       sorted set: running streams -> when their producer last ticked (ms)
     sse:conv:{<owner>:<id>}:turns  list: a conversation's turns (JSON text), oldest first
     sse:conv:{<owner>:<id>}:meta   hash: ``size`` (the turns' bytes), ``+<name>`` per addition
+    sse:convs:<owner>     sorted set: an owner's conversation ids -> last addition (ms)
+    sse:convbytes:<owner> hash: conversation id -> its bytes as counted; ``#`` what they
+                          count for together (each its bytes plus the overhead)
 
 A stream's log keeps at most ``max_events`` entries and ``max_bytes`` (the
 ``bytes`` field of its meta hash counts each entry's ``event_cost``); an owner's
-ended streams keep at most ``max_stored_bytes``, else its oldest are deleted.
-The scripts that do so name the owner's keys and the deleted streams' keys
-themselves: one Redis server, not a cluster (README, "Known limits").
+ended streams keep at most ``max_stored_bytes``, else its oldest are deleted;
+likewise its conversations ``max_conversation_bytes_per_owner``, least recently
+added-to first. The scripts that do so name the owner's keys and the deleted
+streams' (conversations') keys themselves: one Redis server, not a cluster
+(README, "Known limits").
 
 No greenlet blocks on Redis per stream: one *hub* thread per process (a
 greenlet under gevent) holds the only pub/sub connection and wakes local
@@ -62,6 +67,7 @@ from sse_gateway.broker.base import (
     StreamNotFound,
     TooManyReaders,
     Watcher,
+    log_evicted,
 )
 from sse_gateway.broker.redis_hub import Hub
 from sse_gateway.events import ENDED, ERROR, RUNNING, Event
@@ -256,29 +262,89 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 
-# KEYS turns meta; ARGV ttl_ms max_turns max_bytes once turn...
-# Returns {1, turns, bytes} (added), {0, ...} (``once`` was added before: nothing
-# changes) or {-1, turns, bytes} (over a bound: nothing added).
+# KEYS turns meta index sizes; ARGV ttl_ms max_turns max_bytes once max_owned owner
+#   conversation_id overhead turn...
+# Returns {1, turns, bytes, evicted id, its bytes, ...} (added), {0, ...} (``once``
+# was added before: nothing changes) or {-1, turns, bytes} (over a bound: nothing
+# added).
+# The owner's index scores each conversation by its last addition, by Redis's
+# clock (TIME: the clock its keys expire by), each score above the others (the
+# order of additions within a millisecond is kept); a member whose score is a
+# ttl old is expired, so it is pruned, and its bytes with it, before counting.
 _ADD_TURNS = """
+local first = 9  -- ARGV index of the first turn
 local count = redis.call('LLEN', KEYS[1])
 local size = tonumber(redis.call('HGET', KEYS[2], 'size') or '0')
 if redis.call('HEXISTS', KEYS[2], '+' .. ARGV[4]) == 1 then return {0, count, size} end
-local added = 0
-for i = 5, #ARGV do added = added + #ARGV[i] end
-if count + #ARGV - 4 > tonumber(ARGV[2]) or size + added > tonumber(ARGV[3]) then
+local added, new = 0, #ARGV - first + 1
+for i = first, #ARGV do added = added + #ARGV[i] end
+if count + new > tonumber(ARGV[2]) or size + added > tonumber(ARGV[3]) then
   return {-1, count, size}
 end
-if #ARGV > 4 then redis.call('RPUSH', KEYS[1], unpack(ARGV, 5)) end
+if new > 0 then redis.call('RPUSH', KEYS[1], unpack(ARGV, first)) end
 redis.call('HSET', KEYS[2], 'size', size + added, '+' .. ARGV[4], '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return {1, count + #ARGV - 4, size + added}
+local index, sizes, mine, ttl = KEYS[3], KEYS[4], ARGV[7], tonumber(ARGV[1])
+local overhead = tonumber(ARGV[8])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = tonumber(redis.call('HGET', sizes, '#') or '0')
+local expired = redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl)
+for _, id in ipairs(expired) do
+  local bytes = redis.call('HGET', sizes, id)
+  if bytes then held = held - tonumber(bytes) - overhead end
+  redis.call('HDEL', sizes, id)
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl) end
+-- This one as counted (not at all when new; stale when it expired just now)
+-- gives way to what it counts for now.
+local counted = redis.call('HGET', sizes, mine)
+if counted then held = held - tonumber(counted) - overhead end
+held = held + size + added + overhead
+local newest = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
+redis.call('ZADD', index, math.max(now, tonumber(newest or '0') + 1), mine)
+redis.call('HSET', sizes, mine, size + added)
+local result = {1, count + new, size + added}
+while held > tonumber(ARGV[5]) do
+  local oldest = redis.call('ZRANGE', index, 0, 0)[1]
+  if oldest == nil or oldest == mine then break end  -- this one is the newest: never it
+  local bytes = tonumber(redis.call('HGET', sizes, oldest) or '0')
+  redis.call('ZREM', index, oldest)
+  redis.call('HDEL', sizes, oldest)
+  held = held - bytes - overhead
+  local base = 'sse:conv:{' .. ARGV[6] .. ':' .. oldest .. '}:'
+  if redis.call('DEL', base .. 'turns', base .. 'meta') > 0 then  -- else it had expired
+    table.insert(result, oldest)
+    table.insert(result, bytes)
+  end
+end
+redis.call('HSET', sizes, '#', held)
+redis.call('PEXPIRE', index, ttl)
+redis.call('PEXPIRE', sizes, ttl)
+return result
+"""
+
+# KEYS turns meta index sizes; ARGV conversation_id overhead. Returns the keys deleted.
+_FORGET_CONVERSATION = """
+local gone = redis.call('DEL', KEYS[1], KEYS[2])
+local bytes = redis.call('HGET', KEYS[4], ARGV[1])
+if bytes then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  redis.call('HINCRBY', KEYS[4], '#', -tonumber(bytes) - tonumber(ARGV[2]))
+end
+return gone
 """
 
 
 def _conversation(owner: str, conversation_id: str) -> tuple[str, str]:
-    base = f"sse:conv:{{{owner}:{conversation_id}}}"
+    base = f"sse:conv:{{{owner}:{conversation_id}}}"  # as _ADD_TURNS builds it too
     return f"{base}:turns", f"{base}:meta"
+
+
+def _owned_conversations(owner: str) -> tuple[str, str]:
+    return f"sse:convs:{owner}", f"sse:convbytes:{owner}"
 
 
 def _keys(stream_id: str) -> tuple[str, str, str, str]:
@@ -341,6 +407,7 @@ class RedisBroker(Broker):
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._attach = self._redis.register_script(_ATTACH)
         self._add_turns = self._redis.register_script(_ADD_TURNS)
+        self._forget_conversation = self._redis.register_script(_FORGET_CONVERSATION)
         self._conversation_ms = max(1, int(options.conversation_ttl * 1000))
         self._hub = Hub(url, self._redis)
         self._hub.start()
@@ -636,16 +703,23 @@ class RedisBroker(Broker):
     def add_turns(self, owner: str, conversation_id: str, turns: list[bytes], *, once: str,
                   max_turns: int, max_bytes: int) -> bool:
         with _reachable():
-            added, count, size = self._add_turns(
-                keys=list(_conversation(owner, conversation_id)),
-                args=[self._conversation_ms, max_turns, max_bytes, once, *turns])
+            added, count, size, *evicted = self._add_turns(
+                keys=[*_conversation(owner, conversation_id), *_owned_conversations(owner)],
+                args=[self._conversation_ms, max_turns, max_bytes, once,
+                      self._options.max_conversation_bytes_per_owner, owner, conversation_id,
+                      self._options.conversation_overhead, *turns])
         if added < 0:
             raise ConversationFull(int(count), int(size))
+        for gone, gone_size in zip(evicted[::2], evicted[1::2], strict=True):
+            log_evicted(owner, gone.decode() if isinstance(gone, bytes) else str(gone),
+                        int(gone_size))
         return bool(added)
 
     def forget_conversation(self, owner: str, conversation_id: str) -> bool:
         with _reachable():
-            return bool(self._redis.delete(*_conversation(owner, conversation_id)))
+            return bool(self._forget_conversation(
+                keys=[*_conversation(owner, conversation_id), *_owned_conversations(owner)],
+                args=[conversation_id, self._options.conversation_overhead]))
 
     def ping(self) -> None:
         with _reachable():

@@ -94,6 +94,18 @@ def _reserved(added: list[bytes], stream_id: str) -> int:
     return sum(map(len, added)) + len(conversations.omitted("cancelled", stream_id))
 
 
+def broker_options(config: StreamsConfig) -> BrokerOptions:
+    """How the broker bounds and expires what it keeps, from the settings."""
+    return BrokerOptions(
+        ttl=config.stream_ttl_s, lease_ttl=config.reader_lease_ttl_s,
+        producer_timeout=config.producer_timeout_s,
+        max_events=config.max_events_per_stream, max_bytes=config.max_stream_bytes,
+        max_stored_bytes=config.max_stored_bytes_per_key,
+        max_connections=config.redis_max_connections,
+        conversation_ttl=config.conversation_ttl_s,
+        max_conversation_bytes_per_owner=config.max_conversation_bytes_per_key)
+
+
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
     """Turn the store's own failures into the service's errors."""
 
@@ -123,13 +135,7 @@ class Streams:
                  providers: Mapping[str, Provider] | None = None) -> None:
         self.config = config
         if broker is None:
-            broker = open_broker(config.broker_url, BrokerOptions(
-                ttl=config.stream_ttl_s, lease_ttl=config.reader_lease_ttl_s,
-                producer_timeout=config.producer_timeout_s,
-                max_events=config.max_events_per_stream, max_bytes=config.max_stream_bytes,
-                max_stored_bytes=config.max_stored_bytes_per_key,
-                max_connections=config.redis_max_connections,
-                conversation_ttl=config.conversation_ttl_s))
+            broker = open_broker(config.broker_url, broker_options(config))
         self.broker = broker
         self.catalog = Catalog(dict(build_providers(config) if providers is None else providers),
                                config.models)
@@ -201,7 +207,9 @@ class Streams:
         adds nothing), its answer just before its terminal event is stored.
         RequestTooLarge (413) when the conversation, these messages and an
         answer would exceed ``max_conversation_turns`` or
-        ``max_conversation_bytes``.
+        ``max_conversation_bytes``. An addition that takes the owner's
+        conversations over ``max_conversation_bytes_per_key`` forgets its
+        least recently added-to other ones (the broker, in the same step).
         """
         self._sweeper.ensure()
         existing = self._owned(stream_id, owner) if stream_id is not None else None
