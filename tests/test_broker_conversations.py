@@ -87,6 +87,25 @@ def test_an_addition_is_made_once(backend: Backend) -> None:
     assert broker.conversation("k", cid) == [b"a", b"b", b"c"]
 
 
+def test_an_addition_after_another_lands_only_where_that_one_is(backend: Backend) -> None:
+    broker, cid = backend.broker, conv()
+    assert add(broker, "k", cid, b"question", once="stream-1")
+    assert broker.add_turns("k", cid, [b"answer"], once="stream-1#answer", max_turns=10,
+                            max_bytes=1000, after="stream-1")
+    assert broker.conversation("k", cid) == [b"question", b"answer"]
+    # Forgotten meanwhile (DELETE, eviction, expiry): the answer is not added alone.
+    assert add(broker, "k", cid, b"second question", once="stream-2")
+    assert broker.forget_conversation("k", cid)
+    assert not broker.add_turns("k", cid, [b"second answer"], once="stream-2#answer",
+                                max_turns=10, max_bytes=1000, after="stream-2")
+    assert broker.conversation("k", cid) == []
+    # ... nor into a new conversation of the same id that another stream began.
+    assert add(broker, "k", cid, b"third question", once="stream-3")
+    assert not broker.add_turns("k", cid, [b"second answer"], once="stream-2#answer",
+                                max_turns=10, max_bytes=1000, after="stream-2")
+    assert broker.conversation("k", cid) == [b"third question"]
+
+
 def test_the_bounds_are_checked_in_the_same_step(backend: Backend) -> None:
     broker, cid = backend.broker, conv()
     assert add(broker, "k", cid, b"12345", b"12345", max_turns=3, max_bytes=12)

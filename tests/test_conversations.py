@@ -139,6 +139,22 @@ def test_a_cancelled_answer_is_kept_as_far_as_it_got_and_sent_on() -> None:
                                ("user", "Go on")]
 
 
+def test_a_conversation_deleted_while_it_answers_is_not_brought_back_by_the_answer() -> None:
+    streams, provider = service([TextDelta("Once upon"), HANG], answer("Hi there"))
+    reader = streams.start(streams.parse(body(prompt="Tell a story")), owner=OWNER,
+                           holder=HOLDER, stream_id="d" * 16)
+    assert isinstance(reader, Reader)
+    batches = reader.batches()
+    read_until(batches, "token")
+    streams.forget_conversation(OWNER, CONV)
+    streams.cancel("d" * 16, OWNER)
+    assert names(read_all(batches)) == ["cancelled"]
+    with pytest.raises(NotFound):  # the answer alone would begin the next history
+        kept(streams)
+    turn(streams, prompt="Hello")
+    assert provider.sent() == [("user", "Hello")]
+
+
 def test_an_answer_that_failed_before_any_output_is_kept_marked_but_not_sent() -> None:
     streams, provider = service([UpstreamUnavailable("down", provider="scripted")],
                                 answer("Back"), retry_max_attempts=1)
@@ -303,12 +319,14 @@ def test_a_lost_streams_answer_is_added_from_the_store() -> None:
     broker = streams.broker
     assert broker.create(StreamInfo(key, owner=OWNER, model="scripted/a", created=1.0,
                                     conversation_id=CONV))
+    question = b'{"role":"user","content":"Q","stream_id":"' + b"l" * 16 + b'"}'
+    assert broker.add_turns(OWNER, CONV, [question], once=key, max_turns=10, max_bytes=10_000)
     broker.append(key, Event(0, "start", b"{}"))
     broker.append(key, Event(1, "token", b'{"content":"Half"}'))
     broker.finish(key, Event(2, "error", b'{"code":"stream_lost"}'), "error")
     streams._lost(key)
     FakeClock.settle()
-    assert kept(streams) == [
+    assert kept(streams)[1:] == [
         {"role": "assistant", "content": "Half", "tool_calls": None, "reasoning": None,
          "refusal": None, "provider_data": None, "stream_id": "l" * 16, "status": "error"}]
 

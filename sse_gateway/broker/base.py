@@ -281,9 +281,14 @@ class Broker(ABC):
 
     @abstractmethod
     def add_turns(self, owner: str, conversation_id: str, turns: list[bytes], *, once: str,
-                  max_turns: int, max_bytes: int) -> bool:
+                  max_turns: int, max_bytes: int, after: str | None = None) -> bool:
         """Add ``turns`` to the end of ``owner``'s conversation (creating it), and
         keep it ``conversation_ttl`` seconds from now.
+
+        With ``after`` (the name of an earlier addition), only to the conversation
+        that holds that addition: if it was forgotten (deleted, evicted, expired)
+        meanwhile, nothing is added (an answer never lands without its question)
+        and False is returned.
 
         One step: raises ConversationFull, adding nothing, when it would then
         keep more than ``max_turns`` turns or ``max_bytes`` bytes (each turn's

@@ -263,10 +263,10 @@ class MemoryBroker(Broker):
         return list(found.turns) if found is not None else []
 
     def add_turns(self, owner: str, conversation_id: str, turns: list[bytes], *, once: str,
-                  max_turns: int, max_bytes: int) -> bool:
+                  max_turns: int, max_bytes: int, after: str | None = None) -> bool:
         key = (owner, conversation_id)
         found = self._live_conversation(owner, conversation_id) or _Conversation()
-        if once in found.added:
+        if once in found.added or (after is not None and after not in found.added):
             return False
         size = sum(map(len, turns))
         if len(found.turns) + len(turns) > max_turns or found.size + size > max_bytes:

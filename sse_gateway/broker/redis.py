@@ -263,19 +263,22 @@ return redis.call('HGETALL', KEYS[1])
 
 
 # KEYS turns meta index sizes; ARGV ttl_ms max_turns max_bytes once max_owned owner
-#   conversation_id overhead turn...
+#   conversation_id overhead after turn...
 # Returns {1, turns, bytes, evicted id, its bytes, ...} (added), {0, ...} (``once``
-# was added before: nothing changes) or {-1, turns, bytes} (over a bound: nothing
-# added).
+# was added before, or ``after`` (when not empty) was not: nothing changes) or
+# {-1, turns, bytes} (over a bound: nothing added).
 # The owner's index scores each conversation by its last addition, by Redis's
 # clock (TIME: the clock its keys expire by), each score above the others (the
 # order of additions within a millisecond is kept); a member whose score is a
 # ttl old is expired, so it is pruned, and its bytes with it, before counting.
 _ADD_TURNS = """
-local first = 9  -- ARGV index of the first turn
+local first = 10  -- ARGV index of the first turn
 local count = redis.call('LLEN', KEYS[1])
 local size = tonumber(redis.call('HGET', KEYS[2], 'size') or '0')
 if redis.call('HEXISTS', KEYS[2], '+' .. ARGV[4]) == 1 then return {0, count, size} end
+if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[2], '+' .. ARGV[9]) == 0 then
+  return {0, count, size}  -- what it follows is no longer there
+end
 local added, new = 0, #ARGV - first + 1
 for i = first, #ARGV do added = added + #ARGV[i] end
 if count + new > tonumber(ARGV[2]) or size + added > tonumber(ARGV[3]) then
@@ -701,13 +704,13 @@ class RedisBroker(Broker):
         return [turn if isinstance(turn, bytes) else turn.encode() for turn in turns]
 
     def add_turns(self, owner: str, conversation_id: str, turns: list[bytes], *, once: str,
-                  max_turns: int, max_bytes: int) -> bool:
+                  max_turns: int, max_bytes: int, after: str | None = None) -> bool:
         with _reachable():
             added, count, size, *evicted = self._add_turns(
                 keys=[*_conversation(owner, conversation_id), *_owned_conversations(owner)],
                 args=[self._conversation_ms, max_turns, max_bytes, once,
                       self._options.max_conversation_bytes_per_owner, owner, conversation_id,
-                      self._options.conversation_overhead, *turns])
+                      self._options.conversation_overhead, after or "", *turns])
         if added < 0:
             raise ConversationFull(int(count), int(size))
         for gone, gone_size in zip(evicted[::2], evicted[1::2], strict=True):

@@ -483,20 +483,29 @@ class Streams:
     def _add_answer(self, owner: str, conversation_id: str, key: str, turn: bytes,
                     status: str) -> None:
         """Add a stream's answer to its conversation, or, when it does not fit, its
-        marker (for which its start left room); once, whoever tries."""
+        marker (for which its start left room); once, whoever tries; and only
+        while the conversation still holds the stream's own messages (forgotten
+        meanwhile, by DELETE, eviction or expiry: an answer alone would begin
+        the next request's history with an assistant message)."""
         config = self.config
         public_id = key[len(owner) + 1:] if owner else key
         once = key + conversations.ANSWER
-        bounds = {"max_turns": config.conversation_turns,
-                  "max_bytes": config.max_conversation_bytes}
+
+        def add(answer: bytes) -> bool:
+            return self.broker.add_turns(owner, conversation_id, [answer], once=once,
+                                         max_turns=config.conversation_turns,
+                                         max_bytes=config.max_conversation_bytes, after=key)
         try:
             try:
-                self.broker.add_turns(owner, conversation_id, [turn], once=once, **bounds)
+                added = add(turn)
             except ConversationFull:
                 log.info("stream %s: its answer (%d bytes) does not fit in conversation %s; "
                          "kept as omitted", public_id, len(turn), conversation_id)
-                marker = conversations.omitted(status, public_id)
-                self.broker.add_turns(owner, conversation_id, [marker], once=once, **bounds)
+                added = add(conversations.omitted(status, public_id))
+            if not added:
+                log.info("stream %s: its answer was not added to conversation %s: already "
+                         "added, or the conversation was forgotten meanwhile", public_id,
+                         conversation_id)
         except BrokerError as exc:
             log.warning("stream %s: its answer was not added to conversation %s (%s)",
                         public_id, conversation_id, type(exc).__name__)
