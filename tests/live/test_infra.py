@@ -325,7 +325,7 @@ def test_workers_can_use_the_temp_paths(nginx: NginxServer, upstream: Upstream) 
 def test_read_timeout_replaces_proxy_read_timeout(upstream: Upstream) -> None:
     with NginxServer([upstream.address], read_timeout="1s") as nginx:
         assert re.findall(r"proxy_read_timeout (\S+);", nginx.conf_path.read_text()) == \
-            ["1s", "1s"]
+            ["1s", "1s", "1s"]  # the stream routes, the WebSocket, the rest
         connection = connect(nginx)
         try:
             connection.request("GET", "/v1/streams/my-stream-0123456789/events?gap=3")
