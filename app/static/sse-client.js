@@ -321,6 +321,18 @@ function parseRetryAfter(value, now = Date.now()) {
   return Number.isNaN(date) ? null : Math.max(0, (date - now) / 1000);
 }
 
+// Call the callback option `name` of `owner` (a stream or a socket), if given; what
+// it throws is reported, never thrown into the client's own state machine.
+function callOption(owner, name, args) {
+  const callback = owner.options[name];
+  if (typeof callback !== "function") return;
+  try {
+    callback.apply(owner, args);
+  } catch (error) {
+    report(error);
+  }
+}
+
 function report(error) {
   if (typeof globalThis.reportError === "function") globalThis.reportError(error);
   else console.error(error);
@@ -630,13 +642,7 @@ export class GatewayStream {
   }
 
   _call(name, ...args) {
-    const callback = this.options[name];
-    if (typeof callback !== "function") return;
-    try {
-      callback.apply(this, args);
-    } catch (error) {
-      report(error);
-    }
+    callOption(this, name, args);
   }
 
   _wake() {
@@ -1187,13 +1193,7 @@ export class GatewaySocket {
   }
 
   _callback(name, ...args) {
-    const callback = this.options[name];
-    if (typeof callback !== "function") return;
-    try {
-      callback.apply(this, args);
-    } catch (error) {
-      report(error);
-    }
+    callOption(this, name, args);
   }
 
   _send(frame) {
