@@ -7,7 +7,8 @@ stream; a browser, which cannot send headers, offers the subprotocols
 ``sse-gateway`` and ``bearer.<key or token>`` (or a token as ``?token=``).
 Each frame's action counts against the same rate as its HTTP route, in the
 same bucket (a start as a ``POST /v1/streams``): using both gives a client
-no more. The frames and the socket's life are
+no more. Opening a socket counts against ``RATELIMIT_EVENTS`` in a bucket of
+its own (a ``429`` before the upgrade). The frames and the socket's life are
 ``sse_gateway.transports.websocket``.
 """
 
@@ -56,6 +57,14 @@ def server_options(heartbeat_s: float, max_message_size: int) -> dict[str, Any]:
     ``sse-gateway`` is the subprotocol chosen when offered."""
     return {"ping_interval": heartbeat_s, "max_message_size": max_message_size,
             "subprotocols": [SUBPROTOCOL]}
+
+
+@bp.before_request
+def _handshake_rate() -> None:
+    """Opening a socket is rated like opening an events stream (its own bucket),
+    before the upgrade; ``authenticate`` has run (refused keys count there)."""
+    if request.endpoint == f"{bp.name}.websocket":
+        hit_route_limit("ratelimit_events", f"{bp.name}.websocket")
 
 
 @sock.route("/ws", bp=bp)  # type: ignore[untyped-decorator]  # flask-sock has no hints

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.redis
 RUN = secrets.token_hex(6)
 KEY_A, KEY_B = f"sk-ws-a-{RUN}", f"sk-ws-b-{RUN}"
 KEY_RL, KEY_CAP, KEY_DRAIN = f"sk-ws-rl-{RUN}", f"sk-ws-cap-{RUN}", f"sk-ws-drain-{RUN}"
+KEY_OPEN = f"sk-ws-open-{RUN}"
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}
 LONG = [f"w{i} " for i in range(400)]
@@ -58,7 +59,8 @@ def gateway(fake: FakeProvider) -> Iterator[GatewayServer]:
 @pytest.fixture(scope="module")
 def tight(fake: FakeProvider) -> Iterator[GatewayServer]:
     """Tight rates and caps; a short drain (graceful timeout 4 s, margin 3 s)."""
-    env = gateway_env(fake, REDIS_URL=REDIS_URL, API_KEYS=f"{KEY_A},{KEY_RL},{KEY_CAP},{KEY_DRAIN}",
+    env = gateway_env(fake, REDIS_URL=REDIS_URL,
+                      API_KEYS=f"{KEY_A},{KEY_RL},{KEY_CAP},{KEY_DRAIN},{KEY_OPEN}",
                       RATELIMIT_CREATE="3/minute", RATELIMIT_EVENTS="2/minute",
                       RATELIMIT_CANCEL="2/minute", MAX_STREAMS_PER_KEY="2",
                       GRACEFUL_TIMEOUT_S="4", SHUTDOWN_MARGIN_S="3", WRITE_TIMEOUT_S="1")
@@ -520,6 +522,20 @@ def test_a_start_frame_counts_in_the_same_bucket_as_post(
     ws.send(type="cancel", stream_id=stream_id)
     assert ws.recv() == error("rate_limited")
     assert tight.request("DELETE", f"/v1/streams/{stream_id}", headers=rl).status == 429
+
+
+def test_opening_sockets_is_rated_before_the_upgrade(tight: GatewayServer,
+                                                      sockets: list[Socket]) -> None:
+    """RATELIMIT_EVENTS 2/minute: a key's third socket in a minute is a plain 429."""
+    key = {"Authorization": f"Bearer {KEY_OPEN}"}
+    for _ in range(2):
+        open_ws(sockets, tight, key)
+    with pytest.raises(InvalidStatus) as refused:
+        Socket(tight, key)
+    response = refused.value.response
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert json.loads(response.body or b"{}")["error"]["code"] == "rate_limited"
 
 
 def test_streams_per_key_cap_holds_across_socket_and_post(
