@@ -275,6 +275,31 @@ def test_reader_caps_per_stream_and_per_holder(broker: Broker) -> None:
     assert broker.holder_readers(other) == 1
 
 
+def test_a_hold_counts_with_the_holders_readers_and_gives_its_place_back(
+        broker: Broker) -> None:
+    """A WebSocket's lease: one of its holder's readers, on no stream."""
+    sid = make(broker)
+    holder = f"key_{secrets.token_hex(4)}"
+    socket_lease = broker.hold(holder, 3)
+    reader = broker.attach_reader(sid, holder, 0, 3)
+    second_socket = broker.hold(holder, 3)
+    assert broker.holder_readers(holder) == 3 and broker.readers(sid) == 1
+    with pytest.raises(TooManyReaders) as refused:
+        broker.hold(holder, 3)
+    assert (refused.value.scope, refused.value.limit) == ("holder", 3)
+    with pytest.raises(TooManyReaders):  # the sockets count against readers too
+        broker.attach_reader(sid, holder, 0, 3)
+    broker.renew_hold(holder, socket_lease)
+    broker.release_hold(holder, socket_lease)
+    broker.release_hold(holder, socket_lease)  # idempotent
+    assert broker.holder_readers(holder) == 2
+    broker.attach_reader(sid, holder, 0, 3)  # the place given back is free again
+    broker.release_reader(sid, reader)
+    broker.release_hold(holder, second_socket)
+    assert broker.holder_readers(holder) == 1
+    assert broker.hold(f"key_{secrets.token_hex(4)}", 1)  # another holder: its own count
+
+
 def test_ended_streams_expire_after_the_ttl(broker: Broker) -> None:
     sid = make(broker)
     broker.finish(sid, Event(0, "x", b"x"), DONE)

@@ -8,7 +8,8 @@ stream; a browser, which cannot send headers, offers the subprotocols
 Each frame's action counts against the same rate as its HTTP route, in the
 same bucket (a start as a ``POST /v1/streams``): using both gives a client
 no more. Opening a socket counts against ``RATELIMIT_EVENTS`` in a bucket of
-its own (a ``429`` before the upgrade). The frames and the socket's life are
+its own, and an open socket is one of its key's readers
+(``MAX_READERS_PER_KEY``): both answer ``429`` before the upgrade. The frames and the socket's life are
 ``sse_gateway.transports.websocket``.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 from flask_sock import Sock
 
 from app.api import current_gateway, current_streams
@@ -60,11 +61,22 @@ def server_options(heartbeat_s: float, max_message_size: int) -> dict[str, Any]:
 
 
 @bp.before_request
-def _handshake_rate() -> None:
-    """Opening a socket is rated like opening an events stream (its own bucket),
-    before the upgrade; ``authenticate`` has run (refused keys count there)."""
+def _admit() -> None:
+    """Before the upgrade (``authenticate`` has run; refused keys count there):
+    opening a socket is rated like opening an events stream (its own bucket),
+    and the socket takes its place among its key's readers."""
     if request.endpoint == f"{bp.name}.websocket":
         hit_route_limit("ratelimit_events", f"{bp.name}.websocket")
+        g.socket_held = current_streams().hold_socket(caller())
+
+
+@bp.teardown_request
+def _release(exc: BaseException | None) -> None:
+    """The socket's place goes back (its session gave it back already, unless the
+    upgrade failed)."""
+    held = g.pop("socket_held", None)
+    if held is not None:
+        held.release()
 
 
 @sock.route("/ws", bp=bp)  # type: ignore[untyped-decorator]  # flask-sock has no hints
@@ -76,7 +88,8 @@ def websocket(ws: Any) -> None:
                     only_stream=token.stream_id if token is not None else None)
     connection = SimpleWebSocket(ws, streams.config.write_timeout_s)
     Session(connection, streams, access, check=_check,
-            max_frame_bytes=current_gateway().settings.max_content_length).run()
+            max_frame_bytes=current_gateway().settings.max_content_length,
+            held=g.get("socket_held")).run()
 
 
 def _check(action: str) -> None:

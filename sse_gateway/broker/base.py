@@ -227,6 +227,21 @@ class Broker(ABC):
         """How many reader leases ``holder`` holds, on every stream."""
 
     @abstractmethod
+    def hold(self, holder: str, max_per_holder: int = 0) -> str:
+        """Take a lease that counts for ``holder`` alone, on no stream (an open
+        WebSocket): the same count and cap as ``attach_reader``'s, checked and
+        taken in one step (TooManyReaders "holder", taking nothing). It lapses
+        unless renewed (``renew_hold``) within ``lease_ttl``."""
+
+    @abstractmethod
+    def renew_hold(self, holder: str, lease: str) -> None:
+        """Keep a ``hold`` lease alive."""
+
+    @abstractmethod
+    def release_hold(self, holder: str, lease: str) -> None:
+        """Give a ``hold`` lease back (idempotent)."""
+
+    @abstractmethod
     def release_reader(self, stream_id: str, lease: str) -> None:
         """Give a lease back (idempotent); tell the watchers."""
 

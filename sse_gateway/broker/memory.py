@@ -215,6 +215,24 @@ class MemoryBroker(Broker):
     def holder_readers(self, holder: str) -> int:
         return len(self._held.get(holder, ()))
 
+    def hold(self, holder: str, max_per_holder: int = 0) -> str:
+        held = self._held.get(holder, ())
+        if max_per_holder and len(held) >= max_per_holder:
+            raise TooManyReaders("holder", max_per_holder)
+        lease = secrets.token_urlsafe(8)
+        self._held.setdefault(holder, set()).add(lease)
+        return lease
+
+    def renew_hold(self, holder: str, lease: str) -> None:
+        """Leases here live as long as the process: nothing to renew."""
+
+    def release_hold(self, holder: str, lease: str) -> None:
+        held = self._held.get(holder)
+        if held is not None:
+            held.discard(lease)
+            if not held:
+                del self._held[holder]
+
     def renew_reader(self, stream_id: str, lease: str) -> None:
         """Leases here live as long as the process: nothing to renew."""
 

@@ -250,6 +250,16 @@ redis.call('PUBLISH', ARGV[8], 'readers')
 return 0
 """
 
+# KEYS held; ARGV now_ms expiry_ms lease max_held held_ttl_ms
+_HOLD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local max_held = tonumber(ARGV[4])
+if max_held > 0 and redis.call('ZCARD', KEYS[1]) >= max_held then return 1 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 0
+"""
+
 # KEYS meta; ARGV reason channel
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -409,6 +419,7 @@ class RedisBroker(Broker):
         self._cancel = self._redis.register_script(_CANCEL)
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._attach = self._redis.register_script(_ATTACH)
+        self._hold = self._redis.register_script(_HOLD)
         self._add_turns = self._redis.register_script(_ADD_TURNS)
         self._forget_conversation = self._redis.register_script(_FORGET_CONVERSATION)
         self._conversation_ms = max(1, int(options.conversation_ttl * 1000))
@@ -631,6 +642,30 @@ class RedisBroker(Broker):
             pipe.pexpire(_held(held[1]), 2 * int(self._options.lease_ttl * 1000))
         with _reachable():
             pipe.execute()
+
+    def hold(self, holder: str, max_per_holder: int = 0) -> str:
+        lease = secrets.token_urlsafe(8)
+        with _reachable():
+            refused = self._hold(keys=[_held(holder)], args=[
+                int(time.time() * 1000), self._lease_expiry(), lease, max_per_holder,
+                2 * int(self._options.lease_ttl * 1000)])
+        if refused:
+            raise TooManyReaders("holder", max_per_holder)
+        return lease
+
+    def renew_hold(self, holder: str, lease: str) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(_held(holder), {lease: self._lease_expiry()}, xx=True)
+        pipe.pexpire(_held(holder), 2 * int(self._options.lease_ttl * 1000))
+        with _reachable():
+            pipe.execute()
+
+    def release_hold(self, holder: str, lease: str) -> None:
+        try:
+            with _reachable():
+                self._redis.zrem(_held(holder), lease)
+        except BrokerUnavailable:
+            log.warning("could not release a websocket's lease of %s; it will lapse", holder)
 
     def holder_readers(self, holder: str) -> int:
         count: int = self._count_live(self._redis.pipeline(transaction=False), _held(holder))[-1]

@@ -232,8 +232,18 @@ class Streaming:
                 connection.close(1008, "sign in to use streams")
             return
         access = Access(owner=who, holder=holder(who), caller=request.remote_addr or "")
+        try:  # the socket is one of its owner's readers (MAX_READERS_PER_KEY)
+            held = streams.hold_socket(access.holder)
+        except StreamsError as exc:
+            with suppress(Closed):
+                connection.send([error_frame(exc)])
+                connection.close(1008, exc.message[:120])
+            return
         limit = current_app.config.get("MAX_CONTENT_LENGTH") or 1024 * 1024
-        Session(connection, streams, access, max_frame_bytes=limit).run()
+        try:
+            Session(connection, streams, access, max_frame_bytes=limit, held=held).run()
+        finally:
+            held.release()
 
     @staticmethod
     def _bind_hook(app: Flask, current: _State, hook: Hook) -> None:

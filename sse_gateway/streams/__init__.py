@@ -1,6 +1,6 @@
 """The streams service: ``Streams`` (service), admission and owners (admission)."""
 
 from sse_gateway.reader import Reader
-from sse_gateway.streams.service import Detached, NothingFollows, Streams
+from sse_gateway.streams.service import Detached, Held, NothingFollows, Streams
 
-__all__ = ["Detached", "NothingFollows", "Reader", "Streams"]
+__all__ = ["Detached", "Held", "NothingFollows", "Reader", "Streams"]

@@ -81,6 +81,28 @@ class NothingFollows(NamedTuple):
     stream_id: str
 
 
+class Held:
+    """An open WebSocket's place among its holder's readers (``Streams.hold_socket``):
+    renewed while it is open, given back when it closes (else it lapses)."""
+
+    def __init__(self, broker: Broker, holder: str, lease: str) -> None:
+        self._broker = broker
+        self._holder = holder
+        self._lease: str | None = lease
+
+    def renew(self) -> None:
+        if self._lease is not None:
+            with suppress(BrokerError):  # a store outage: it lapses, as readers' leases do
+                self._broker.renew_hold(self._holder, self._lease)
+
+    def release(self) -> None:
+        """Idempotent."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            with suppress(BrokerError):
+                self._broker.release_hold(self._holder, lease)
+
+
 class Detached(NamedTuple):
     """A stream started with no reader (``detach``): read it later by its id."""
 
@@ -290,6 +312,17 @@ class Streams:
         self._sweeper.ensure()
         info = self._info(stream_id, owner)
         return self._follow(stream_id, info, -1 if position is None else position, holder)
+
+    @_translated
+    def hold_socket(self, holder: str) -> Held:
+        """Count an open WebSocket of ``holder`` as one of its readers while it is open
+        (``max_readers_per_key``, with its SSE responses and the streams its
+        sockets follow): TooManyReaders (429) when it holds as many already."""
+        try:
+            lease = self.broker.hold(holder, self.config.max_readers_per_key)
+        except ReadersRefused as refused:
+            raise too_many_readers(refused.scope, refused.limit) from None
+        return Held(self.broker, holder, lease)
 
     @_translated
     def info(self, stream_id: str, owner: str) -> StreamInfo:

@@ -46,7 +46,7 @@ from sse_gateway.broker import Batch
 from sse_gateway.errors import InvalidRequest, NotFound, RequestTooLarge, StreamsError
 from sse_gateway.events import Event
 from sse_gateway.reader import Reader
-from sse_gateway.streams import Detached, NothingFollows, Streams
+from sse_gateway.streams import Detached, Held, NothingFollows, Streams
 from sse_gateway.validation import EVENT_ID, STREAM_ID, InvalidBody, json_object
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,9 @@ class Session:
 
     def __init__(self, connection: Connection, streams: Streams, access: Access, *,
                  check: Check | None = None, max_frame_bytes: int = 1024 * 1024,
-                 tick_s: float | None = None) -> None:
+                 tick_s: float | None = None, held: Held | None = None) -> None:
         self._conn = connection
+        self._held = held  # the socket's place among its holder's readers
         self._streams = streams
         self._access = access
         self._check = check
@@ -242,7 +243,7 @@ class Session:
     def run(self) -> None:
         """Serve the socket until it closes; then every stream it followed is abandoned."""
         metrics.WEBSOCKETS_OPEN.inc()
-        opened = time.monotonic()
+        opened = renewed = time.monotonic()
         try:
             while not self._closed:
                 try:
@@ -253,10 +254,15 @@ class Session:
                     self._close_if_drained()
                 else:
                     self._handle(text)
+                if self._held is not None and time.monotonic() - renewed >= self._tick_s:
+                    self._held.renew()
+                    renewed = time.monotonic()
         finally:
             self._closed = True
             for follower in list(self._following.values()):
                 follower.reader.abandon()
+            if self._held is not None:
+                self._held.release()
             metrics.WEBSOCKETS_OPEN.dec()
             log.info("websocket of %s closed after %.1f s (%d streams started)",
                      self._access.caller or "a client", time.monotonic() - opened,

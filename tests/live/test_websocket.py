@@ -538,6 +538,39 @@ def test_opening_sockets_is_rated_before_the_upgrade(tight: GatewayServer,
     assert json.loads(response.body or b"{}")["error"]["code"] == "rate_limited"
 
 
+def test_an_open_socket_is_one_of_its_keys_readers(fake: FakeProvider,
+                                                    sockets: list[Socket]) -> None:
+    """MAX_READERS_PER_KEY=2: a key's SSE responses and sockets count together (a key
+    cannot hold sockets without end), and a closed socket's place comes back."""
+    key = {"Authorization": f"Bearer {KEY_A}"}
+    model = fake.scenario(tokens=LONG, delay=0.05)
+    env = gateway_env(fake, API_KEYS=KEY_A, MAX_READERS_PER_KEY="2")
+    with GatewayServer(env, label="ws-readers") as server:
+        post = server.stream("POST", "/v1/streams", {"model": f"openai/{model}",
+                                                     "prompt": "x"}, headers=key)
+        post.read_until(lambda e: e.event == "token")  # its reader: the first
+        first = open_ws(sockets, server, key)  # the second
+        with pytest.raises(InvalidStatus) as refused:
+            Socket(server, key)
+        assert refused.value.response.status_code == 429
+        assert json.loads(refused.value.response.body or b"{}")["error"]["code"] == \
+            "too_many_readers"
+        events = f"/v1/streams/{post.header('X-Stream-ID')}/events"
+        reply = server.request("GET", events, headers=key)
+        assert reply.status == 429 and reply.json()["error"]["code"] == "too_many_readers"
+        first.close()
+        deadline = time.monotonic() + 10
+        while (follower := server.stream("GET", events, headers=key)).status == 429:
+            follower.read_all()
+            assert time.monotonic() < deadline, "the closed socket's place never came back"
+            time.sleep(0.02)
+        assert follower.status == 200
+        follower.read_until(lambda e: e.event == "token")
+        follower.drop()
+        server.request("DELETE", f"/v1/streams/{post.header('X-Stream-ID')}", headers=key)
+        assert fake.wait_closed(model).outcome == "peer_closed"
+
+
 def test_streams_per_key_cap_holds_across_socket_and_post(
         tight: GatewayServer, fake: FakeProvider, sockets: list[Socket]) -> None:
     cap = {"Authorization": f"Bearer {KEY_CAP}"}
