@@ -140,10 +140,6 @@ class Batcher:
         self.since = 0.0  # when the held run began waiting
 
     @property
-    def held(self) -> bool:
-        return self._key is not None
-
-    @property
     def due(self) -> float | None:
         """When ``tick`` sends what is held (None: only a delta, a boundary or the end will)."""
         if self._key is None or self.coalesce_s <= 0:
