@@ -190,12 +190,8 @@ class MemoryBroker(Broker):
         record = self._get(stream_id)
         if max_per_stream and len(record.leases) >= max_per_stream:
             raise TooManyReaders("stream", max_per_stream)
-        held = self._held.get(holder, ())
-        if max_per_holder and len(held) >= max_per_holder:
-            raise TooManyReaders("holder", max_per_holder)
-        lease = secrets.token_urlsafe(8)
+        lease = self.hold(holder, max_per_holder)
         record.leases.add(lease)
-        self._held.setdefault(holder, set()).add(lease)
         self._holders[lease] = holder
         self._tell(record, READERS)
         return lease
@@ -203,10 +199,7 @@ class MemoryBroker(Broker):
     def release_reader(self, stream_id: str, lease: str) -> None:
         holder = self._holders.pop(lease, None)
         if holder is not None:
-            held = self._held[holder]
-            held.discard(lease)
-            if not held:
-                del self._held[holder]
+            self.release_hold(holder, lease)
         record = self._records.get(stream_id)
         if record is not None and lease in record.leases:
             record.leases.discard(lease)

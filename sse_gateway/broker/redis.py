@@ -638,10 +638,14 @@ class RedisBroker(Broker):
         pipe.zadd(_keys(stream_id)[2], {lease: expiry})
         held = self._lease_streams.get(lease)
         if held is not None:
-            pipe.zadd(_held(held[1]), {lease: expiry}, xx=True)
-            pipe.pexpire(_held(held[1]), 2 * int(self._options.lease_ttl * 1000))
+            self._renew_held(pipe, held[1], lease, expiry)
         with _reachable():
             pipe.execute()
+
+    def _renew_held(self, pipe: Any, holder: str, lease: str, expiry: int) -> None:
+        """Queue the renewal of ``lease`` in ``holder``'s count (a reader's or a hold's)."""
+        pipe.zadd(_held(holder), {lease: expiry}, xx=True)
+        pipe.pexpire(_held(holder), 2 * int(self._options.lease_ttl * 1000))
 
     def hold(self, holder: str, max_per_holder: int = 0) -> str:
         lease = secrets.token_urlsafe(8)
@@ -655,8 +659,7 @@ class RedisBroker(Broker):
 
     def renew_hold(self, holder: str, lease: str) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(_held(holder), {lease: self._lease_expiry()}, xx=True)
-        pipe.pexpire(_held(holder), 2 * int(self._options.lease_ttl * 1000))
+        self._renew_held(pipe, holder, lease, self._lease_expiry())
         with _reachable():
             pipe.execute()
 

@@ -176,14 +176,8 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.seed is not None:
-        body["seed"] = request.seed
+    body.update(_given(request, "max_tokens", "temperature", "top_p", "seed",
+                       "reasoning_effort", "response_format"))
     if request.stop:
         body["stop"] = list(request.stop)
     if request.tools:
@@ -193,22 +187,16 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         body["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice.name}}
     elif request.tool_choice is not None:
         body["tool_choice"] = request.tool_choice
-    if request.reasoning_effort is not None:
-        body["reasoning_effort"] = request.reasoning_effort
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
     return body
 
 
+def _given(value: object, *names: str) -> dict[str, Any]:
+    """The attributes ``names`` of ``value`` that are set (not None), by name."""
+    return {name: getattr(value, name) for name in names if getattr(value, name) is not None}
+
+
 def _function(tool: Tool) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name}
-    if tool.description is not None:
-        function["description"] = tool.description
-    if tool.parameters is not None:
-        function["parameters"] = tool.parameters
-    if tool.strict is not None:
-        function["strict"] = tool.strict
-    return function
+    return {"name": tool.name, **_given(tool, "description", "parameters", "strict")}
 
 
 def _message(message: Message) -> dict[str, Any]:

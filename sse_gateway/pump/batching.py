@@ -141,7 +141,8 @@ class Batcher:
 
     @property
     def due(self) -> float | None:
-        """When ``tick`` sends what is held (None: only a delta, a boundary or the end will)."""
+        """When the held run's window closes: from then on ``tick`` (or the next
+        delta) sends it (None: only a delta, a boundary or the end will)."""
         if self._key is None or self.coalesce_s <= 0:
             return None
         return self.since + self.coalesce_s
@@ -166,7 +167,7 @@ class Batcher:
         return pieces
 
     def tick(self, now: float) -> list[Piece]:
-        """What is due to be sent at ``now`` (called at ``due``)."""
+        """What is due to be sent at ``now`` (at or after ``due``; before it, nothing)."""
         if self._key is None:
             return []
         return self._ready(now)
