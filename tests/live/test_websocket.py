@@ -216,7 +216,8 @@ def test_cancel_frame_closes_the_provider_connection(
     ws.send(type="cancel", stream_id=stream_id)
     call = fake.wait_closed(model)
     assert call.outcome == "peer_closed"
-    assert call.closed_at is not None and call.closed_at - asked < 2.0
+    # Long before the provider's answer would have ended (400 tokens, 8 s).
+    assert call.closed_at is not None and call.closed_at - asked < 5.0
     frames = ws.to_the_end(stream_id)[stream_id]
     assert frames[-1]["event"] == "cancelled" and frames[-1]["data"] == {"reason": "deleted"}
     assert call.tokens_sent < len(LONG)
@@ -292,7 +293,7 @@ def test_a_closed_socket_is_a_disconnect_for_each_of_its_streams(
         assert call.closed_at is not None
         after = call.closed_at - dropped
         record(f"ws_closed_socket_to_provider_closed_ms[grace={grace}]", after * 1000)
-        assert grace * 0.8 <= after < grace + 2.0
+        assert grace * 0.8 <= after < grace + 5.0  # the grace was honoured, then closed
     for stream_id in ids:
         final = sse_events(gateway, stream_id)[-1]
         assert final["event"] == "cancelled"
